@@ -1,0 +1,11 @@
+# veil_all_component_libs(OUT): every veil_<component> library (for fuzz targets and benchmarks).
+function(veil_all_component_libs out)
+  file(GLOB _components RELATIVE ${CMAKE_SOURCE_DIR}/src CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/src/*)
+  set(_libs "")
+  foreach(c ${_components})
+    if(NOT c STREQUAL "cli" AND EXISTS ${CMAKE_SOURCE_DIR}/src/${c}/CMakeLists.txt)
+      list(APPEND _libs veil_${c})
+    endif()
+  endforeach()
+  set(${out} ${_libs} PARENT_SCOPE)
+endfunction()

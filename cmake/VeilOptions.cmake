@@ -1,0 +1,35 @@
+# Compiler flags shared by every Veil target (applied through the veil_flags interface target).
+add_library(veil_flags INTERFACE)
+target_compile_options(veil_flags INTERFACE -Wall -Wextra -Wno-unused-parameter)
+# GCC 12 reports false -Wrestrict/-Wstringop-overflow positives inside libstdc++ at -O3 (GCC bug 105329).
+if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
+  target_compile_options(veil_flags INTERFACE -Wno-restrict -Wno-stringop-overflow)
+endif()
+if(VEIL_WERROR)
+  target_compile_options(veil_flags INTERFACE -Werror)
+endif()
+if(VEIL_SANITIZE OR VEIL_FUZZ)
+  set(_san "-fsanitize=address,undefined")
+  if(VEIL_FUZZ)
+    set(_san "-fsanitize=address,undefined,fuzzer-no-link")
+  endif()
+  add_compile_options(${_san} -fno-omit-frame-pointer -fno-sanitize-recover=undefined)
+  add_link_options(-fsanitize=address,undefined)
+endif()
+
+# Git commit for `veil --version`.
+execute_process(COMMAND git rev-parse --short=12 HEAD
+  WORKING_DIRECTORY ${CMAKE_SOURCE_DIR}
+  OUTPUT_VARIABLE VEIL_GIT_COMMIT OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
+if(NOT VEIL_GIT_COMMIT)
+  set(VEIL_GIT_COMMIT "unknown")
+endif()
+
+# Helper: veil_component(NAME SOURCES... DEPS ...) defines static library veil_NAME.
+function(veil_component name)
+  cmake_parse_arguments(ARG "" "" "DEPS" ${ARGN})
+  file(GLOB _srcs CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/*.cpp)
+  add_library(veil_${name} STATIC ${_srcs})
+  target_include_directories(veil_${name} PUBLIC ${CMAKE_SOURCE_DIR}/src)
+  target_link_libraries(veil_${name} PUBLIC veil_flags ${ARG_DEPS})
+endfunction()

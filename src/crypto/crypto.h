@@ -1,0 +1,118 @@
+// crypto: every cryptographic operation Veil performs, over OpenSSL 3. Read this first.
+//
+// Design (after Tink): callers get operations, not raw primitives. Key material lives in
+// SecretBytes and is zeroed when released; comparisons of secrets use ct_equal (core/bytes.h).
+// Nonces for AEAD are derived by the caller only in the record layer and sealed-model format,
+// where they are counters that can never repeat under one key.
+//
+// Thread-safety: free functions are thread-safe; objects are not shared across threads unless noted.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <string_view>
+
+#include "core/core.h"
+
+namespace veil::crypto {
+
+using Sha256Digest = std::array<uint8_t, 32>;
+using Sha384Digest = std::array<uint8_t, 48>;
+
+Sha256Digest sha256(ByteView data);
+Sha384Digest sha384(ByteView data);
+std::array<uint8_t, 64> sha512(ByteView data);
+
+enum class HashAlg { kSha256, kSha384, kSha512 };
+size_t hash_size(HashAlg alg);
+
+// Incremental hashing.
+class Hasher {
+ public:
+  explicit Hasher(HashAlg alg);
+  ~Hasher();
+  Hasher(Hasher&&) noexcept;
+  Hasher& operator=(Hasher&&) noexcept;
+  Hasher(const Hasher&) = delete;
+  Hasher& operator=(const Hasher&) = delete;
+  void update(ByteView data);
+  Bytes finish();  // the hasher can be reused after finish (it is reset)
+
+ private:
+  HashAlg alg_;
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+Bytes hmac(HashAlg alg, ByteView key, ByteView data);
+
+// HKDF (RFC 5869).
+SecretBytes hkdf_extract(HashAlg alg, ByteView salt, ByteView ikm);
+SecretBytes hkdf_expand(HashAlg alg, ByteView prk, ByteView info, size_t length);
+SecretBytes hkdf(HashAlg alg, ByteView salt, ByteView ikm, ByteView info, size_t length);
+
+// Cryptographically secure random bytes (OpenSSL's DRBG).
+void random_bytes(std::span<uint8_t> out);
+Bytes random_bytes(size_t n);
+
+// AEAD ciphers. Suite ids are stable wire values (docs/protocol.md, docs/sealed-format.md).
+enum class AeadSuite : uint16_t { kAes256Gcm = 1, kChaCha20Poly1305 = 2 };
+inline constexpr size_t kAeadKeySize = 32;
+inline constexpr size_t kAeadNonceSize = 12;
+inline constexpr size_t kAeadTagSize = 16;
+Result<AeadSuite> aead_suite_from_id(uint16_t id);
+const char* aead_suite_name(AeadSuite suite);
+
+// An AEAD key bound to one suite. The cipher context is reused across calls (not thread-safe).
+class Aead {
+ public:
+  static Result<Aead> create(AeadSuite suite, ByteView key);
+  Aead(Aead&&) noexcept;
+  Aead& operator=(Aead&&) noexcept;
+  ~Aead();
+  AeadSuite suite() const { return suite_; }
+
+  // out = ciphertext || 16-byte tag. `out` is resized.
+  Status seal(ByteView nonce, ByteView aad, ByteView plaintext, Bytes& out);
+  // Writes ciphertext||tag to `out` (capacity plaintext.size() + 16). In-place allowed (out == plaintext.data()).
+  Status seal_into(ByteView nonce, ByteView aad, ByteView plaintext, uint8_t* out);
+  // in = ciphertext || tag. Fails with kSecurity when authentication fails.
+  Status open(ByteView nonce, ByteView aad, ByteView sealed, Bytes& out);
+  // Writes plaintext (sealed.size() - 16 bytes) to `out`. In-place allowed.
+  Status open_into(ByteView nonce, ByteView aad, ByteView sealed, uint8_t* out);
+
+ private:
+  Aead(AeadSuite suite);
+  AeadSuite suite_;
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// X25519 key agreement.
+struct X25519KeyPair {
+  SecretBytes private_key;            // 32 bytes
+  std::array<uint8_t, 32> public_key;
+};
+X25519KeyPair x25519_generate();
+Result<X25519KeyPair> x25519_from_private(ByteView private_key);
+// Fails with kSecurity for an all-zero shared secret (low-order peer key).
+Result<SecretBytes> x25519_shared(ByteView private_key, ByteView peer_public);
+
+// Ed25519 signatures.
+struct Ed25519KeyPair {
+  SecretBytes seed;  // 32-byte private seed
+  std::array<uint8_t, 32> public_key;
+};
+Ed25519KeyPair ed25519_generate();
+Result<Ed25519KeyPair> ed25519_from_seed(ByteView seed);
+Result<std::array<uint8_t, 64>> ed25519_sign(ByteView seed, ByteView message);
+bool ed25519_verify(ByteView public_key, ByteView message, ByteView signature);
+
+// ECDSA verification over a prehashed or raw message with (r, s) given big-endian, each `curve_bytes` long.
+enum class EcCurve { kP256, kP384, kSecp256k1 };
+size_t ec_curve_bytes(EcCurve curve);
+// public_key: uncompressed point (0x04 || X || Y) or raw X || Y.
+Status ecdsa_verify_digest(EcCurve curve, ByteView public_key, ByteView digest, ByteView r, ByteView s);
+
+}  // namespace veil::crypto

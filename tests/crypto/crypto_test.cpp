@@ -1,0 +1,83 @@
+#include <gtest/gtest.h>
+
+#include "crypto/crypto.h"
+
+namespace veil::crypto {
+namespace {
+
+Bytes H(std::string_view s) { return *from_hex(s); }
+
+TEST(Hash, KnownAnswers) {
+  EXPECT_EQ(to_hex(sha256(as_bytes("abc"))), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  EXPECT_EQ(to_hex(sha384(as_bytes("abc"))),
+            "cb00753f45a35e8bb5a03d699ac65007272c32ab0eded1631a8b605a43ff5bed8086072ba1e7cc2358baeca134c825a7");
+  Hasher h(HashAlg::kSha256);
+  h.update(as_bytes("a"));
+  h.update(as_bytes("bc"));
+  EXPECT_EQ(to_hex(h.finish()), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+}
+
+TEST(Hkdf, Rfc5869Case1) {
+  Bytes ikm(22, 0x0b);
+  Bytes salt = H("000102030405060708090a0b0c");
+  Bytes info = H("f0f1f2f3f4f5f6f7f8f9");
+  auto prk = hkdf_extract(HashAlg::kSha256, salt, ikm);
+  EXPECT_EQ(to_hex(prk.view()), "077709362c2e32df0ddc3f0dc47bba6390b6c73bb50f9c3122ec844ad7c2b3e5");
+  auto okm = hkdf(HashAlg::kSha256, salt, ikm, info, 42);
+  EXPECT_EQ(to_hex(okm.view()),
+            "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865");
+}
+
+TEST(Hmac, Rfc4231Case2) {
+  EXPECT_EQ(to_hex(hmac(HashAlg::kSha256, as_bytes("Jefe"), as_bytes("what do ya want for nothing?"))),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+}
+
+class AeadTest : public ::testing::TestWithParam<AeadSuite> {};
+
+TEST_P(AeadTest, RoundTripAndTamper) {
+  Bytes key = random_bytes(32), nonce = random_bytes(12);
+  auto aead = Aead::create(GetParam(), key);
+  ASSERT_TRUE(aead.ok());
+  Bytes ct, pt;
+  ASSERT_TRUE(aead->seal(nonce, as_bytes("hdr"), as_bytes("secret message"), ct).ok());
+  ASSERT_EQ(ct.size(), 14u + 16u);
+  ASSERT_TRUE(aead->open(nonce, as_bytes("hdr"), ct, pt).ok());
+  EXPECT_EQ(as_chars(pt), "secret message");
+  EXPECT_EQ(aead->open(nonce, as_bytes("HDR"), ct, pt).error().code(), ErrorCode::kSecurity);
+  ct[3] ^= 1;
+  EXPECT_EQ(aead->open(nonce, as_bytes("hdr"), ct, pt).error().code(), ErrorCode::kSecurity);
+}
+
+INSTANTIATE_TEST_SUITE_P(Suites, AeadTest, ::testing::Values(AeadSuite::kAes256Gcm, AeadSuite::kChaCha20Poly1305));
+
+TEST(Aead, AesGcmKnownAnswer) {
+  // NIST GCM test case 13 (256-bit key of zeros, empty plaintext): tag 530f8afbc74536b9a963b4f1c4cb738b.
+  auto aead = Aead::create(AeadSuite::kAes256Gcm, Bytes(32, 0));
+  Bytes out;
+  ASSERT_TRUE(aead->seal(Bytes(12, 0), {}, {}, out).ok());
+  EXPECT_EQ(to_hex(out), "530f8afbc74536b9a963b4f1c4cb738b");
+}
+
+TEST(X25519, Rfc7748Vector) {
+  auto alice = x25519_from_private(H("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a"));
+  EXPECT_EQ(to_hex(alice->public_key), "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a");
+  auto shared = x25519_shared(alice->private_key.view(),
+                              H("de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f"));
+  EXPECT_EQ(to_hex(shared->view()), "4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742");
+  EXPECT_EQ(x25519_shared(alice->private_key.view(), Bytes(32, 0)).error().code(), ErrorCode::kSecurity);
+}
+
+TEST(Ed25519, Rfc8032Test1) {
+  auto kp = ed25519_from_seed(H("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60"));
+  EXPECT_EQ(to_hex(kp->public_key), "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a");
+  auto sig = ed25519_sign(kp->seed.view(), {});
+  EXPECT_EQ(to_hex(*sig),
+            "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b46b"
+            "d25bf5f0595bbe24655141438e7a100b");
+  EXPECT_TRUE(ed25519_verify(kp->public_key, {}, *sig));
+  EXPECT_FALSE(ed25519_verify(kp->public_key, as_bytes("x"), *sig));
+}
+
+}  // namespace
+}  // namespace veil::crypto
