@@ -15,6 +15,7 @@ if(VEIL_SANITIZE OR VEIL_FUZZ)
   endif()
   add_compile_options(${_san} -fno-omit-frame-pointer -fno-sanitize-recover=undefined)
   add_link_options(-fsanitize=address,undefined)
+  # Tests link without libFuzzer: the coverage callbacks come from the sanitizer runtime.
 endif()
 
 # Git commit for `veil --version`.
