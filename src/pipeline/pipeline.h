@@ -1,0 +1,73 @@
+// pipeline: one model sharded across attested stages. Read this first.
+//
+// A ShardManifest (docs/manifest.md) names the model, the sealed-model hash and, for every stage,
+// its half-open layer range [layer_begin, layer_end), the hash of that range's weights, the policy
+// its evidence must satisfy, and its endpoint. Ranges must be contiguous, complete and
+// non-overlapping; every validation error names the stage and field.
+//
+// Scheduling is fill-drain: a prefill is split into micro-batches so stage s works on micro-batch m
+// at step s + m, and several sequences are kept in flight during decode so every stage stays busy.
+//
+// Thread-safety: manifests are immutable values; functions here are pure.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "attest/attest.h"
+#include "core/core.h"
+
+namespace veil::pipeline {
+
+inline constexpr const char* kManifestFormat = "veil-manifest/1";
+
+struct StageSpec {
+  uint32_t index = 0;
+  uint32_t layer_begin = 0;  // first layer held by the stage
+  uint32_t layer_end = 0;    // one past the last layer
+  Bytes weights_sha256;      // hash of this range's weights (sealed-format range hash)
+  std::string endpoint;      // host:port where the stage listens for the front / previous stage
+  nlohmann::json policy_json;  // the attest::Policy document, kept verbatim for display
+  attest::Policy policy;       // parsed form
+};
+
+struct ShardManifest {
+  std::string model_id;
+  uint64_t model_version = 0;
+  Bytes sealed_model_sha256;  // SHA-256 of the sealed model file the stages load
+  uint32_t n_layers = 0;
+  std::vector<StageSpec> stages;
+};
+
+Result<ShardManifest> parse_manifest(std::string_view json, std::string_view source_name = "manifest");
+Result<ShardManifest> load_manifest(const std::filesystem::path& path);
+std::string manifest_to_json(const ShardManifest& manifest);
+
+// Splits layers 0..layer_bytes.size() into `n_stages` contiguous ranges minimising the largest
+// stage's bytes (ties: earlier stages smaller). Each stage gets at least one layer.
+Result<std::vector<std::pair<uint32_t, uint32_t>>> balance_layers(const std::vector<uint64_t>& layer_bytes,
+                                                                  uint32_t n_stages);
+
+// A half-open range of prompt positions processed together.
+struct MicroBatch {
+  uint32_t begin = 0;
+  uint32_t end = 0;
+};
+// Splits n_tokens into at most n_micro_batches nearly equal, non-empty micro-batches (earlier ones larger).
+std::vector<MicroBatch> split_micro_batches(uint32_t n_tokens, uint32_t n_micro_batches);
+
+// One unit of work: `stage` runs micro-batch `micro_batch`.
+struct ScheduleSlot {
+  uint32_t stage = 0;
+  uint32_t micro_batch = 0;
+  bool operator==(const ScheduleSlot&) const = default;
+};
+// Fill-drain schedule: steps[t] lists the slots that run concurrently at step t. Stage s runs
+// micro-batch m at step s + m; there are n_stages + n_micro_batches - 1 steps.
+std::vector<std::vector<ScheduleSlot>> fill_drain_schedule(uint32_t n_stages, uint32_t n_micro_batches);
+
+}  // namespace veil::pipeline
