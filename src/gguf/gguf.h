@@ -44,6 +44,22 @@ enum class TensorType : uint32_t {
   kQ4_K = 12, kQ5_K = 13, kQ6_K = 14, kBF16 = 30,
 };
 
+// Block layout of a tensor type: `block_size` elements are stored in `type_size` bytes.
+struct TypeTraits {
+  const char* name;     // "F32", "Q4_K", ...
+  uint32_t block_size;
+  uint32_t type_size;
+  bool compute;         // Veil can compute with it (src/tensor); others are readable but refused by the engine
+};
+// nullptr for a type id GGUF does not define (or Veil cannot size).
+const TypeTraits* type_traits(TensorType type);
+const TypeTraits* type_traits(uint32_t type_id);
+// "F32", ... or "type<N>".
+std::string type_name(TensorType type);
+// Parses "f32", "Q4_K", "q8_0" (case-insensitive) into a type Veil computes with.
+Result<TensorType> parse_type_name(std::string_view name);
+const char* value_type_name(ValueType type);
+
 struct TensorInfo {
   std::string name;
   std::vector<uint64_t> dims;  // GGUF order: dims[0] is the fastest-varying (row length)
