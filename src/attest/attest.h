@@ -142,6 +142,8 @@ struct ProviderOptions {
   std::filesystem::path tsm_root = "/sys/kernel/config/tsm/report";
   std::filesystem::path nsm_device = "/dev/nsm";
   std::string tpm_tcti;                     // e.g. "swtpm:host=127.0.0.1,port=2321" or "device:/dev/tpmrm0"
+  bool sim_create_key = false;              // sim: create the platform key file (0600) if it does not exist
+  std::filesystem::path sim_executable;     // sim: the measured executable; empty = /proc/self/exe
 };
 Result<std::unique_ptr<Provider>> make_provider(std::string_view name, const ProviderOptions& options);
 
