@@ -12,6 +12,7 @@ struct VerifierEntry {
 
 constexpr VerifierEntry kVerifiers[] = {
     {TeeType::kSim, make_sim_verifier},
+    {TeeType::kNitro, make_nitro_verifier},
 };
 
 struct ProviderEntry {
