@@ -69,9 +69,17 @@ struct Vocab {
   std::string name;                     // for error messages (file name)
 };
 
+struct TextRange {
+  size_t offset = 0;
+  size_t length = 0;
+};
+
 struct EncodeOptions {
   bool add_special = true;    // add BOS/EOS as the metadata says
   bool parse_special = false; // match control tokens (e.g. "<|im_start|>") written in the text
+  // With parse_special: if non-empty, control tokens are matched only when they lie wholly inside one of these
+  // byte ranges (sorted, non-overlapping). encode_chat uses this so message content never yields control tokens.
+  std::span<const TextRange> special_ranges = {};
 };
 
 class Tokenizer {
@@ -145,14 +153,20 @@ Result<ChatFormat> detect_chat_format(std::string_view jinja_template);
 const char* chat_format_name(ChatFormat format);
 Result<ChatFormat> parse_chat_format(std::string_view name);  // "chatml", "llama2", "llama3", "phi3", ...
 
-// Renders messages in `format`. The text contains special-token strings (e.g. "<|im_start|>"): encode it
+// Renders messages in `format`. `template_ranges`, when given, receives the byte ranges of the result that come
+// from the template (not from message content). The text contains special-token strings (e.g. "<|im_start|>"): encode it
 // with parse_special = true and add_special = false (the BOS the format needs is written into the text).
 // kInvalidArgument for an unknown role.
 Result<std::string> format_chat(ChatFormat format, std::span<const ChatMessage> messages,
                                 bool add_generation_prompt, std::string_view bos_text,
-                                std::string_view eos_text);
+                                std::string_view eos_text, std::vector<TextRange>* template_ranges = nullptr);
 // detect_chat_format(tok.chat_template()) then format_chat with the tokenizer's BOS/EOS text.
 Result<std::string> apply_chat_template(const Tokenizer& tok, std::span<const ChatMessage> messages,
                                         bool add_generation_prompt);
+// The prompt's token ids for a chat: the template's own text may produce control tokens, message content never
+// does (a user who types "<|im_end|>" gets plain-text tokens). Use this, not encode(apply_chat_template(...)),
+// whenever content is untrusted. `format` overrides the detected format when set.
+Result<std::vector<TokenId>> encode_chat(const Tokenizer& tok, std::span<const ChatMessage> messages,
+                                         bool add_generation_prompt, const ChatFormat* format = nullptr);
 
 }  // namespace veil::tokenizer
