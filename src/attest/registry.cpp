@@ -12,6 +12,7 @@ struct VerifierEntry {
 
 constexpr VerifierEntry kVerifiers[] = {
     {TeeType::kSim, make_sim_verifier},
+    {TeeType::kTdx, make_tdx_verifier},
     {TeeType::kNitro, make_nitro_verifier},
 };
 
