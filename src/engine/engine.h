@@ -1,0 +1,191 @@
+// engine: Veil's CPU transformer inference. Read this first.
+//
+//   auto file  = std::make_shared<gguf::File>(*gguf::File::open(path));   // or File::from_memory (sealed model)
+//   auto model = Model::load(file, {});                                      // binds + checks every tensor
+//   Context ctx(model->hparams(), {.threads = 4, .max_batch_tokens = 512});
+//   KvCache cache = model->new_cache(2048);                                  // one per sequence
+//   ForwardRequest r{&cache, prompt_ids, LogitsMode::kLast};
+//   model->forward({&r, 1}, ctx);                                            // prefill; logits in ctx.logits()
+//   ... then one token per step (several sequences per call: continuous batching).
+//
+// Graph: each architecture (llama, qwen2, gpt2) is one file (arch_<name>.cpp) that reads its hyper-parameters and
+// tensors from GGUF metadata and describes one transformer block in terms of the shared ops (ops.h). The forward pass
+// runs over a LayerRange with hidden states in and out: the token embedding runs only when the range starts at
+// layer 0 and the output head only when it ends at the last layer, so a pipeline stage runs just its layers.
+//
+// Batching: one forward() advances several sequences, each with its own KvCache, each by any number of tokens
+// (prefill is a request with many tokens). Matrix products run once over all tokens of the batch; attention
+// runs per sequence against that sequence's cache.
+//
+// Invariants: a Model is immutable after load and may be shared by threads; weights are views into the
+// gguf::File (kept alive by the Model), never copied (norm vectors and biases are widened to f32). A Context
+// (thread pool + scratch buffers) and a KvCache belong to one thread at a time. forward() allocates only when a
+// batch is larger than any before it.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "core/core.h"
+#include "gguf/gguf.h"
+#include "tensor/tensor.h"
+#include "tensor/thread_pool.h"
+
+namespace veil::engine {
+
+using TokenId = int32_t;
+
+enum class RopeStyle { kNone, kNormal /* adjacent pairs (llama) */, kNeox /* halves (qwen2) */ };
+
+struct HParams {
+  std::string arch;
+  uint32_t n_vocab = 0;
+  uint32_t n_embd = 0;
+  uint32_t n_layer = 0;
+  uint32_t n_head = 0;
+  uint32_t n_head_kv = 0;
+  uint32_t head_dim = 0;
+  uint32_t n_ff = 0;
+  uint32_t n_ctx_train = 0;
+  float norm_eps = 1e-5f;
+  float rope_theta = 10000.0f;
+  uint32_t rope_dim = 0;
+  RopeStyle rope = RopeStyle::kNone;
+  bool synthetic = false;  // veil.synthetic = true: random weights for benchmarks only
+};
+
+struct LayerRange {
+  uint32_t begin = 0;
+  uint32_t end = UINT32_MAX;  // clamped to n_layer
+};
+
+// A weight vector (norm gains, biases) widened to f32.
+using Vec = std::vector<float>;
+
+struct LayerWeights {
+  tensor::Matrix attn_q, attn_k, attn_v, attn_qkv, attn_out;
+  tensor::Matrix ffn_gate, ffn_up, ffn_down;
+  Vec attn_norm, attn_norm_b, ffn_norm, ffn_norm_b;
+  Vec bq, bk, bv, bqkv, bo, b_up, b_down;
+};
+
+struct Weights {
+  tensor::Matrix token_embd;  // [n_vocab x n_embd]
+  tensor::Matrix pos_embd;    // gpt2: [n_ctx x n_embd]
+  tensor::Matrix output;      // [n_vocab x n_embd]; token_embd when tied
+  bool tied_output = false;
+  Vec output_norm, output_norm_b;
+  std::vector<LayerWeights> layers;  // n_layer entries; only those in the loaded range are bound
+};
+
+// Key/value cache of one sequence for the layers of one range.
+class KvCache {
+ public:
+  KvCache() = default;
+  KvCache(uint32_t n_ctx, LayerRange range, uint32_t kv_dim);
+  uint32_t n_ctx() const { return n_ctx_; }
+  uint32_t n_past() const { return n_past_; }
+  // Forgets tokens from position `n` on (n <= n_past): e.g. to reuse a shared prompt prefix.
+  void truncate(uint32_t n) { if (n < n_past_) n_past_ = n; }
+  void clear() { n_past_ = 0; }
+  float* k(uint32_t layer, uint32_t pos) { return k_.data() + ((layer - range_.begin) * size_t{n_ctx_} + pos) * kv_dim_; }
+  float* v(uint32_t layer, uint32_t pos) { return v_.data() + ((layer - range_.begin) * size_t{n_ctx_} + pos) * kv_dim_; }
+  const LayerRange& range() const { return range_; }
+
+ private:
+  friend class Model;
+  uint32_t n_ctx_ = 0;
+  uint32_t n_past_ = 0;
+  uint32_t kv_dim_ = 0;
+  LayerRange range_;
+  std::vector<float> k_, v_;
+};
+
+enum class LogitsMode { kNone, kLast, kAll };
+
+struct ForwardRequest {
+  KvCache* cache = nullptr;
+  std::span<const TokenId> tokens;  // appended at positions cache->n_past()...; on a later stage only the count matters
+  LogitsMode logits = LogitsMode::kLast;
+  uint32_t n_tokens = 0;            // when the range does not start at layer 0: tokens carried by the hidden states
+};
+
+struct ContextOptions {
+  uint32_t threads = 1;
+};
+
+// Per-thread working memory: thread pool, activations, logits. Reused across calls.
+class Context {
+ public:
+  Context(const HParams& hp, ContextOptions options);
+  // Hidden states [tokens x n_embd]: the input of a range that does not start at layer 0 (fill it with
+  // set_hidden), and the output of a range that does not end at the last layer.
+  std::span<const float> hidden() const { return {x_.data(), n_tokens_ * size_t{n_embd_}}; }
+  void set_hidden(std::span<const float> h);
+  // Logits of the rows asked for, in request order: [rows x n_vocab].
+  std::span<const float> logits() const { return {logits_.data(), n_logit_rows_ * size_t{n_vocab_}}; }
+  size_t logit_rows() const { return n_logit_rows_; }
+  tensor::ThreadPool& pool() { return pool_; }
+  const tensor::KernelSet& kernels() const { return *kernels_; }
+  void set_kernels(const tensor::KernelSet& k) { kernels_ = &k; }
+
+  // Buffers the ops use (public for the architecture files).
+  struct Buffers {
+    std::vector<float> xb, xb2, q, k, v, att, hb, hb2, scores;
+    std::vector<uint32_t> pos;           // position of each token of the batch
+    std::vector<uint32_t> seq;           // request index of each token
+    tensor::MatmulScratch mm;
+  } buf;
+
+ private:
+  friend class Model;
+  uint32_t n_embd_, n_vocab_;
+  tensor::ThreadPool pool_;
+  const tensor::KernelSet* kernels_;
+  std::vector<float> x_;
+  std::vector<float> logits_;
+  size_t n_tokens_ = 0;
+  size_t n_logit_rows_ = 0;
+};
+
+struct LoadOptions {
+  LayerRange layers;  // bind only these layers (plus embedding / head when the range touches the ends)
+};
+
+struct ArchSpec;
+
+class Model {
+ public:
+  static Result<std::shared_ptr<const Model>> load(std::shared_ptr<const gguf::File> file, LoadOptions options = {});
+
+  const HParams& hparams() const { return hp_; }
+  const Weights& weights() const { return w_; }
+  const gguf::File& file() const { return *file_; }
+  LayerRange layers() const { return range_; }
+  bool first_stage() const { return range_.begin == 0; }
+  bool last_stage() const { return range_.end == hp_.n_layer; }
+
+  // A cache for this model's layer range. n_ctx = 0 means the training context length.
+  KvCache new_cache(uint32_t n_ctx) const;
+
+  // Runs this model's layer range over the batch. Errors: kInvalidArgument for a token id out of range or an
+  // empty request, kResourceExhausted when a sequence would exceed its cache. On error no cache is advanced.
+  Status forward(std::span<ForwardRequest> requests, Context& ctx) const;
+
+  const ArchSpec& arch() const { return *arch_; }
+
+ private:
+  std::shared_ptr<const gguf::File> file_;
+  HParams hp_;
+  Weights w_;
+  LayerRange range_;
+  const ArchSpec* arch_ = nullptr;
+};
+
+// Architecture names Veil runs ("gpt2", "llama", "qwen2").
+std::vector<std::string> supported_architectures();
+
+}  // namespace veil::engine

@@ -1,0 +1,300 @@
+// Model loading (architecture registry, hyper-parameters, tensor binding) and the batched forward pass.
+#include <algorithm>
+#include <cstring>
+
+#include "engine/arch.h"
+
+namespace veil::engine {
+
+namespace {
+
+const ArchSpec* const kArchitectures[] = {&llama_arch(), &qwen2_arch(), &gpt2_arch()};
+
+const ArchSpec* find_arch(std::string_view name) {
+  for (const ArchSpec* a : kArchitectures) {
+    if (name == a->name) return a;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+std::vector<std::string> supported_architectures() {
+  std::vector<std::string> out;
+  for (const ArchSpec* a : kArchitectures) out.emplace_back(a->name);
+  return out;
+}
+
+std::string layer_tensor(uint32_t layer, std::string_view name) { return fmt::format("blk.{}.{}", layer, name); }
+
+// ---------------- Binder ----------------
+
+Result<tensor::Matrix> Binder::matrix(const std::string& name, uint64_t cols, uint64_t rows) const {
+  const gguf::TensorInfo* t = f_.find_tensor(name);
+  if (!t) return make_error(ErrorCode::kCorrupt, "model {}: tensor '{}' is missing", f_.name(), name);
+  if (t->dims.size() != 2 || t->dims[0] != cols || t->dims[1] != rows) {
+    std::string got;
+    for (uint64_t d : t->dims) got += (got.empty() ? "" : ", ") + std::to_string(d);
+    return make_error(ErrorCode::kCorrupt, "model {}: tensor '{}' has shape [{}], expected [{}, {}]", f_.name(), name,
+                      got, cols, rows);
+  }
+  if (!tensor::is_supported(t->type)) {
+    return make_error(ErrorCode::kUnsupported, "model {}: tensor '{}' has type {}, which Veil cannot compute with",
+                      f_.name(), name, gguf::type_name(t->type));
+  }
+  return tensor::Matrix{t->type, t->data, rows, cols, tensor::row_bytes(t->type, cols)};
+}
+
+Result<Vec> Binder::vec(const std::string& name, uint64_t n) const {
+  const gguf::TensorInfo* t = f_.find_tensor(name);
+  if (!t) return make_error(ErrorCode::kCorrupt, "model {}: tensor '{}' is missing", f_.name(), name);
+  if (t->n_elements != n || t->dims[0] != n) {
+    return make_error(ErrorCode::kCorrupt, "model {}: tensor '{}' has {} elements, expected {}", f_.name(), name,
+                      t->n_elements, n);
+  }
+  if (!tensor::is_supported(t->type)) {
+    return make_error(ErrorCode::kUnsupported, "model {}: tensor '{}' has type {}, which Veil cannot compute with",
+                      f_.name(), name, gguf::type_name(t->type));
+  }
+  return tensor::dequantize(t->type, t->data, n);
+}
+
+// ---------------- hyper-parameters ----------------
+
+namespace {
+
+Result<uint32_t> read_dim(const gguf::File& f, const std::string& key, uint64_t max) {
+  VEIL_ASSIGN_OR_RETURN(uint64_t v, f.get_uint(key));
+  if (v == 0 || v > max) {
+    return make_error(ErrorCode::kCorrupt, "model {}: metadata '{}' = {} is out of range (1..{})", f.name(), key, v, max);
+  }
+  return static_cast<uint32_t>(v);
+}
+
+Result<uint32_t> read_dim_or(const gguf::File& f, const std::string& key, uint64_t max, uint32_t fallback) {
+  if (!f.find(key)) return fallback;
+  return read_dim(f, key, max);
+}
+
+}  // namespace
+
+Status read_common_hparams(const gguf::File& f, HParams& hp, bool needs_ff) {
+  const std::string a = hp.arch + ".";
+  VEIL_ASSIGN_OR_RETURN(hp.n_embd, read_dim(f, a + "embedding_length", 1 << 16));
+  VEIL_ASSIGN_OR_RETURN(hp.n_layer, read_dim(f, a + "block_count", 1024));
+  VEIL_ASSIGN_OR_RETURN(hp.n_head, read_dim(f, a + "attention.head_count", 1024));
+  VEIL_ASSIGN_OR_RETURN(hp.n_head_kv, read_dim_or(f, a + "attention.head_count_kv", 1024, hp.n_head));
+  if (needs_ff) {
+    VEIL_ASSIGN_OR_RETURN(hp.n_ff, read_dim(f, a + "feed_forward_length", 1 << 18));
+  }
+  VEIL_ASSIGN_OR_RETURN(hp.n_ctx_train, read_dim_or(f, a + "context_length", 1 << 24, 2048));
+  if (hp.n_head % hp.n_head_kv != 0) {
+    return make_error(ErrorCode::kCorrupt, "model {}: head_count {} is not a multiple of head_count_kv {}", f.name(),
+                      hp.n_head, hp.n_head_kv);
+  }
+  uint32_t default_hd = hp.n_embd / hp.n_head;
+  VEIL_ASSIGN_OR_RETURN(hp.head_dim, read_dim_or(f, a + "attention.key_length", 1 << 12, default_hd));
+  if (hp.head_dim == 0 || (hp.head_dim == default_hd && hp.n_embd % hp.n_head != 0)) {
+    return make_error(ErrorCode::kCorrupt, "model {}: embedding_length {} is not a multiple of head_count {}", f.name(),
+                      hp.n_embd, hp.n_head);
+  }
+  if (f.find(a + "attention.value_length")) {
+    VEIL_ASSIGN_OR_RETURN(uint64_t vl, f.get_uint(a + "attention.value_length"));
+    if (vl != hp.head_dim) {
+      return make_error(ErrorCode::kUnsupported, "model {}: value_length {} differs from key_length {}", f.name(), vl,
+                        hp.head_dim);
+    }
+  }
+  const gguf::TensorInfo* emb = f.find_tensor("token_embd.weight");
+  if (!emb || emb->dims.size() != 2) {
+    return make_error(ErrorCode::kCorrupt, "model {}: tensor 'token_embd.weight' is missing or not 2-D", f.name());
+  }
+  if (emb->dims[1] > (1u << 24)) return make_error(ErrorCode::kCorrupt, "model {}: vocabulary too large", f.name());
+  hp.n_vocab = static_cast<uint32_t>(emb->dims[1]);
+  if (f.find(a + "vocab_size")) {
+    VEIL_ASSIGN_OR_RETURN(uint64_t nv, f.get_uint(a + "vocab_size"));
+    if (nv != hp.n_vocab) {
+      return make_error(ErrorCode::kCorrupt, "model {}: metadata '{}vocab_size' = {} but token_embd has {} rows",
+                        f.name(), a, nv, hp.n_vocab);
+    }
+  }
+  if (const gguf::Value* s = f.find("veil.synthetic")) {
+    const bool* b = std::get_if<bool>(&s->v);
+    hp.synthetic = b && *b;
+  }
+  return ok_status();
+}
+
+// ---------------- KvCache / Context ----------------
+
+KvCache::KvCache(uint32_t n_ctx, LayerRange range, uint32_t kv_dim)
+    : n_ctx_(n_ctx), kv_dim_(kv_dim), range_(range) {
+  size_t n = size_t{range.end - range.begin} * n_ctx * kv_dim;
+  k_.assign(n, 0.0f);
+  v_.assign(n, 0.0f);
+}
+
+Context::Context(const HParams& hp, ContextOptions options)
+    : n_embd_(hp.n_embd), n_vocab_(hp.n_vocab), pool_(options.threads), kernels_(&tensor::active_kernels()) {}
+
+void Context::set_hidden(std::span<const float> h) {
+  x_.assign(h.begin(), h.end());
+  n_tokens_ = n_embd_ ? h.size() / n_embd_ : 0;
+}
+
+// ---------------- Model ----------------
+
+Result<std::shared_ptr<const Model>> Model::load(std::shared_ptr<const gguf::File> file, LoadOptions options) {
+  if (!file) return make_error(ErrorCode::kInvalidArgument, "model: no file given");
+  const gguf::File& f = *file;
+  VEIL_ASSIGN_OR_RETURN(std::string arch_name, f.get_string("general.architecture"));
+  const ArchSpec* arch = find_arch(arch_name);
+  if (!arch) {
+    std::string names;
+    for (const auto& n : supported_architectures()) names += (names.empty() ? "" : ", ") + n;
+    return make_error(ErrorCode::kUnsupported, "model {}: architecture '{}' is not supported ({})", f.name(),
+                      arch_name, names);
+  }
+  auto m = std::make_shared<Model>();
+  m->file_ = file;
+  m->arch_ = arch;
+  m->hp_.arch = arch_name;
+  VEIL_TRY(arch->read_hparams(f, m->hp_));
+  HParams& hp = m->hp_;
+  if (hp.rope != RopeStyle::kNone) {
+    if (hp.rope_dim == 0) hp.rope_dim = hp.head_dim;
+    if (hp.rope_dim % 2 != 0 || hp.rope_dim > hp.head_dim) {
+      return make_error(ErrorCode::kCorrupt, "model {}: rope dimension {} must be even and at most the head size {}",
+                        f.name(), hp.rope_dim, hp.head_dim);
+    }
+  }
+  LayerRange r = options.layers;
+  r.end = std::min(r.end, hp.n_layer);
+  if (r.begin >= r.end) {
+    return make_error(ErrorCode::kInvalidArgument, "model {}: layer range [{}, {}) is empty (model has {} layers)",
+                      f.name(), options.layers.begin, options.layers.end, hp.n_layer);
+  }
+  m->range_ = r;
+
+  Binder b(f, hp);
+  Weights& w = m->w_;
+  VEIL_ASSIGN_OR_RETURN(w.token_embd, b.matrix("token_embd.weight", hp.n_embd, hp.n_vocab));
+  if (b.has("output.weight")) {
+    VEIL_ASSIGN_OR_RETURN(w.output, b.matrix("output.weight", hp.n_embd, hp.n_vocab));
+  } else {
+    w.output = w.token_embd;
+    w.tied_output = true;
+  }
+  VEIL_TRY(arch->bind_head(b, hp, w));
+  w.layers.resize(hp.n_layer);
+  for (uint32_t l = r.begin; l < r.end; ++l) VEIL_TRY(arch->bind_layer(b, hp, l, w.layers[l]));
+  return std::shared_ptr<const Model>(std::move(m));
+}
+
+KvCache Model::new_cache(uint32_t n_ctx) const {
+  if (n_ctx == 0) n_ctx = hp_.n_ctx_train;
+  if (w_.pos_embd.data) n_ctx = std::min<uint32_t>(n_ctx, static_cast<uint32_t>(w_.pos_embd.rows));
+  return KvCache(n_ctx, range_, hp_.n_head_kv * hp_.head_dim);
+}
+
+Status Model::forward(std::span<ForwardRequest> requests, Context& ctx) const {
+  if (requests.empty()) return make_error(ErrorCode::kInvalidArgument, "forward: no requests");
+  const uint32_t kv_dim = hp_.n_head_kv * hp_.head_dim;
+  size_t total = 0;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    ForwardRequest& q = requests[i];
+    if (!q.cache) return make_error(ErrorCode::kInvalidArgument, "forward: request {} has no cache", i);
+    if (q.cache->range_.begin != range_.begin || q.cache->range_.end != range_.end || q.cache->kv_dim_ != kv_dim) {
+      return make_error(ErrorCode::kInvalidArgument, "forward: request {}: cache was made for another model or range", i);
+    }
+    for (size_t j = 0; j < i; ++j) {
+      if (requests[j].cache == q.cache) return make_error(ErrorCode::kInvalidArgument, "forward: request {} repeats a cache", i);
+    }
+    size_t n = first_stage() ? q.tokens.size() : q.n_tokens;
+    if (n == 0) return make_error(ErrorCode::kInvalidArgument, "forward: request {} has no tokens", i);
+    if (size_t{q.cache->n_past_} + n > q.cache->n_ctx_) {
+      return make_error(ErrorCode::kResourceExhausted, "forward: request {}: {} tokens exceed the context of {} ({} used)",
+                        i, n, q.cache->n_ctx_, q.cache->n_past_);
+    }
+    if (w_.pos_embd.data && size_t{q.cache->n_past_} + n > w_.pos_embd.rows) {
+      return make_error(ErrorCode::kResourceExhausted, "forward: request {}: position beyond the model's {} learned positions",
+                        i, w_.pos_embd.rows);
+    }
+    if (first_stage()) {
+      for (TokenId t : q.tokens) {
+        if (t < 0 || static_cast<uint32_t>(t) >= hp_.n_vocab) {
+          return make_error(ErrorCode::kInvalidArgument, "forward: request {}: token id out of range (vocabulary {})", i,
+                            hp_.n_vocab);
+        }
+      }
+    }
+    total += n;
+  }
+  if (!first_stage() && ctx.n_tokens_ != total) {
+    return make_error(ErrorCode::kInvalidArgument, "forward: {} hidden-state rows given for {} tokens", ctx.n_tokens_, total);
+  }
+
+  // Size the scratch buffers (grow only).
+  auto& B = ctx.buf;
+  const size_t d = hp_.n_embd, qd = size_t{hp_.n_head} * hp_.head_dim;
+  const size_t wide = std::max({d, qd, size_t{hp_.n_ff}, 3 * d});
+  auto grow = [](std::vector<float>& v, size_t n) { if (v.size() < n) v.resize(n); };
+  grow(ctx.x_, total * d);
+  grow(B.xb, total * std::max(d, qd));
+  grow(B.xb2, total * std::max(d, qd));
+  grow(B.q, total * qd);
+  grow(B.k, total * kv_dim);
+  grow(B.v, total * kv_dim);
+  grow(B.att, total * qd);
+  grow(B.hb, total * wide);
+  grow(B.hb2, total * wide);
+  if (B.pos.size() < total) {
+    B.pos.resize(total);
+    B.seq.resize(total);
+  }
+  for (size_t i = 0, t = 0; i < requests.size(); ++i) {
+    size_t n = first_stage() ? requests[i].tokens.size() : requests[i].n_tokens;
+    for (size_t j = 0; j < n; ++j, ++t) {
+      B.pos[t] = requests[i].cache->n_past_ + static_cast<uint32_t>(j);
+      B.seq[t] = static_cast<uint32_t>(i);
+    }
+  }
+
+  float* x = ctx.x_.data();
+  if (first_stage()) {
+    for (size_t i = 0, t = 0; i < requests.size(); ++i) {
+      for (TokenId tok : requests[i].tokens) {
+        tensor::dequantize_row(w_.token_embd.type, w_.token_embd.data + size_t(tok) * w_.token_embd.row_stride, x + t * d, d);
+        if (w_.pos_embd.data) {
+          float* tmp = B.xb.data();
+          tensor::dequantize_row(w_.pos_embd.type, w_.pos_embd.data + size_t{B.pos[t]} * w_.pos_embd.row_stride, tmp, d);
+          for (size_t j = 0; j < d; ++j) x[t * d + j] += tmp[j];
+        }
+        ++t;
+      }
+    }
+  }
+  Batch batch{*this, ctx, requests, total, x};
+  for (uint32_t l = range_.begin; l < range_.end; ++l) arch_->block(batch, l);
+  for (auto& q : requests) q.cache->n_past_ += static_cast<uint32_t>(first_stage() ? q.tokens.size() : q.n_tokens);
+  ctx.n_tokens_ = total;
+
+  ctx.n_logit_rows_ = 0;
+  if (!last_stage()) return ok_status();
+  // Gather the rows that need logits, normalise them, project to the vocabulary.
+  size_t rows = 0;
+  for (size_t i = 0, t = 0; i < requests.size(); ++i) {
+    size_t n = first_stage() ? requests[i].tokens.size() : requests[i].n_tokens;
+    size_t from = requests[i].logits == LogitsMode::kAll ? 0 : requests[i].logits == LogitsMode::kLast ? n - 1 : n;
+    for (size_t j = from; j < n; ++j, ++rows) std::memcpy(B.xb.data() + rows * d, x + (t + j) * d, d * sizeof(float));
+    t += n;
+  }
+  if (rows == 0) return ok_status();
+  arch_->final_norm(*this, B.xb.data(), B.xb2.data(), rows);
+  grow(ctx.logits_, rows * hp_.n_vocab);
+  tensor::matmul(ctx.kernels(), w_.output, B.xb2.data(), rows, ctx.logits_.data(), &ctx.pool(), B.mm);
+  ctx.n_logit_rows_ = rows;
+  return ok_status();
+}
+
+}  // namespace veil::engine

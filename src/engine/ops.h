@@ -1,0 +1,22 @@
+// Internal: the operations the architecture files compose. All work on row-major [tokens x n] f32 buffers.
+#pragma once
+
+#include "engine/arch.h"
+
+namespace veil::engine::ops {
+
+void rmsnorm(const float* x, const Vec& w, float eps, size_t rows, size_t n, float* out);
+void layernorm(const float* x, const Vec& w, const Vec& b, float eps, size_t rows, size_t n, float* out);
+// out[rows x m.rows] = in[rows x m.cols] * m^T (+ bias), on the context's kernels and threads.
+void linear(Batch& b, const tensor::Matrix& m, const float* in, float* out, const Vec* bias = nullptr);
+// Rotary embedding of `n_heads` heads per token, each token at its own position.
+void rope(Batch& b, float* x, uint32_t n_heads);
+// Writes the batch's K and V rows into each sequence's cache for `layer`.
+void store_kv(Batch& b, uint32_t layer, const float* k, const float* v);
+// Causal multi-head attention (GQA when n_head_kv < n_head) of every token against its sequence's cache.
+void attention(Batch& b, uint32_t layer, const float* q, float* out);
+void add(float* x, const float* y, size_t n);
+void silu_mul(float* gate, const float* up, size_t n);  // gate = silu(gate) * up
+void gelu(float* x, size_t n);                           // tanh approximation (GPT-2)
+
+}  // namespace veil::engine::ops
