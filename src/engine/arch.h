@@ -11,7 +11,7 @@ namespace veil::engine {
 // Reads `<arch>.<key>` metadata and binds tensors with shape checks; errors name the file, tensor and why.
 class Binder {
  public:
-  Binder(const gguf::File& file, const HParams& hp) : f_(file), hp_(hp) {}
+  explicit Binder(const gguf::File& file) : f_(file) {}
   const gguf::File& file() const { return f_; }
   bool has(std::string_view name) const { return f_.find_tensor(name) != nullptr; }
   // A 2-D weight with GGUF dims {cols, rows} in a type the kernels support.
@@ -21,7 +21,6 @@ class Binder {
 
  private:
   const gguf::File& f_;
-  const HParams& hp_;
 };
 
 std::string layer_tensor(uint32_t layer, std::string_view name);  // "blk.<layer>.<name>"

@@ -176,7 +176,7 @@ Result<std::shared_ptr<const Model>> Model::load(std::shared_ptr<const gguf::Fil
   }
   m->range_ = r;
 
-  Binder b(f, hp);
+  Binder b(f);
   Weights& w = m->w_;
   VEIL_ASSIGN_OR_RETURN(w.token_embd, b.matrix("token_embd.weight", hp.n_embd, hp.n_vocab));
   if (b.has("output.weight")) {
