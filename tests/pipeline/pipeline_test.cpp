@@ -118,8 +118,12 @@ TEST(Schedule, FillDrainRunsEachMicroBatchOnEachStageOnceInOrder) {
   for (uint32_t s = 0; s < S; ++s) {
     for (uint32_t m = 0; m < M; ++m) {
       ASSERT_GE(when[s][m], 0);
-      if (s > 0) EXPECT_GT(when[s][m], when[s - 1][m]) << "stage before its input is ready";
-      if (m > 0) EXPECT_GT(when[s][m], when[s][m - 1]) << "micro-batches out of order";
+      if (s > 0) {
+        EXPECT_GT(when[s][m], when[s - 1][m]) << "stage before its input is ready";
+      }
+      if (m > 0) {
+        EXPECT_GT(when[s][m], when[s][m - 1]) << "micro-batches out of order";
+      }
     }
   }
   EXPECT_EQ(steps[S - 1].size(), S);  // the pipeline is full once filled
