@@ -1,0 +1,185 @@
+// kernels: the fast matrix-vector / matrix-matrix kernels, the decode thread pool and the memory-bandwidth probe.
+// Read this first.
+//
+// Types. Weights are GGUF tensors in their on-disk block layout (type ids as gguf::TensorType numbers them):
+// F32, F16, BF16 (any row length), Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 (rows a multiple of 32) and Q4_K, Q5_K, Q6_K (rows a
+// multiple of 256). Row r of a matrix starts at w + r * row_stride.
+//
+// Activations. A float vector x of length n is first "prepared" once (prepare(), act_bytes() bytes), then reused
+// by every matvec/matmul against matrices of that weight type:
+//   - F32, F16, BF16 weights: the activation is x itself as f32 (a copy).
+//   - Q8_0, Q4_0, Q4_1, Q5_0, Q5_1: ActQ8 blocks of 32: {f32 d, f32 s = d * sum(q), int8 q[32]} (40 bytes).
+//   - Q4_K, Q5_K, Q6_K: ActQ8K super-blocks of 256: {f32 d, int16 bsums[16] (sum of each 16 q), int8 q[256]}.
+// Quantisation is symmetric, round to nearest, d = max|x| / 127. The prepared format is the same for every ISA,
+// so an activation prepared by one table may be used with another table's kernels.
+//
+// Arithmetic. Every ISA computes the same exact integer dot product per block (weights x int8 activations); only
+// the order of the final f32 accumulation differs, so results match the scalar reference to float rounding.
+//
+// Dispatch. kernel_table(isa) gives one function table per instruction set: kScalar (portable C++, the
+// reference), kAvx2 (AVX2 + FMA + F16C, int8 maddubs), kAvx512 (AVX-512 F/BW/VL + VNNI dpbusd, BF16 dpbf16ps;
+// compiled with target attributes so the binary runs everywhere). active_isa() is the best the CPU supports,
+// or VEIL_KERNELS=scalar|avx2|avx512 (an unsupported request falls back to the best supported, with a warning).
+//
+// Repacking. repack_q4_0x4 / repack_q8_0x4 interleave 4 rows' blocks so one pass over the weights produces 4
+// outputs per step (matvec_repacked*). The plain-layout kernels remain the default.
+//
+// Thread pool. ThreadPool keeps persistent workers that spin (bounded) between jobs and then sleep on a futex;
+// run() splits [0, n) into contiguous ranges and allocates nothing.
+//
+// Thread-safety: every kernel is a pure function of its inputs and may run concurrently on disjoint outputs.
+// A ThreadPool's run() must be called by one thread at a time.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "core/core.h"
+
+namespace veil::kernels {
+
+// GGUF tensor type ids (identical to gguf::TensorType; static_cast between them).
+enum class Type : uint32_t {
+  kF32 = 0, kF16 = 1, kQ4_0 = 2, kQ4_1 = 3, kQ5_0 = 6, kQ5_1 = 7, kQ8_0 = 8,
+  kQ4_K = 12, kQ5_K = 13, kQ6_K = 14, kBF16 = 30,
+};
+inline constexpr Type kAllTypes[] = {Type::kF32,  Type::kF16,  Type::kBF16, Type::kQ8_0, Type::kQ4_0, Type::kQ4_1,
+                                     Type::kQ5_0, Type::kQ5_1, Type::kQ4_K, Type::kQ5_K, Type::kQ6_K};
+
+enum class Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+
+const char* type_name(Type t);
+bool type_supported(Type t);
+uint32_t block_elems(Type t);  // 1 for F32/F16/BF16, 32, or 256
+uint32_t block_bytes(Type t);
+size_t row_bytes(Type t, size_t n);  // n a multiple of block_elems(t)
+
+const char* isa_name(Isa isa);
+Result<Isa> parse_isa(std::string_view name);  // "scalar" | "avx2" | "avx512"
+bool isa_supported(Isa isa);                   // by this CPU
+Isa best_isa();                                // best the CPU supports
+Isa active_isa();                              // VEIL_KERNELS if set and supported, else best_isa(); cached
+
+// One weight type's kernels. Signatures match the engine's per-type kernel table (src/tensor TypeKernel).
+struct TypeKernels {
+  // Bytes of the prepared activation for a vector of n elements.
+  size_t (*act_bytes)(size_t n) = nullptr;
+  // Prepares (copies or quantises) x[0..n) into `out` (act_bytes(n) bytes, any alignment).
+  void (*prepare)(const float* x, size_t n, uint8_t* out) = nullptr;
+  // Decode: y[r - r0] = dot(row r, act) for r in [r0, r1). Rows are `row_stride` bytes apart, `n` elements long.
+  void (*matvec)(const uint8_t* w, size_t row_stride, size_t n, const uint8_t* act, float* y, size_t r0,
+                 size_t r1) = nullptr;
+  // Prefill / batched decode: `batch` prepared activations, act_stride bytes apart;
+  // y[b * y_stride + (r - r0)] = dot(row r, act b). Weights stream once for the whole batch (row tiles stay in
+  // cache while every column is applied).
+  void (*matmul)(const uint8_t* w, size_t row_stride, size_t n, const uint8_t* act, size_t act_stride,
+                 size_t batch, float* y, size_t y_stride, size_t r0, size_t r1) = nullptr;
+};
+
+struct KernelTable {
+  const char* name = "scalar";
+  Isa isa = Isa::kScalar;
+  TypeKernels by_type[32];
+  const TypeKernels& of(Type t) const { return by_type[static_cast<uint32_t>(t) & 31]; }
+};
+
+// The table of one ISA (callable on any CPU; running a table the CPU lacks raises SIGILL: check isa_supported).
+const KernelTable& kernel_table(Isa isa);
+inline const KernelTable& active_table() { return kernel_table(active_isa()); }
+
+// Exact dequantisation of one row of n elements (scalar, for tests and fallbacks).
+void dequantize_row(Type t, const uint8_t* src, float* dst, size_t n);
+
+// ---- repacked layouts (optional, for decode) ----
+// Q4_0x4 / Q8_0x4: rows grouped by 4; for each block column j the 4 rows' blocks are stored together:
+// all four f16 scales, then the four quant arrays. Rows beyond `rows` (ragged tail) are zero-padded.
+// repacked_bytes() gives the buffer size; the result is addressed by group g = r / 4 at g * group_stride.
+size_t repacked_bytes(Type t, size_t rows, size_t n);  // t in {kQ4_0, kQ8_0}; 0 otherwise
+size_t repacked_group_stride(Type t, size_t n);
+// Repacks a plain [rows x n] matrix (rows row_stride bytes apart) into dst (repacked_bytes bytes).
+Status repack_x4(Type t, const uint8_t* w, size_t row_stride, size_t rows, size_t n, uint8_t* dst);
+// y[r - r0] = dot(row r, act) for r in [r0, r1), r0 a multiple of 4, on a repacked matrix of `rows` rows.
+// act is the plain Q8 activation from prepare(). Dispatches on `isa`.
+void matvec_repacked_x4(Isa isa, Type t, const uint8_t* packed, size_t rows, size_t n, const uint8_t* act, float* y,
+                        size_t r0, size_t r1);
+
+// ---- thread pool ----
+// Persistent workers for decode latency. ThreadPool(n) uses the calling thread plus n-1 workers. Between jobs a
+// worker spins for up to `spin_us` microseconds, then sleeps on a futex; the caller's wait does the same.
+// With pin=true thread i is pinned to the i-th CPU of the process's affinity mask.
+class ThreadPool {
+ public:
+  // fn(ctx, begin, end, thread_index)
+  using TaskFn = void (*)(void* ctx, size_t begin, size_t end, int thread);
+
+  explicit ThreadPool(int n_threads, bool pin = false, int spin_us = 200);
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  int size() const { return n_threads_; }
+  // Splits [0, n) into size() contiguous ranges whose boundaries are multiples of `grain` (the last range takes
+  // the remainder) and runs fn on each (empty ranges are skipped); returns when all have finished.
+  void run(size_t n, size_t grain, TaskFn fn, void* ctx);
+  // Convenience over run(): f(begin, end, thread) for a callable; no allocation.
+  template <typename F>
+  void parallel_for(size_t n, size_t grain, F&& f) {
+    run(n, grain, [](void* c, size_t b, size_t e, int t) { (*static_cast<F*>(c))(b, e, t); },
+        const_cast<void*>(static_cast<const void*>(&f)));
+  }
+  // How many jobs have been run (for tests).
+  uint64_t jobs_run() const { return jobs_; }
+
+ private:
+  void worker_main(int index);
+  void run_range(int index);
+
+  int n_threads_ = 1;
+  int spin_us_ = 200;
+  std::vector<std::thread> workers_;
+  alignas(64) std::atomic<uint32_t> generation_{0};
+  alignas(64) std::atomic<int> pending_{0};
+  alignas(64) std::atomic<int> sleepers_{0};      // workers asleep on generation_
+  std::atomic<int> caller_sleeping_{0};             // caller asleep on pending_
+  std::atomic<bool> stop_{false};
+  TaskFn fn_ = nullptr;
+  void* ctx_ = nullptr;
+  size_t n_ = 0;
+  size_t grain_ = 1;
+  uint64_t jobs_ = 0;
+};
+
+// A spinning barrier for `n` participants: spins up to spin_us, then sleeps on a futex. Reusable.
+class SpinBarrier {
+ public:
+  explicit SpinBarrier(int n, int spin_us = 200) : n_(n), spin_us_(spin_us) {}
+  void arrive_and_wait();
+
+ private:
+  int n_;
+  int spin_us_;
+  alignas(64) std::atomic<int> count_{0};
+  alignas(64) std::atomic<uint32_t> phase_{0};
+  std::atomic<int> sleepers_{0};
+};
+
+// ---- memory bandwidth ----
+struct BandwidthResult {
+  double gbs = 0;        // best of the repetitions, 1e9 bytes per second
+  double seconds = 0;    // time of the best repetition
+  size_t bytes = 0;      // bytes read per repetition
+  int threads = 1;
+  const char* loads = "";  // "avx512", "avx2" or "scalar"
+};
+// Reads a `bytes` buffer (allocated, touched, then read `reps` times) with vector loads split over the pool.
+Result<BandwidthResult> measure_read_bandwidth(ThreadPool& pool, size_t bytes, int reps);
+
+// ---- helpers for tests and benchmarks ----
+// Fills a [rows x n] matrix of type t with deterministic pseudo-random valid blocks (finite scales).
+void fill_random_matrix(Type t, size_t rows, size_t n, uint64_t seed, uint8_t* dst);
+
+}  // namespace veil::kernels
