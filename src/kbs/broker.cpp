@@ -1,0 +1,489 @@
+// The broker core: SQLite store, policy decision, rollback protection and the audit chain.
+#include <sqlite3.h>
+
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "kbs/kbs.h"
+#include "sealed/sealed.h"
+
+namespace veil::kbs {
+namespace {
+
+constexpr char kWrapAad[] = "veil-kbs-key-v1";
+constexpr char kAuditDomain[] = "veil-kbs-audit-v1";
+constexpr char kRollbackDomain[] = "veil-kbs-rollback-v1";
+constexpr size_t kMacSize = 32;
+
+void put_u64(Bytes& b, uint64_t v) { for (int i = 0; i < 8; ++i) b.push_back(static_cast<uint8_t>(v >> (8 * i))); }
+void put_str(Bytes& b, std::string_view s) {
+  put_u64(b, s.size());
+  b.insert(b.end(), s.begin(), s.end());
+}
+
+class Stmt {
+ public:
+  Stmt(sqlite3* db, const char* sql) : db_(db) {
+    if (sqlite3_prepare_v2(db, sql, -1, &s_, nullptr) != SQLITE_OK) s_ = nullptr;
+  }
+  ~Stmt() { sqlite3_finalize(s_); }
+  Stmt(const Stmt&) = delete;
+  Stmt& operator=(const Stmt&) = delete;
+  bool ok() const { return s_ != nullptr; }
+  Stmt& bind(int i, std::string_view v) {
+    sqlite3_bind_text(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+  Stmt& bind(int i, ByteView v) {
+    sqlite3_bind_blob(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+  Stmt& bind_int(int i, int64_t v) {
+    sqlite3_bind_int64(s_, i, v);
+    return *this;
+  }
+  // SQLITE_ROW, SQLITE_DONE or an error code.
+  int step() { return s_ ? sqlite3_step(s_) : SQLITE_ERROR; }
+  int64_t int_col(int i) { return sqlite3_column_int64(s_, i); }
+  std::string text_col(int i) {
+    const unsigned char* t = sqlite3_column_text(s_, i);
+    return t ? std::string(reinterpret_cast<const char*>(t), static_cast<size_t>(sqlite3_column_bytes(s_, i))) : "";
+  }
+  Bytes blob_col(int i) {
+    const uint8_t* p = static_cast<const uint8_t*>(sqlite3_column_blob(s_, i));
+    return p ? Bytes(p, p + sqlite3_column_bytes(s_, i)) : Bytes{};
+  }
+
+ private:
+  sqlite3* db_;
+  sqlite3_stmt* s_ = nullptr;
+};
+
+}  // namespace
+
+struct Broker::Impl {
+  sqlite3* db = nullptr;
+  std::string path;
+  SecretBytes wrap_key, audit_key, state_key;
+  std::function<TimePoint()> now;
+  std::mutex mu;
+
+  ~Impl() {
+    if (db) sqlite3_close(db);
+  }
+
+  Error db_error(std::string_view what) const {
+    return make_error(ErrorCode::kIo, "kbs database {}: {}: {}", path, what, sqlite3_errmsg(db));
+  }
+  Status exec(const char* sql, std::string_view what) {
+    char* err = nullptr;
+    if (sqlite3_exec(db, sql, nullptr, nullptr, &err) != SQLITE_OK) {
+      std::string m = err ? err : "unknown";
+      sqlite3_free(err);
+      return make_error(ErrorCode::kIo, "kbs database {}: {}: {}", path, what, m);
+    }
+    return ok_status();
+  }
+
+  // A transaction that rolls back unless committed.
+  class Tx {
+   public:
+    explicit Tx(Impl& i) : impl_(i) { ok_ = impl_.exec("BEGIN IMMEDIATE", "begin").ok(); }
+    ~Tx() {
+      if (ok_ && !done_) (void)impl_.exec("ROLLBACK", "rollback");
+    }
+    bool ok() const { return ok_; }
+    Status commit() {
+      done_ = true;
+      return impl_.exec("COMMIT", "commit");
+    }
+
+   private:
+    Impl& impl_;
+    bool ok_ = false;
+    bool done_ = false;
+  };
+
+  Bytes audit_mac(uint64_t seq, ByteView prev, std::string_view event) const {
+    Bytes m(kAuditDomain, kAuditDomain + sizeof(kAuditDomain) - 1);
+    put_u64(m, seq);
+    m.insert(m.end(), prev.begin(), prev.end());
+    put_str(m, event);
+    return crypto::hmac(crypto::HashAlg::kSha256, audit_key.view(), m);
+  }
+  Bytes head_mac(ByteView head) const {
+    Bytes m = to_bytes("veil-kbs-audit-head-v1");
+    m.insert(m.end(), head.begin(), head.end());
+    return crypto::hmac(crypto::HashAlg::kSha256, audit_key.view(), m);
+  }
+  Bytes rollback_mac(std::string_view model_id, uint64_t highest) const {
+    Bytes m(kRollbackDomain, kRollbackDomain + sizeof(kRollbackDomain) - 1);
+    put_str(m, model_id);
+    put_u64(m, highest);
+    return crypto::hmac(crypto::HashAlg::kSha256, state_key.view(), m);
+  }
+  Bytes wrap_aad(std::string_view model_id, uint64_t version, ByteView key_id, std::string_view policy) const {
+    Bytes a(kWrapAad, kWrapAad + sizeof(kWrapAad) - 1);
+    put_str(a, model_id);
+    put_u64(a, version);
+    a.insert(a.end(), key_id.begin(), key_id.end());
+    auto ph = crypto::sha256(as_bytes(policy));
+    a.insert(a.end(), ph.begin(), ph.end());
+    return a;
+  }
+
+  // Appends one entry (inside the caller's transaction) and moves the head.
+  Status append_audit(nlohmann::ordered_json event) {
+    nlohmann::ordered_json stamped;
+    stamped["time"] = std::chrono::duration_cast<std::chrono::seconds>(now().time_since_epoch()).count();
+    for (auto it = event.begin(); it != event.end(); ++it) stamped[it.key()] = it.value();
+    std::string text = stamped.dump();
+    uint64_t seq = 1;
+    Bytes prev(kMacSize, 0);
+    {
+      Stmt q(db, "SELECT seq, mac FROM audit ORDER BY seq DESC LIMIT 1");
+      int rc = q.step();
+      if (rc == SQLITE_ROW) {
+        seq = static_cast<uint64_t>(q.int_col(0)) + 1;
+        prev = q.blob_col(1);
+      } else if (rc != SQLITE_DONE) {
+        return db_error("reading the audit head");
+      }
+    }
+    Bytes mac = audit_mac(seq, prev, text);
+    Stmt ins(db, "INSERT INTO audit(seq, event, prev, mac) VALUES(?, ?, ?, ?)");
+    ins.bind_int(1, static_cast<int64_t>(seq)).bind(2, std::string_view(text)).bind(3, ByteView(prev)).bind(4, ByteView(mac));
+    if (ins.step() != SQLITE_DONE) return db_error("appending to the audit log");
+    Bytes head;
+    put_u64(head, seq);
+    head.insert(head.end(), mac.begin(), mac.end());
+    Stmt up(db, "INSERT OR REPLACE INTO meta(name, value) VALUES('audit_head', ?), ('audit_head_mac', ?)");
+    up.bind(1, ByteView(head)).bind(2, ByteView(head_mac(head)));
+    if (up.step() != SQLITE_DONE) return db_error("recording the audit head");
+    return ok_status();
+  }
+
+  // Appends a refusal in its own transaction; returns the refusal error (or the audit failure).
+  Error refuse(const ReleaseRequest& r, const attest::Claims* claims, Error why) {
+    nlohmann::ordered_json e;
+    e["event"] = "refuse";
+    e["model_id"] = r.model_id;
+    e["version"] = r.version;
+    e["peer"] = r.peer;
+    if (claims) {
+      e["tee"] = attest::tee_type_name(claims->type);
+      auto& m = e["measurements"] = nlohmann::ordered_json::object();
+      for (const auto& [k, v] : claims->measurements) m[k] = to_hex(v);
+    }
+    e["reason"] = why.message();
+    Tx tx(*this);
+    Status st = tx.ok() ? append_audit(std::move(e)) : Status(db_error("begin"));
+    if (st.ok()) st = tx.commit();
+    if (!st.ok()) {
+      spdlog::error("kbs: could not audit a refusal: {}", st.error().message());
+      return std::move(st).error().wrap("kbs: refusing; the refusal could not be audited");
+    }
+    spdlog::warn("kbs: refused model {} version {} to {}: {}", r.model_id, r.version, r.peer, why.message());
+    return why;
+  }
+
+  Result<uint64_t> read_highest(const std::string& model_id) {
+    Stmt q(db, "SELECT highest, mac FROM rollback WHERE model_id = ?");
+    q.bind(1, std::string_view(model_id));
+    int rc = q.step();
+    if (rc == SQLITE_DONE) return uint64_t{0};
+    if (rc != SQLITE_ROW) return db_error("reading rollback state");
+    uint64_t h = static_cast<uint64_t>(q.int_col(0));
+    if (!ct_equal(q.blob_col(1), rollback_mac(model_id, h))) {
+      return make_error(ErrorCode::kSecurity,
+                        "kbs database {}: table 'rollback', model '{}': the highest-version record fails its MAC "
+                        "(altered outside the broker)", path, model_id);
+    }
+    return h;
+  }
+  Status write_highest(const std::string& model_id, uint64_t v) {
+    Stmt q(db, "INSERT OR REPLACE INTO rollback(model_id, highest, mac) VALUES(?, ?, ?)");
+    Bytes mac = rollback_mac(model_id, v);
+    q.bind(1, std::string_view(model_id)).bind_int(2, static_cast<int64_t>(v)).bind(3, ByteView(mac));
+    if (q.step() != SQLITE_DONE) return db_error("writing rollback state");
+    return ok_status();
+  }
+};
+
+Broker::Broker(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Broker::~Broker() = default;
+
+Result<SecretBytes> read_master_key(const std::filesystem::path& path) {
+  auto k = sealed::read_key_file(path);
+  if (!k.ok()) return std::move(k).error().wrap("kbs master key");
+  return k;
+}
+
+Result<std::unique_ptr<Broker>> Broker::open(const std::filesystem::path& db_path, const SecretBytes& master_key,
+                                             std::function<TimePoint()> now) {
+  if (master_key.size() != 32) {
+    return make_error(ErrorCode::kInvalidArgument, "kbs: the master key must be 32 bytes, not {}", master_key.size());
+  }
+  auto impl = std::make_unique<Impl>();
+  impl->path = db_path.string();
+  impl->now = now ? std::move(now) : [] { return std::chrono::system_clock::now(); };
+  if (sqlite3_open_v2(impl->path.c_str(), &impl->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
+                      nullptr) != SQLITE_OK) {
+    return impl->db_error("cannot open");
+  }
+  sqlite3_busy_timeout(impl->db, 5000);
+  auto derive = [&](std::string_view label) {
+    return crypto::hkdf(crypto::HashAlg::kSha256, as_bytes("veil-kbs-v1"), master_key.view(), as_bytes(label), 32);
+  };
+  impl->wrap_key = derive("key wrap");
+  impl->audit_key = derive("audit");
+  impl->state_key = derive("state");
+  SecretBytes check_key = derive("master check");
+  Bytes check = crypto::hmac(crypto::HashAlg::kSha256, check_key.view(), as_bytes("veil-kbs master key check"));
+
+  VEIL_TRY(impl->exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;", "pragmas"));
+  VEIL_TRY(impl->exec(
+      "CREATE TABLE IF NOT EXISTS meta(name TEXT PRIMARY KEY, value BLOB NOT NULL);"
+      "CREATE TABLE IF NOT EXISTS model_keys(model_id TEXT NOT NULL, version INTEGER NOT NULL, key_id BLOB NOT NULL,"
+      " wrapped BLOB NOT NULL, policy TEXT NOT NULL, created_at INTEGER NOT NULL, PRIMARY KEY(model_id, version));"
+      "CREATE TABLE IF NOT EXISTS rollback(model_id TEXT PRIMARY KEY, highest INTEGER NOT NULL, mac BLOB NOT NULL);"
+      "CREATE TABLE IF NOT EXISTS audit(seq INTEGER PRIMARY KEY, event TEXT NOT NULL, prev BLOB NOT NULL,"
+      " mac BLOB NOT NULL);",
+      "creating the schema"));
+  Impl::Tx tx(*impl);
+  if (!tx.ok()) return impl->db_error("begin");
+  Stmt q(impl->db, "SELECT value FROM meta WHERE name = 'master_check'");
+  int rc = q.step();
+  if (rc == SQLITE_ROW) {
+    if (!ct_equal(q.blob_col(0), check)) {
+      return make_error(ErrorCode::kSecurity, "kbs database {}: it was created under another master key", impl->path);
+    }
+  } else if (rc == SQLITE_DONE) {
+    Stmt ins(impl->db, "INSERT INTO meta(name, value) VALUES('master_check', ?), ('schema', '1')");
+    ins.bind(1, ByteView(check));
+    if (ins.step() != SQLITE_DONE) return impl->db_error("initialising");
+  } else {
+    return impl->db_error("reading meta");
+  }
+  VEIL_TRY(tx.commit());
+  return std::unique_ptr<Broker>(new Broker(std::move(impl)));
+}
+
+Status Broker::add_key(const std::string& model_id, uint64_t version, const SecretBytes& key,
+                       const std::string& policy_json) {
+  Impl& d = *impl_;
+  std::lock_guard lock(d.mu);
+  if (model_id.empty() || model_id.size() > 128) {
+    return make_error(ErrorCode::kInvalidArgument, "kbs add-key: model id must be 1..128 characters");
+  }
+  if (version > static_cast<uint64_t>(INT64_MAX)) return make_error(ErrorCode::kInvalidArgument, "kbs add-key: version too large");
+  if (key.size() != sealed::kModelKeySize) {
+    return make_error(ErrorCode::kInvalidArgument, "kbs add-key: a model key is {} bytes", sealed::kModelKeySize);
+  }
+  auto policy = attest::parse_policy(policy_json);
+  if (!policy.ok()) return std::move(policy).error().wrap("kbs add-key: release policy");
+  auto key_id = sealed::key_id_for(key.view());
+  Bytes nonce = crypto::random_bytes(crypto::kAeadNonceSize);
+  VEIL_ASSIGN_OR_RETURN(crypto::Aead aead, crypto::Aead::create(crypto::AeadSuite::kAes256Gcm, d.wrap_key.view()));
+  Bytes wrapped;
+  VEIL_TRY(aead.seal(nonce, d.wrap_aad(model_id, version, key_id, policy_json), key.view(), wrapped));
+  wrapped.insert(wrapped.begin(), nonce.begin(), nonce.end());
+
+  Impl::Tx tx(d);
+  if (!tx.ok()) return d.db_error("begin");
+  {
+    Stmt q(d.db, "SELECT 1 FROM model_keys WHERE model_id = ? AND version = ?");
+    q.bind(1, std::string_view(model_id)).bind_int(2, static_cast<int64_t>(version));
+    if (q.step() == SQLITE_ROW) {
+      return make_error(ErrorCode::kInvalidArgument, "kbs add-key: model '{}' version {} already has a key", model_id,
+                        version);
+    }
+  }
+  int64_t created = std::chrono::duration_cast<std::chrono::seconds>(d.now().time_since_epoch()).count();
+  Stmt ins(d.db, "INSERT INTO model_keys(model_id, version, key_id, wrapped, policy, created_at) VALUES(?,?,?,?,?,?)");
+  ins.bind(1, std::string_view(model_id)).bind_int(2, static_cast<int64_t>(version)).bind(3, ByteView(key_id));
+  ins.bind(4, ByteView(wrapped)).bind(5, std::string_view(policy_json)).bind_int(6, created);
+  if (ins.step() != SQLITE_DONE) return d.db_error("storing the key");
+  nlohmann::ordered_json e;
+  e["event"] = "add-key";
+  e["model_id"] = model_id;
+  e["version"] = version;
+  e["key_id"] = to_hex(key_id);
+  e["policy_sha256"] = to_hex(crypto::sha256(as_bytes(policy_json)));
+  VEIL_TRY(d.append_audit(std::move(e)));
+  return tx.commit();
+}
+
+Result<Release> Broker::release(const ReleaseRequest& r, const attest::Claims& claims) {
+  Impl& d = *impl_;
+  std::lock_guard lock(d.mu);
+  const std::string what = fmt::format("kbs: release of model '{}' version {}", r.model_id, r.version);
+  Bytes wrapped, key_id;
+  std::string policy_text;
+  {
+    Stmt q(d.db, "SELECT key_id, wrapped, policy FROM model_keys WHERE model_id = ? AND version = ?");
+    q.bind(1, std::string_view(r.model_id)).bind_int(2, static_cast<int64_t>(std::min<uint64_t>(r.version, INT64_MAX)));
+    int rc = q.step();
+    if (rc == SQLITE_DONE) return d.refuse(r, &claims, make_error(ErrorCode::kNotFound, "{}: no such key", what));
+    if (rc != SQLITE_ROW) return d.refuse(r, &claims, d.db_error("reading the key"));
+    key_id = q.blob_col(0);
+    wrapped = q.blob_col(1);
+    policy_text = q.text_col(2);
+  }
+  auto policy = attest::parse_policy(policy_text);
+  if (!policy.ok()) return d.refuse(r, &claims, policy.error().wrap(what + ": stored release policy"));
+  Status pst = attest::check_policy(*policy, claims, claims.report_data, d.now());
+  if (!pst.ok()) {
+    return d.refuse(r, &claims, Error(ErrorCode::kSecurity, fmt::format("{}: refused by the model's release policy: {}",
+                                                                        what, pst.error().message())));
+  }
+  auto highest = d.read_highest(r.model_id);
+  if (!highest.ok()) return d.refuse(r, &claims, highest.error().wrap(what));
+  if (r.version < *highest) {
+    return d.refuse(r, &claims,
+                    make_error(ErrorCode::kSecurity,
+                               "{}: rollback refused: version {} was already released (an administrator can allow it "
+                               "with 'veil kbs allow-downgrade')",
+                               what, *highest));
+  }
+  if (wrapped.size() < crypto::kAeadNonceSize + crypto::kAeadTagSize || key_id.size() != 16) {
+    return d.refuse(r, &claims, make_error(ErrorCode::kCorrupt, "{}: the stored key record is malformed", what));
+  }
+  Release out;
+  std::copy(key_id.begin(), key_id.end(), out.key_id.begin());
+  {
+    auto aead = crypto::Aead::create(crypto::AeadSuite::kAes256Gcm, d.wrap_key.view());
+    if (!aead.ok()) return d.refuse(r, &claims, aead.error());
+    out.key = SecretBytes(wrapped.size() - crypto::kAeadNonceSize - crypto::kAeadTagSize);
+    ByteView nonce(wrapped.data(), crypto::kAeadNonceSize);
+    ByteView sealed(wrapped.data() + crypto::kAeadNonceSize, wrapped.size() - crypto::kAeadNonceSize);
+    Status ost = aead->open_into(nonce, d.wrap_aad(r.model_id, r.version, key_id, policy_text), sealed, out.key.data());
+    if (!ost.ok() || !ct_equal(sealed::key_id_for(out.key.view()), out.key_id)) {
+      out.key.clear();
+      return d.refuse(r, &claims,
+                      make_error(ErrorCode::kSecurity,
+                                 "{}: the stored key record fails authentication (key, policy or identity altered in "
+                                 "the database)",
+                                 what));
+    }
+  }
+  Impl::Tx tx(d);
+  if (!tx.ok()) return d.db_error("begin");
+  if (r.version > *highest) VEIL_TRY(d.write_highest(r.model_id, r.version));
+  nlohmann::ordered_json e;
+  e["event"] = "release";
+  e["model_id"] = r.model_id;
+  e["version"] = r.version;
+  e["peer"] = r.peer;
+  e["tee"] = attest::tee_type_name(claims.type);
+  auto& m = e["measurements"] = nlohmann::ordered_json::object();
+  for (const auto& [k, v] : claims.measurements) m[k] = to_hex(v);
+  e["key_id"] = to_hex(out.key_id);
+  VEIL_TRY(d.append_audit(std::move(e)));
+  VEIL_TRY(tx.commit());
+  spdlog::info("kbs: released model {} version {} to {}", r.model_id, r.version, r.peer);
+  return out;
+}
+
+Status Broker::allow_downgrade(const std::string& model_id, uint64_t version, const std::string& reason) {
+  Impl& d = *impl_;
+  std::lock_guard lock(d.mu);
+  if (reason.empty()) return make_error(ErrorCode::kInvalidArgument, "kbs allow-downgrade: a reason is required");
+  Impl::Tx tx(d);
+  if (!tx.ok()) return d.db_error("begin");
+  VEIL_ASSIGN_OR_RETURN(uint64_t highest, d.read_highest(model_id));
+  if (version >= highest) {
+    return make_error(ErrorCode::kInvalidArgument,
+                      "kbs allow-downgrade: model '{}' version {} is not below the highest released version {}",
+                      model_id, version, highest);
+  }
+  VEIL_TRY(d.write_highest(model_id, version));
+  nlohmann::ordered_json e;
+  e["event"] = "allow-downgrade";
+  e["model_id"] = model_id;
+  e["from_version"] = highest;
+  e["to_version"] = version;
+  e["reason"] = reason;
+  VEIL_TRY(d.append_audit(std::move(e)));
+  return tx.commit();
+}
+
+Result<std::vector<KeyRecord>> Broker::list_keys() {
+  Impl& d = *impl_;
+  std::lock_guard lock(d.mu);
+  std::vector<KeyRecord> out;
+  Stmt q(d.db, "SELECT model_id, version, key_id, policy, created_at FROM model_keys ORDER BY model_id, version");
+  int rc;
+  while ((rc = q.step()) == SQLITE_ROW) {
+    KeyRecord k;
+    k.model_id = q.text_col(0);
+    k.version = static_cast<uint64_t>(q.int_col(1));
+    Bytes id = q.blob_col(2);
+    if (id.size() == 16) std::copy(id.begin(), id.end(), k.key_id.begin());
+    k.policy_json = q.text_col(3);
+    k.created_at = q.int_col(4);
+    out.push_back(std::move(k));
+  }
+  if (rc != SQLITE_DONE) return d.db_error("listing keys");
+  return out;
+}
+
+Result<uint64_t> Broker::highest_released(const std::string& model_id) {
+  std::lock_guard lock(impl_->mu);
+  return impl_->read_highest(model_id);
+}
+
+Result<std::vector<AuditEntry>> Broker::audit_entries() {
+  Impl& d = *impl_;
+  std::lock_guard lock(d.mu);
+  std::vector<AuditEntry> out;
+  Stmt q(d.db, "SELECT seq, event, prev, mac FROM audit ORDER BY seq");
+  int rc;
+  while ((rc = q.step()) == SQLITE_ROW) {
+    out.push_back({static_cast<uint64_t>(q.int_col(0)), q.text_col(1), q.blob_col(2), q.blob_col(3)});
+  }
+  if (rc != SQLITE_DONE) return d.db_error("reading the audit log");
+  return out;
+}
+
+Result<AuditReport> Broker::verify_audit() {
+  VEIL_ASSIGN_OR_RETURN(std::vector<AuditEntry> entries, audit_entries());
+  Impl& d = *impl_;
+  std::lock_guard lock(d.mu);
+  auto bad = [&](uint64_t seq, std::string_view why) {
+    return make_error(ErrorCode::kSecurity, "kbs audit log {}: entry {}: {}", d.path, seq, why);
+  };
+  Bytes prev(kMacSize, 0);
+  uint64_t expect = 1;
+  for (const AuditEntry& e : entries) {
+    if (e.seq != expect) {
+      return bad(expect, fmt::format("missing (the next entry is {}): entries were removed or renumbered", e.seq));
+    }
+    if (!ct_equal(e.prev, prev)) return bad(e.seq, "does not chain to the entry before it (removed or reordered)");
+    if (!ct_equal(e.mac, d.audit_mac(e.seq, e.prev, e.event_json))) return bad(e.seq, "MAC mismatch (entry changed)");
+    prev = e.mac;
+    ++expect;
+  }
+  Bytes head, head_mac;
+  {
+    Stmt q(d.db, "SELECT name, value FROM meta WHERE name IN ('audit_head', 'audit_head_mac')");
+    int rc;
+    while ((rc = q.step()) == SQLITE_ROW) (q.text_col(0) == "audit_head" ? head : head_mac) = q.blob_col(1);
+  }
+  if (entries.empty() && head.empty()) return AuditReport{0, to_hex(prev)};
+  Bytes expect_head;
+  put_u64(expect_head, entries.size());
+  expect_head.insert(expect_head.end(), prev.begin(), prev.end());
+  if (!ct_equal(head_mac, d.head_mac(head))) {
+    return make_error(ErrorCode::kSecurity, "kbs audit log {}: the recorded head fails its MAC", d.path);
+  }
+  if (!ct_equal(head, expect_head)) {
+    return make_error(ErrorCode::kSecurity,
+                      "kbs audit log {}: the log ends at entry {} but the recorded head is elsewhere (entries after it "
+                      "were removed)",
+                      d.path, entries.size());
+  }
+  return AuditReport{entries.size(), to_hex(prev)};
+}
+
+}  // namespace veil::kbs

@@ -1,0 +1,112 @@
+// kbs: the key broker. Keeps sealed-model keys and releases one only to attested evidence that
+// satisfies that model's release policy. Read this first; operator guide: docs/kbs.md.
+//
+// Trust: evidence -> verifier -> Claims -> the model's attest::Policy -> rollback check -> key.
+//
+// Invariants:
+//  - Model keys are stored wrapped (AES-256-GCM) under a key derived from the broker's master key; the
+//    wrapping binds the model id, version, key id and the release policy text, so a policy edited in
+//    the database makes the key unusable instead of loosening the policy.
+//  - Nothing is released by default: a model without a key, a policy that does not parse, claims the
+//    policy refuses, or a version below the highest one released (rollback) are refused.
+//  - Every release, refusal and administrative change is appended to a hash-chained, HMAC'ed audit log
+//    in the same SQLite transaction as the state it describes. verify_audit() finds a changed, removed,
+//    inserted or reordered entry. If the audit entry cannot be written, the key is not released.
+//  - The highest released version per model is stored with a MAC; a row lowered behind the broker's
+//    back is detected and refused. Lowering it is only possible with allow_downgrade(), which is audited.
+//  - No key, master key or evidence secret appears in a log, audit entry or error message.
+//
+// Thread-safety: a Broker may be shared between threads (one internal mutex).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "attest/attest.h"
+#include "core/core.h"
+#include "crypto/crypto.h"
+
+namespace veil::kbs {
+
+using TimePoint = std::chrono::system_clock::time_point;
+
+struct KeyRecord {
+  std::string model_id;
+  uint64_t version = 0;
+  std::array<uint8_t, 16> key_id{};
+  std::string policy_json;
+  int64_t created_at = 0;  // unix seconds
+};
+
+struct AuditEntry {
+  uint64_t seq = 0;
+  std::string event_json;  // {"time":..., "event": "release"|"refuse"|"add-key"|"allow-downgrade", ...}
+  Bytes prev;              // the previous entry's mac (32 zero bytes for the first)
+  Bytes mac;               // HMAC-SHA256(audit key, "veil-kbs-audit-v1" || seq || prev || event)
+};
+
+struct AuditReport {
+  uint64_t entries = 0;
+  std::string head;  // hex of the last entry's mac: anchor it outside the broker to detect tail truncation
+};
+
+// Who asks, for what. `peer` is a printable address for the audit log.
+struct ReleaseRequest {
+  std::string model_id;
+  uint64_t version = 0;
+  std::string peer;
+};
+
+struct Release {
+  SecretBytes key;
+  std::array<uint8_t, 16> key_id{};
+};
+
+class Broker {
+ public:
+  // Opens (creating if absent) the broker database. A database created under another master key is
+  // refused (kSecurity). `now` is injectable for tests.
+  static Result<std::unique_ptr<Broker>> open(const std::filesystem::path& db_path, const SecretBytes& master_key,
+                                              std::function<TimePoint()> now = {});
+  ~Broker();
+  Broker(const Broker&) = delete;
+  Broker& operator=(const Broker&) = delete;
+
+  // Stores a model key with its release policy (attest policy JSON, validated). Refuses an existing
+  // (model id, version).
+  Status add_key(const std::string& model_id, uint64_t version, const SecretBytes& key, const std::string& policy_json);
+
+  // Decides a release for verified claims (their report_data already checked by the channel). Applies
+  // the model's policy with `claims.report_data` as the expected binding, then rollback protection.
+  // Every outcome is audited. kNotFound: no such key; kSecurity: refused.
+  Result<Release> release(const ReleaseRequest& request, const attest::Claims& claims);
+
+  // Lets `version` (lower than the highest released) be released again: the administrator's explicit,
+  // audited rollback. `reason` is recorded.
+  Status allow_downgrade(const std::string& model_id, uint64_t version, const std::string& reason);
+
+  Result<std::vector<KeyRecord>> list_keys();
+  // 0 when no version was released yet.
+  Result<uint64_t> highest_released(const std::string& model_id);
+  Result<std::vector<AuditEntry>> audit_entries();
+  // Checks the whole chain: sequence numbers contiguous from 1, each prev equal to the previous mac,
+  // each mac valid, and the last entry equal to the recorded head. kSecurity naming the entry.
+  Result<AuditReport> verify_audit();
+
+  struct Impl;
+
+ private:
+  explicit Broker(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// Master key files: 64 hex characters, mode 0600 (as sealed-model key files).
+Result<SecretBytes> read_master_key(const std::filesystem::path& path);
+
+}  // namespace veil::kbs

@@ -1,0 +1,200 @@
+// Key broker core: policy decisions, rollback protection, wrapping and the audit chain (no transport).
+#include <gtest/gtest.h>
+
+#include <sqlite3.h>
+#include <unistd.h>
+
+#include <atomic>
+
+#include "kbs/kbs.h"
+#include "kbs_test_util.h"
+#include "sealed/sealed.h"
+
+namespace veil::kbs {
+namespace {
+
+using namespace std::chrono_literals;
+
+attest::Claims sim_claims(const Bytes& measurement, TimePoint issued) {
+  attest::Claims c;
+  c.type = attest::TeeType::kSim;
+  c.simulated = true;
+  c.measurements["measurement"] = measurement;
+  c.issued_at = issued;
+  return c;
+}
+
+struct BrokerFixture : ::testing::Test {
+  std::filesystem::path dir = test::temp_dir("kbs");
+  std::filesystem::path db = dir / "kbs.db";
+  SecretBytes master = sealed::generate_model_key();
+  TimePoint now = std::chrono::system_clock::time_point(std::chrono::seconds(1'800'000'000));
+  Bytes good = Bytes(48, 0xA1);
+  Bytes other = Bytes(48, 0xB2);
+  std::unique_ptr<Broker> broker;
+  SecretBytes key1 = sealed::generate_model_key();
+  SecretBytes key2 = sealed::generate_model_key();
+
+  void SetUp() override {
+    auto b = Broker::open(db, master, [this] { return now; });
+    ASSERT_TRUE(b.ok()) << b.error().message();
+    broker = std::move(*b);
+    ASSERT_TRUE(broker->add_key("stories", 1, key1, test::sim_policy(good)).ok());
+    ASSERT_TRUE(broker->add_key("stories", 2, key2, test::sim_policy(good)).ok());
+  }
+  ReleaseRequest req(uint64_t v) { return {"stories", v, "test-peer"}; }
+  void sql(const std::string& s) {
+    sqlite3* h = nullptr;
+    ASSERT_EQ(sqlite3_open(db.c_str(), &h), SQLITE_OK);
+    char* err = nullptr;
+    int rc = sqlite3_exec(h, s.c_str(), nullptr, nullptr, &err);
+    EXPECT_EQ(rc, SQLITE_OK) << (err ? err : "");
+    sqlite3_free(err);
+    sqlite3_close(h);
+  }
+};
+
+TEST_F(BrokerFixture, AllowedMeasurementGetsTheKey) {
+  auto r = broker->release(req(1), sim_claims(good, now - 5s));
+  ASSERT_TRUE(r.ok()) << r.error().message();
+  EXPECT_TRUE(ct_equal(r->key.view(), key1.view()));
+  EXPECT_EQ(r->key_id, sealed::key_id_for(key1.view()));
+  EXPECT_EQ(*broker->highest_released("stories"), 1u);
+  auto keys = broker->list_keys();
+  ASSERT_TRUE(keys.ok());
+  EXPECT_EQ(keys->size(), 2u);
+}
+
+TEST_F(BrokerFixture, OtherMeasurementDebugAndStaleEvidenceAreRefused) {
+  auto a = broker->release(req(1), sim_claims(other, now));
+  ASSERT_FALSE(a.ok());
+  EXPECT_EQ(a.error().code(), ErrorCode::kSecurity);
+  EXPECT_NE(a.error().message().find("measurement"), std::string::npos) << a.error().message();
+  attest::Claims dbg = sim_claims(good, now);
+  dbg.debug = true;
+  auto b = broker->release(req(1), dbg);
+  ASSERT_FALSE(b.ok());
+  EXPECT_NE(b.error().message().find("debug"), std::string::npos) << b.error().message();
+  auto c = broker->release(req(1), sim_claims(good, now - 1h));
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.error().code(), ErrorCode::kSecurity);
+  attest::Claims real = sim_claims(good, now);
+  real.simulated = false;
+  real.type = attest::TeeType::kTdx;
+  EXPECT_FALSE(broker->release(req(1), real).ok());
+  auto d = broker->release({"unknown", 1, "p"}, sim_claims(good, now));
+  ASSERT_FALSE(d.ok());
+  EXPECT_EQ(d.error().code(), ErrorCode::kNotFound);
+  // Nothing was released, every refusal is audited, and refusals carry no key material.
+  EXPECT_EQ(*broker->highest_released("stories"), 0u);
+  auto log = broker->audit_entries();
+  ASSERT_TRUE(log.ok());
+  int refusals = 0;
+  for (const auto& e : *log) {
+    if (e.event_json.find("\"refuse\"") != std::string::npos) ++refusals;
+    EXPECT_EQ(e.event_json.find(to_hex(key1.view())), std::string::npos);
+  }
+  EXPECT_EQ(refusals, 5);
+  EXPECT_TRUE(broker->verify_audit().ok());
+}
+
+TEST_F(BrokerFixture, RollbackIsRefusedUntilAnAuditedDowngrade) {
+  ASSERT_TRUE(broker->release(req(2), sim_claims(good, now)).ok());
+  auto old = broker->release(req(1), sim_claims(good, now));
+  ASSERT_FALSE(old.ok());
+  EXPECT_EQ(old.error().code(), ErrorCode::kSecurity);
+  EXPECT_NE(old.error().message().find("rollback"), std::string::npos) << old.error().message();
+  EXPECT_FALSE(broker->allow_downgrade("stories", 1, "").ok());   // a reason is required
+  EXPECT_FALSE(broker->allow_downgrade("stories", 2, "x").ok());  // not a downgrade
+  ASSERT_TRUE(broker->allow_downgrade("stories", 1, "v2 regressed; ticket 42").ok());
+  auto again = broker->release(req(1), sim_claims(good, now));
+  ASSERT_TRUE(again.ok()) << again.error().message();
+  EXPECT_TRUE(ct_equal(again->key.view(), key1.view()));
+  ASSERT_TRUE(broker->release(req(2), sim_claims(good, now)).ok());  // newer still allowed
+  EXPECT_FALSE(broker->release(req(1), sim_claims(good, now)).ok());  // and the mark moved up again
+  bool audited = false;
+  auto log = broker->audit_entries();
+  ASSERT_TRUE(log.ok());
+  std::vector<AuditEntry> entries = std::move(*log);
+  for (const auto& e : entries) audited |= e.event_json.find("allow-downgrade") != std::string::npos;
+  EXPECT_TRUE(audited);
+  EXPECT_TRUE(broker->verify_audit().ok());
+}
+
+TEST_F(BrokerFixture, DuplicateKeysAndBadPoliciesAreRefused) {
+  EXPECT_FALSE(broker->add_key("stories", 1, key2, test::sim_policy(good)).ok());
+  EXPECT_FALSE(broker->add_key("stories", 3, key2, "{}").ok());
+  EXPECT_FALSE(broker->add_key("stories", 3, key2, R"({"allowed_types": []})").ok());
+  EXPECT_FALSE(broker->add_key("stories", 3, SecretBytes(5), test::sim_policy(good)).ok());
+}
+
+TEST_F(BrokerFixture, AnotherMasterKeyIsRefused) {
+  broker.reset();
+  auto b = Broker::open(db, sealed::generate_model_key());
+  ASSERT_FALSE(b.ok());
+  EXPECT_EQ(b.error().code(), ErrorCode::kSecurity);
+}
+
+TEST_F(BrokerFixture, PolicyLoosenedInTheDatabaseMakesTheKeyUnusable) {
+  sql("UPDATE model_keys SET policy = '" + test::sim_policy(other) + "' WHERE version = 1");
+  auto r = broker->release(req(1), sim_claims(other, now));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code(), ErrorCode::kSecurity);
+  EXPECT_NE(r.error().message().find("fails authentication"), std::string::npos) << r.error().message();
+}
+
+TEST_F(BrokerFixture, RollbackRecordLoweredInTheDatabaseIsDetected) {
+  ASSERT_TRUE(broker->release(req(2), sim_claims(good, now)).ok());
+  sql("UPDATE rollback SET highest = 1");
+  auto r = broker->release(req(1), sim_claims(good, now));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code(), ErrorCode::kSecurity);
+  EXPECT_NE(r.error().message().find("rollback"), std::string::npos) << r.error().message();
+}
+
+struct AuditFixture : BrokerFixture {
+  void SetUp() override {
+    BrokerFixture::SetUp();
+    ASSERT_TRUE(broker->release(req(1), sim_claims(good, now)).ok());
+    ASSERT_FALSE(broker->release(req(1), sim_claims(other, now)).ok());
+    ASSERT_TRUE(broker->release(req(2), sim_claims(good, now)).ok());
+    auto rep = broker->verify_audit();
+    ASSERT_TRUE(rep.ok()) << rep.error().message();
+    ASSERT_EQ(rep->entries, 5u);  // 2 add-key, release, refuse, release
+  }
+  void expect_detected(std::string_view fragment) {
+    auto rep = broker->verify_audit();
+    ASSERT_FALSE(rep.ok());
+    EXPECT_EQ(rep.error().code(), ErrorCode::kSecurity);
+    EXPECT_NE(rep.error().message().find(fragment), std::string::npos) << rep.error().message();
+  }
+};
+
+TEST_F(AuditFixture, ChangedEntryIsDetected) {
+  sql("UPDATE audit SET event = replace(event, 'test-peer', 'someone') WHERE seq = 3");
+  expect_detected("entry 3: MAC mismatch");
+}
+
+TEST_F(AuditFixture, RemovedEntryIsDetected) {
+  sql("DELETE FROM audit WHERE seq = 2");
+  expect_detected("entry 2");
+}
+
+TEST_F(AuditFixture, ReorderedEntriesAreDetected) {
+  sql("UPDATE audit SET seq = 100 WHERE seq = 3; UPDATE audit SET seq = 3 WHERE seq = 4; "
+      "UPDATE audit SET seq = 4 WHERE seq = 100;");
+  expect_detected("entry 3");
+}
+
+TEST_F(AuditFixture, RemovedTailIsDetected) {
+  sql("DELETE FROM audit WHERE seq = 5");
+  expect_detected("removed");
+}
+
+TEST_F(AuditFixture, AppendedForgeryIsDetected) {
+  sql("INSERT INTO audit(seq, event, prev, mac) SELECT 6, event, mac, mac FROM audit WHERE seq = 5");
+  expect_detected("entry 6");
+}
+
+}  // namespace
+}  // namespace veil::kbs
