@@ -37,6 +37,9 @@ bool spin_until(P pred, int spin_us) {
       cpu_relax();
     }
     if (Clock::now() >= deadline) return pred();
+    // Give the core away if another thread is runnable here (oversubscribed machines: the thread we wait for
+    // may be queued behind us). Returns at once when the core is otherwise idle.
+    sched_yield();
   }
 }
 
