@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "attest/attest.h"
+#include "channel/channel.h"
 #include "core/core.h"
 #include "crypto/crypto.h"
 
@@ -108,5 +109,56 @@ class Broker {
 
 // Master key files: 64 hex characters, mode 0600 (as sealed-model key files).
 Result<SecretBytes> read_master_key(const std::filesystem::path& path);
+
+// ---- Transport: the broker behind the attested channel (docs/kbs.md, "Protocol") ----
+//
+// The channel runs in mutual mode: the node's evidence commits to the handshake transcript (so it is
+// fresh and bound to this connection) and the broker proves itself to the node too. One request per
+// connection: {"type": "key-request", "model_id": "...", "version": N}; the reply is one record:
+// 0x00 || key[32] || key_id[16], or 0x01 || error code || message.
+
+struct ServerOptions {
+  channel::Attester attester;       // the broker's own evidence (required by the channel)
+  attest::Collateral collateral;    // what verifying a node's evidence needs (e.g. sim_platform_public_key)
+  std::function<TimePoint()> now;   // evidence verification time; default: the system clock
+  // Replaces the standard node-evidence check (verifier_for(type) + report_data binding). Tests use it to
+  // play a TEE whose evidence reports debug mode, which the sim format cannot express.
+  channel::EvidenceVerifier verifier_override;
+  std::chrono::milliseconds io_timeout{10000};  // per connection, after the handshake
+  std::chrono::milliseconds handshake_timeout{10000};
+};
+
+// Serves key requests on `listen_address` ("tcp:127.0.0.1:0", "127.0.0.1:7000", "unix:/path") in one
+// background thread, one connection at a time (each bounded by the timeouts).
+class Server {
+ public:
+  static Result<std::unique_ptr<Server>> start(Broker& broker, const std::string& listen_address,
+                                               ServerOptions options);
+  ~Server();  // stops
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+  std::string address() const;  // the bound endpoint, e.g. "tcp:127.0.0.1:41234"
+  void stop();
+  uint64_t connections_served() const;
+
+  struct Impl;
+
+ private:
+  explicit Server(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+struct FetchOptions {
+  std::chrono::milliseconds timeout{10000};  // handshake, and then request + reply
+};
+
+// Client side, run inside the node's TEE: connects to the broker at `kbs_address`, attests with
+// `attester` (evidence binding the channel transcript), checks the broker with `broker_verifier`,
+// and asks for the key of (model_id, version). The refusal's code and reason come back as the error
+// (kSecurity for a policy or rollback refusal, kNotFound for an unknown key). The key is checked
+// against its key id before it is returned.
+Result<SecretBytes> fetch_model_key(const std::string& kbs_address, const std::string& model_id, uint64_t version,
+                                    channel::Attester attester, channel::EvidenceVerifier broker_verifier,
+                                    const FetchOptions& options = {});
 
 }  // namespace veil::kbs

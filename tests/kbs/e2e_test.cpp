@@ -1,0 +1,202 @@
+// Key broker end to end over the attested channel with the simulated TEE: a sealed stories260K is
+// loaded with a key that only the allowed measurement obtains.
+#include <gtest/gtest.h>
+
+#include <sqlite3.h>
+
+#include "attest/attest.h"
+#include "channel/channel.h"
+#include "kbs/kbs.h"
+#include "kbs_test_util.h"
+#include "sealed/sealed.h"
+
+namespace veil::kbs {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+const fs::path kStories = fs::path(VEIL_SHARED_DIR) / "models/stories260K/stories260K.gguf";
+
+struct E2E : ::testing::Test {
+  fs::path dir = test::temp_dir("kbs_e2e");
+  fs::path platform_key = dir / "sim-platform.key";
+  attest::Collateral collateral;
+  std::shared_ptr<attest::Provider> broker_tee, node_a, node_b;
+  Bytes measurement_a, measurement_broker;
+  SecretBytes master = sealed::generate_model_key();
+  SecretBytes model_key = sealed::generate_model_key();
+  std::unique_ptr<Broker> broker;
+  std::unique_ptr<Server> server;
+  fs::path sealed_path = dir / "stories260K.vsm";
+
+  std::shared_ptr<attest::Provider> sim(const std::string& config) {
+    attest::ProviderOptions o;
+    o.sim_platform_key = platform_key;
+    o.sim_create_key = true;
+    o.sim_config = dir / (config + ".conf");
+    EXPECT_TRUE(write_file_atomic(o.sim_config, as_bytes("simulated workload: " + config)).ok());
+    auto p = attest::make_provider("sim", o);
+    EXPECT_TRUE(p.ok()) << (p.ok() ? "" : p.error().message());
+    return std::shared_ptr<attest::Provider>(std::move(*p));
+  }
+  Bytes measure(attest::Provider& p) {
+    auto ev = p.quote(attest::ReportData{});
+    EXPECT_TRUE(ev.ok());
+    auto c = attest::verifier_for(attest::TeeType::kSim)->verify(*ev, collateral, std::chrono::system_clock::now());
+    EXPECT_TRUE(c.ok()) << (c.ok() ? "" : c.error().message());
+    return c->measurements.at("measurement");
+  }
+
+  void SetUp() override {
+    broker_tee = sim("broker");
+    node_a = sim("node-a");
+    node_b = sim("node-b");
+    auto seed = read_file(platform_key);
+    ASSERT_TRUE(seed.ok());
+    auto kp = crypto::ed25519_from_seed(*seed);
+    ASSERT_TRUE(kp.ok());
+    collateral.items["sim_platform_public_key"] = Bytes(kp->public_key.begin(), kp->public_key.end());
+    measurement_a = measure(*node_a);
+    measurement_broker = measure(*broker_tee);
+    ASSERT_NE(measurement_a, measure(*node_b));
+
+    sealed::SealOptions so;
+    so.model_id = "stories260K";
+    so.model_version = 1;
+    ASSERT_TRUE(sealed::seal_file(kStories, sealed_path, model_key, so).ok());
+    auto b = Broker::open(dir / "kbs.db", master);
+    ASSERT_TRUE(b.ok()) << b.error().message();
+    broker = std::move(*b);
+    ASSERT_TRUE(broker->add_key("stories260K", 1, model_key, test::sim_policy(measurement_a)).ok());
+    server = start(*broker);
+    ASSERT_TRUE(server);
+  }
+
+  std::unique_ptr<Server> start(Broker& b, channel::EvidenceVerifier override = {}) {
+    ServerOptions o;
+    o.attester = channel::attester_from_provider(broker_tee);
+    o.collateral = collateral;
+    o.verifier_override = std::move(override);
+    o.handshake_timeout = 10s;
+    o.io_timeout = 10s;
+    auto s = Server::start(b, "tcp:127.0.0.1:0", std::move(o));
+    EXPECT_TRUE(s.ok()) << (s.ok() ? "" : s.error().message());
+    return s.ok() ? std::move(*s) : nullptr;
+  }
+
+  // The node checks that it talks to the genuine broker workload.
+  channel::EvidenceVerifier broker_check() {
+    auto p = attest::parse_policy(test::sim_policy(measurement_broker));
+    EXPECT_TRUE(p.ok());
+    return channel::verifier_from_policy(*p, collateral);
+  }
+
+  Result<SecretBytes> fetch(Server& s, std::shared_ptr<attest::Provider> node, uint64_t version = 1) {
+    return fetch_model_key(s.address(), "stories260K", version, channel::attester_from_provider(std::move(node)),
+                           broker_check(), FetchOptions{10s});
+  }
+};
+
+TEST_F(E2E, AllowedMeasurementGetsTheKeyAndLoadsTheSealedModel) {
+  auto key = fetch(*server, node_a);
+  ASSERT_TRUE(key.ok()) << key.error().message();
+  EXPECT_TRUE(ct_equal(key->view(), model_key.view()));
+  sealed::LoadOptions lo;
+  lo.expected_model_id = "stories260K";
+  auto m = sealed::load_sealed_model(sealed_path, *key, lo);
+  ASSERT_TRUE(m.ok()) << m.error().message();
+  Bytes original = *read_file(kStories);
+  ASSERT_EQ(m->buffer->size(), original.size());
+  EXPECT_EQ(0, std::memcmp(m->buffer->data(), original.data(), original.size()));
+  auto report = broker->verify_audit();
+  ASSERT_TRUE(report.ok()) << report.error().message();
+  EXPECT_EQ(report->entries, 2u);  // add-key, release
+}
+
+TEST_F(E2E, AnotherMeasurementIsRefused) {
+  auto key = fetch(*server, node_b);
+  ASSERT_FALSE(key.ok());
+  EXPECT_EQ(key.error().code(), ErrorCode::kSecurity);
+  EXPECT_NE(key.error().message().find("measurement"), std::string::npos) << key.error().message();
+  EXPECT_TRUE(broker->verify_audit().ok());
+}
+
+TEST_F(E2E, StaleEvidenceIsRefused) {
+  // A broker whose clock is two hours ahead sees the node's fresh evidence as two hours old.
+  auto later = Broker::open(dir / "kbs.db", master, [] { return std::chrono::system_clock::now() + 2h; });
+  ASSERT_TRUE(later.ok());
+  auto s = start(**later);
+  ASSERT_TRUE(s);
+  auto key = fetch(*s, node_a);
+  ASSERT_FALSE(key.ok());
+  EXPECT_EQ(key.error().code(), ErrorCode::kSecurity);
+  EXPECT_NE(key.error().message().find("older than"), std::string::npos) << key.error().message();
+}
+
+TEST_F(E2E, DebugEvidenceIsRefused) {
+  // The sim evidence format has no debug bit; this verifier plays a TEE that reports debug mode.
+  attest::Collateral col = collateral;
+  auto debug_tee = [col](const attest::Evidence& ev, const attest::ReportData& expected) -> Result<attest::Claims> {
+    VEIL_ASSIGN_OR_RETURN(attest::Claims c,
+                          attest::verifier_for(ev.type)->verify(ev, col, std::chrono::system_clock::now()));
+    if (c.report_data != expected) return Error(ErrorCode::kSecurity, "report_data");
+    c.debug = true;
+    return c;
+  };
+  auto s = start(*broker, debug_tee);
+  ASSERT_TRUE(s);
+  auto key = fetch(*s, node_a);
+  ASSERT_FALSE(key.ok());
+  EXPECT_EQ(key.error().code(), ErrorCode::kSecurity);
+  EXPECT_NE(key.error().message().find("debug"), std::string::npos) << key.error().message();
+}
+
+TEST_F(E2E, OlderVersionAfterANewerReleaseIsRefused) {
+  SecretBytes k2 = sealed::generate_model_key();
+  ASSERT_TRUE(broker->add_key("stories260K", 2, k2, test::sim_policy(measurement_a)).ok());
+  auto v2 = fetch(*server, node_a, 2);
+  ASSERT_TRUE(v2.ok()) << v2.error().message();
+  auto v1 = fetch(*server, node_a, 1);
+  ASSERT_FALSE(v1.ok());
+  EXPECT_EQ(v1.error().code(), ErrorCode::kSecurity);
+  EXPECT_NE(v1.error().message().find("rollback"), std::string::npos) << v1.error().message();
+  auto unknown = fetch(*server, node_a, 9);
+  ASSERT_FALSE(unknown.ok());
+  EXPECT_EQ(unknown.error().code(), ErrorCode::kNotFound);
+}
+
+TEST_F(E2E, TheNodeRefusesAnImpostorBroker) {
+  // A broker running other code (node B's measurement) cannot even receive the request.
+  auto imp_tee = node_b;
+  ServerOptions o;
+  o.attester = channel::attester_from_provider(imp_tee);
+  o.collateral = collateral;
+  auto s = Server::start(*broker, "tcp:127.0.0.1:0", std::move(o));
+  ASSERT_TRUE(s.ok());
+  auto key = fetch(**s, node_a);
+  ASSERT_FALSE(key.ok());
+  EXPECT_EQ(key.error().code(), ErrorCode::kSecurity);
+}
+
+TEST_F(E2E, AuditLogVerifiesAndATamperedLogIsDetected) {
+  ASSERT_TRUE(fetch(*server, node_a).ok());
+  ASSERT_FALSE(fetch(*server, node_b).ok());
+  auto ok = broker->verify_audit();
+  ASSERT_TRUE(ok.ok()) << ok.error().message();
+  EXPECT_EQ(ok->entries, 3u);
+  sqlite3* h = nullptr;
+  ASSERT_EQ(sqlite3_open((dir / "kbs.db").c_str(), &h), SQLITE_OK);
+  // Hide the refusal: rewrite it as a release.
+  ASSERT_EQ(sqlite3_exec(h, "UPDATE audit SET event = replace(event, '\"refuse\"', '\"release\"') WHERE seq = 3",
+                         nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  sqlite3_close(h);
+  auto bad = broker->verify_audit();
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.error().code(), ErrorCode::kSecurity);
+  EXPECT_NE(bad.error().message().find("entry 3"), std::string::npos) << bad.error().message();
+}
+
+}  // namespace
+}  // namespace veil::kbs
