@@ -84,6 +84,7 @@ struct Claims {
   std::string tcb_status;   // e.g. "UpToDate", "OutOfDate", "SWHardeningNeeded"; empty if the format has none
   Bytes platform_id;        // chip id, PPID or module id, where the format has one
   std::optional<std::chrono::system_clock::time_point> issued_at;  // when the evidence says it was made
+  bool migration_agent = false;  // sev-snp: guest policy MIGRATE_MA set (a migration agent may export the guest)
 };
 
 // Produces evidence inside a TEE.
@@ -121,6 +122,8 @@ struct Policy {
   std::map<TeeType, std::map<std::string, uint64_t>> min_svns;
   std::map<TeeType, std::set<std::string>> accepted_tcb_status;  // empty: "UpToDate" only, where the format has one
   std::optional<std::chrono::seconds> max_evidence_age;           // applied where evidence carries a time
+  bool allow_migration_agent = false;                              // sev-snp: accept MIGRATE_MA guests
+  std::map<TeeType, std::map<std::string, uint64_t>> max_svns;    // e.g. sev-snp {"vmpl": 0}
 };
 
 Result<Policy> parse_policy(std::string_view json);

@@ -38,7 +38,8 @@ Result<Policy> parse_policy(std::string_view text) {
   if (!j.is_object()) return Error(ErrorCode::kInvalidArgument, "policy: top level must be a JSON object");
   Policy p;
   static const char* kKnown[] = {"allowed_types", "allow_simulated", "allow_debug", "expected_measurements",
-                                 "min_svns", "accepted_tcb_status", "max_evidence_age_seconds"};
+                                 "min_svns", "accepted_tcb_status", "max_evidence_age_seconds",
+                                 "allow_migration_agent", "max_svns"};
   for (auto it = j.begin(); it != j.end(); ++it) {
     bool known = false;
     for (const char* k : kKnown) known = known || it.key() == k;
@@ -55,10 +56,12 @@ Result<Policy> parse_policy(std::string_view text) {
     VEIL_ASSIGN_OR_RETURN(TeeType t, type_key(f, at[i].get<std::string>()));
     if (!p.allowed_types.insert(t).second) return perr(f, "duplicate type");
   }
-  for (const char* flag : {"allow_simulated", "allow_debug"}) {
+  for (const char* flag : {"allow_simulated", "allow_debug", "allow_migration_agent"}) {
     if (!j.contains(flag)) continue;
     if (!j[flag].is_boolean()) return perr(flag, "must be true or false");
-    (std::string_view(flag) == "allow_simulated" ? p.allow_simulated : p.allow_debug) = j[flag].get<bool>();
+    std::string_view f = flag;
+    (f == "allow_simulated" ? p.allow_simulated : f == "allow_debug" ? p.allow_debug : p.allow_migration_agent) =
+        j[flag].get<bool>();
   }
   if (p.allowed_types.contains(TeeType::kSim) && !p.allow_simulated)
     return perr("allowed_types", "lists 'sim' but allow_simulated is not true");
@@ -93,11 +96,13 @@ Result<Policy> parse_policy(std::string_view text) {
       }
     }
   }
-  if (j.contains("min_svns")) {
-    const json& ms = j["min_svns"];
-    if (!ms.is_object()) return perr("min_svns", "must be an object of type -> {name: integer}");
+  for (const char* key : {"min_svns", "max_svns"}) {
+    if (!j.contains(key)) continue;
+    const json& ms = j[key];
+    if (!ms.is_object()) return perr(key, "must be an object of type -> {name: integer}");
+    auto& dst_all = std::string_view(key) == "min_svns" ? p.min_svns : p.max_svns;
     for (auto it = ms.begin(); it != ms.end(); ++it) {
-      std::string f = "min_svns." + it.key().substr(0, 32);
+      std::string f = std::string(key) + "." + it.key().substr(0, 32);
       VEIL_ASSIGN_OR_RETURN(TeeType t, type_key(f, it.key()));
       VEIL_TRY(require_allowed(f, t));
       if (!it->is_object() || it->empty()) return perr(f, "must be a non-empty object of name -> integer");
@@ -105,7 +110,7 @@ Result<Policy> parse_policy(std::string_view text) {
         std::string mf = f + "." + m.key().substr(0, 64);
         VEIL_TRY(check_name(mf, m.key()));
         if (!m->is_number_unsigned()) return perr(mf, "must be a non-negative integer");
-        p.min_svns[t][m.key()] = m->get<uint64_t>();
+        dst_all[t][m.key()] = m->get<uint64_t>();
       }
     }
   }
@@ -175,6 +180,16 @@ Status check_policy(const Policy& policy, const Claims& claims, const ReportData
       if (s->second < min) return refuse(fmt::format("SVN '{}' = {} is below the minimum {}", name, s->second, min));
     }
   }
+  if (auto it = policy.max_svns.find(claims.type); it != policy.max_svns.end()) {
+    for (const auto& [name, max] : it->second) {
+      auto s = claims.svns.find(name);
+      if (s == claims.svns.end())
+        return refuse(fmt::format("value '{}' limited by the policy is absent from the {} claims", name, tname));
+      if (s->second > max) return refuse(fmt::format("'{}' = {} is above the maximum {}", name, s->second, max));
+    }
+  }
+  if (claims.migration_agent && !policy.allow_migration_agent)
+    return refuse(fmt::format("{} guest policy allows a migration agent and allow_migration_agent is false", tname));
   if (!claims.tcb_status.empty()) {
     auto it = policy.accepted_tcb_status.find(claims.type);
     bool ok = it == policy.accepted_tcb_status.end() ? claims.tcb_status == "UpToDate" : it->second.contains(claims.tcb_status);

@@ -13,6 +13,7 @@ struct VerifierEntry {
 constexpr VerifierEntry kVerifiers[] = {
     {TeeType::kSim, make_sim_verifier},
     {TeeType::kTdx, make_tdx_verifier},
+    {TeeType::kSevSnp, make_snp_verifier},
     {TeeType::kNitro, make_nitro_verifier},
 };
 
