@@ -15,6 +15,9 @@ constexpr VerifierEntry kVerifiers[] = {
     {TeeType::kTdx, make_tdx_verifier},
     {TeeType::kSevSnp, make_snp_verifier},
     {TeeType::kNitro, make_nitro_verifier},
+    {TeeType::kTpm, make_tpm_verifier},
+    {TeeType::kAzSnpVtpm, make_az_snp_vtpm_verifier},
+    {TeeType::kAzTdxVtpm, make_az_tdx_vtpm_verifier},
 };
 
 struct ProviderEntry {
@@ -24,6 +27,9 @@ struct ProviderEntry {
 
 constexpr ProviderEntry kProviders[] = {
     {"sim", make_sim_provider},
+    {"tpm", make_tpm_provider},
+    {"tdx", make_tdx_provider},
+    {"sev-snp", make_snp_provider},
 };
 
 }  // namespace
