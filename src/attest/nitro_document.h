@@ -59,3 +59,19 @@ Bytes sig_structure(const Document& doc);
 Result<Claims> verify_document(ByteView data, ByteView root_der, std::chrono::system_clock::time_point now);
 
 }  // namespace veil::attest::nitro
+
+namespace veil::attest::nitro {
+
+// The NSM (Nitro Secure Module) message layer used by the provider through /dev/nsm
+// (aws-nitro-enclaves-nsm-api: serde-CBOR encoded Request / Response enums; Linux uapi
+// include/uapi/linux/nsm.h: NSM_IOCTL_RAW = _IOWR(0x0A, 0, struct nsm_raw), request <= 0x1000 bytes,
+// response <= 0x3000 bytes).
+inline constexpr size_t kNsmRequestMax = 0x1000;
+inline constexpr size_t kNsmResponseMax = 0x3000;
+
+// {"Attestation": {"user_data": bstr, "nonce": null, "public_key": null}}
+Bytes nsm_attestation_request(ByteView user_data);
+// {"Attestation": {"document": bstr}} -> the document; {"Error": "<code>"} -> kUnavailable naming the code.
+Result<Bytes> nsm_attestation_response(ByteView response);
+
+}  // namespace veil::attest::nitro

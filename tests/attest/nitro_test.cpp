@@ -217,3 +217,56 @@ TEST(Cbor, EncodersRoundTrip) {
 
 }  // namespace
 }  // namespace veil::attest
+
+namespace veil::attest {
+namespace {
+
+TEST(NitroProvider, NsmMessagesAndAbsentDevice) {
+  ReportData rd{};
+  for (size_t i = 0; i < rd.size(); ++i) rd[i] = static_cast<uint8_t>(i);
+  Bytes req = nitro::nsm_attestation_request(rd);
+  ASSERT_LE(req.size(), nitro::kNsmRequestMax);
+  auto v = cbor::parse(req, "request");
+  ASSERT_TRUE(v.ok());
+  const cbor::Value* att = v->find("Attestation");
+  ASSERT_NE(att, nullptr);
+  ASSERT_NE(att->find("user_data"), nullptr);
+  EXPECT_TRUE(std::equal(rd.begin(), rd.end(), att->find("user_data")->bytes.begin()));
+  EXPECT_EQ(att->find("nonce")->kind, cbor::Kind::kNull);
+
+  // Responses: a document, an NSM error, and malformed ones.
+  Bytes ok;
+  cbor::encode_map_head(ok, 1);
+  cbor::encode_text(ok, "Attestation");
+  cbor::encode_map_head(ok, 1);
+  cbor::encode_text(ok, "document");
+  cbor::encode_bytes(ok, Bytes{1, 2, 3});
+  auto doc = nitro::nsm_attestation_response(ok);
+  ASSERT_TRUE(doc.ok());
+  EXPECT_EQ(*doc, (Bytes{1, 2, 3}));
+  Bytes err;
+  cbor::encode_map_head(err, 1);
+  cbor::encode_text(err, "Error");
+  cbor::encode_text(err, "InvalidArgument");
+  auto e = nitro::nsm_attestation_response(err);
+  ASSERT_FALSE(e.ok());
+  EXPECT_NE(e.error().message().find("InvalidArgument"), std::string::npos);
+  EXPECT_FALSE(nitro::nsm_attestation_response(Bytes{0xA0}).ok());
+  EXPECT_FALSE(nitro::nsm_attestation_response(Bytes{0xFF}).ok());
+
+  ProviderOptions opts;
+  opts.nsm_device = "/nonexistent/nsm";
+  auto p = make_nitro_provider(opts);
+  ASSERT_FALSE(p.ok());
+  EXPECT_EQ(p.error().code(), ErrorCode::kUnsupported);
+  // A device node that is not an NSM (here /dev/null) refuses the ioctl: no evidence, no crash.
+  opts.nsm_device = "/dev/null";
+  auto notnsm = make_nitro_provider(opts);
+  ASSERT_TRUE(notnsm.ok());
+  auto q = (*notnsm)->quote(rd);
+  ASSERT_FALSE(q.ok());
+  EXPECT_EQ((*notnsm)->sealing_root().error().code(), ErrorCode::kUnsupported);
+}
+
+}  // namespace
+}  // namespace veil::attest
