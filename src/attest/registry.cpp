@@ -28,6 +28,7 @@ struct ProviderEntry {
 constexpr ProviderEntry kProviders[] = {
     {"sim", make_sim_provider},
     {"tpm", make_tpm_provider},
+    {"nitro", make_nitro_provider},
     {"tdx", make_tdx_provider},
     {"sev-snp", make_snp_provider},
 };
