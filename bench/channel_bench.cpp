@@ -4,7 +4,9 @@
 #include <benchmark/benchmark.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <condition_variable>
+#include <ctime>
 #include <deque>
 #include <filesystem>
 #include <mutex>
@@ -64,24 +66,41 @@ TcpPair connect_pair(const std::string& listen_at, crypto::AeadSuite suite) {
   return {std::move(*client), std::move(*server)};
 }
 
+double thread_cpu_seconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+}
+
+// Besides wall-clock bytes_per_second, reports the CPU time each side spent per byte as GB/s: on a shared, loaded
+// machine the wall clock measures the scheduler, while min(send_cpu_GBps, recv_cpu_GBps) is the rate the pipeline
+// reaches with a free core per side.
 void throughput(benchmark::State& state, const std::string& endpoint, crypto::AeadSuite suite) {
   const size_t size = static_cast<size_t>(state.range(0));
   auto pair = connect_pair(endpoint, suite);
+  std::atomic<double> receiver_cpu{0};
   std::thread receiver([&] {
     Bytes buf;
+    double start = thread_cpu_seconds();
     while (pair.server->recv_into(buf, later()).ok()) {
     }
+    receiver_cpu = thread_cpu_seconds() - start;
   });
   Bytes msg(size, 0x5a);
+  double sender_start = thread_cpu_seconds();
   for (auto _ : state) {
     if (!pair.client->send(msg, later()).ok()) {
       state.SkipWithError("send failed");
       break;
     }
   }
+  double sender_cpu = thread_cpu_seconds() - sender_start;
   (void)pair.client->close(later());
   receiver.join();
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * size));
+  double bytes = static_cast<double>(state.iterations() * size);
+  state.counters["send_cpu_GBps"] = sender_cpu > 0 ? bytes / sender_cpu / 1e9 : 0;
+  state.counters["recv_cpu_GBps"] = receiver_cpu > 0 ? bytes / receiver_cpu / 1e9 : 0;
 }
 
 void BM_Throughput_Tcp_Aes256Gcm(benchmark::State& state) {

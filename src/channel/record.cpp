@@ -23,7 +23,7 @@ Status DirectionState::install(crypto::AeadSuite suite) {
 Status DirectionState::rekey(crypto::AeadSuite suite) {
   secret = crypto::hkdf_expand(crypto::HashAlg::kSha256, secret.view(), as_bytes(kLabelNext), 32);
   VEIL_TRY(install(suite));
-  ++epoch;
+  epoch.fetch_add(1, std::memory_order_relaxed);
   return ok_status();
 }
 
@@ -205,7 +205,7 @@ crypto::AeadSuite Channel::suite() const { return impl_->suite; }
 const attest::Claims* Channel::peer_claims() const { return impl_->peer_claims ? &*impl_->peer_claims : nullptr; }
 const crypto::Sha256Digest& Channel::transcript_hash() const { return impl_->transcript_hash; }
 std::string Channel::peer() const { return impl_->peer; }
-uint64_t Channel::send_epoch() const { return impl_->send.epoch; }
-uint64_t Channel::recv_epoch() const { return impl_->recv.epoch; }
+uint64_t Channel::send_epoch() const { return impl_->send.epoch.load(std::memory_order_relaxed); }
+uint64_t Channel::recv_epoch() const { return impl_->recv.epoch.load(std::memory_order_relaxed); }
 
 }  // namespace veil::channel

@@ -28,7 +28,7 @@ struct DirectionState {
   std::array<uint8_t, crypto::kAeadNonceSize> iv{};  // HKDF-Expand(secret, "iv", 12)
   uint64_t seq = 0;                         // records sealed/opened under this key
   uint64_t bytes = 0;                       // plaintext bytes under this key
-  uint64_t epoch = 0;                       // rekeys so far
+  std::atomic<uint64_t> epoch{0};           // rekeys so far (read by other threads for metrics)
 
   // Derives key and IV from `secret` for `suite` and resets the counters.
   Status install(crypto::AeadSuite suite);

@@ -1,7 +1,11 @@
 // Channel tests over the in-process pair with test-only fake attestation (fake_attest.h).
 #include <gtest/gtest.h>
 
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
+
 #include <future>
+#include <sstream>
 #include <thread>
 
 #include "channel/channel.h"
@@ -609,6 +613,53 @@ TEST(ChannelRecord, AbortUnblocksBlockedReceiver) {
   s.abort();
   auto r = waiter.get();
   EXPECT_FALSE(r.ok());
+}
+
+// Captures everything logged through spdlog's default logger while alive.
+class LogCapture {
+ public:
+  LogCapture() : previous_(spdlog::default_logger()) {
+    auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(out_);
+    spdlog::set_default_logger(std::make_shared<spdlog::logger>("capture", sink));
+  }
+  ~LogCapture() { spdlog::set_default_logger(previous_); }
+  std::string text() const { return out_.str(); }
+
+ private:
+  std::ostringstream out_;
+  std::shared_ptr<spdlog::logger> previous_;
+};
+
+TEST(ChannelLogging, RefusalsAreLoggedWithPeerAndReasonButNoSecrets) {
+  LogCapture capture;
+  const std::string marker = "PLAINTEXT-MARKER-7f3a";
+  // 1. A refused handshake: the evidence (and the report_data in it) must not be logged.
+  Fixture f;
+  std::optional<attest::Evidence> sent;
+  f.server.attester = [&](const attest::ReportData& rd) {
+    auto ev = f.tee.quote(kOtherMeasurement, rd);
+    if (ev.ok()) sent = *ev;
+    return ev;
+  };
+  auto p = f.run();
+  ASSERT_FALSE(p.client.ok());
+  ASSERT_TRUE(sent.has_value());
+  // 2. A tampered record carrying the marker.
+  Fixture g;
+  auto c = connect_tapped(g, [](Bytes w) {
+    if (is_data_record(w)) w.back() ^= 1;
+    return std::vector<Bytes>{std::move(w)};
+  });
+  ASSERT_TRUE(c.client->send(as_bytes(marker), soon()).ok());
+  ASSERT_FALSE(c.server->recv(soon()).ok());
+
+  std::string log = capture.text();
+  EXPECT_NE(log.find("channel client handshake with inproc:b"), std::string::npos) << log;
+  EXPECT_NE(log.find("server evidence refused"), std::string::npos) << log;
+  EXPECT_NE(log.find("authentication failed"), std::string::npos) << log;
+  EXPECT_EQ(log.find(marker), std::string::npos);
+  EXPECT_EQ(log.find(to_hex(ByteView(sent->data).subspan(32, 64))), std::string::npos);  // report_data
+  EXPECT_EQ(log.find(to_hex(ByteView(sent->data).subspan(104))), std::string::npos);     // evidence MAC
 }
 
 // ---- wire parsers ----
