@@ -367,7 +367,10 @@ void Tokenizer::Impl::encode_spm(std::string_view raw, bool prefix_space, std::v
   std::vector<Sym> syms;
   syms.reserve(text.size());
   for (size_t off = 0; off < text.size();) {
-    size_t len = std::min(u::utf8_len_from_lead(static_cast<uint8_t>(text[off])), text.size() - off);
+    // Characters are validated: a malformed byte is a symbol of its own (emitted through byte fallback), so
+    // it can never swallow the start of the following character.
+    size_t len = 1;
+    u::decode_utf8(text, off, &len);
     int idx = static_cast<int>(syms.size());
     syms.push_back({idx - 1, off + len == text.size() ? -1 : idx + 1, off, len});
     off += len;
