@@ -201,6 +201,10 @@ Result<Value> parse(ByteView data, std::string_view what, const Limits& limits) 
           return make_error(ErrorCode::kCorrupt, "{}: CBOR {} at byte offset {} declares {} entries but only {} bytes remain",
                             what, kind_name(v.kind), head, ev.num, left);
         }
+        if (need > limits.max_items - count) {
+          return make_error(ErrorCode::kCorrupt, "{}: CBOR {} at byte offset {} declares {} entries, over the limit of {} items",
+                            what, kind_name(v.kind), head, ev.num, limits.max_items);
+        }
         v.items.reserve(static_cast<size_t>(need));
         container = true;
         if (need == 0) container = false;  // complete at once
