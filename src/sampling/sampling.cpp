@@ -127,38 +127,67 @@ TokenId Sampler::sample(std::span<const float> logits) {
     }
     return best->id;
   }
+  // Only as much of the candidate list is sorted as the cut-offs need: `sorted` leading entries are in final
+  // order (logit desc, id asc) and everything after them ranks below them. With no cut-off at all nothing is
+  // sorted and the draw walks the candidates in id order (equally deterministic).
   size_t size = n;
+  size_t sorted = 0;
+  auto sort_to = [&](size_t want) {  // extend the sorted prefix to at least `want` entries (of `size`)
+    want = std::min(want, size);
+    if (want <= sorted) return;
+    std::partial_sort(cand_.begin() + static_cast<ptrdiff_t>(sorted), cand_.begin() + static_cast<ptrdiff_t>(want),
+                      cand_.begin() + static_cast<ptrdiff_t>(size), better);
+    sorted = want;
+  };
   if (params_.top_k > 0 && static_cast<size_t>(params_.top_k) < n) {
-    size = static_cast<size_t>(params_.top_k);
-    std::partial_sort(cand_.begin(), cand_.begin() + static_cast<ptrdiff_t>(size), cand_.end(), better);
-  } else {
-    std::sort(cand_.begin(), cand_.end(), better);
+    sort_to(static_cast<size_t>(params_.top_k));
+    size = sorted;
   }
-  const float top = cand_[0].logit;
-  if (top == kNegInf) return cand_[0].id;  // every logit is -inf: the lowest id
-  // top-p over the untempered distribution.
-  if (params_.top_p < 1.0f) {
+  const bool cut_p = params_.top_p < 1.0f;
+  const bool cut_min = params_.min_p > 0.0f;
+  float top;
+  if (cut_p || cut_min || sorted > 0) {
+    sort_to(64);
+    top = cand_[0].logit;
+  } else {
+    top = kNegInf;
+    for (size_t i = 0; i < size; ++i) top = std::max(top, cand_[i].logit);
+  }
+  if (top == kNegInf) {  // every logit is -inf: the lowest id
+    TokenId lowest = cand_[0].id;
+    for (size_t i = 1; i < size; ++i) lowest = std::min(lowest, cand_[i].id);
+    return lowest;
+  }
+  // top-p over the untempered distribution of the current set.
+  if (cut_p) {
     double sum = 0.0;
-    for (size_t i = 0; i < size; ++i) {
-      probs_[i] = std::exp(static_cast<double>(cand_[i].logit) - top);
-      sum += probs_[i];
-    }
-    double cum = 0.0;
+    for (size_t i = 0; i < size; ++i) sum += std::exp(static_cast<double>(cand_[i].logit) - top);
     const double target = static_cast<double>(params_.top_p) * sum;
-    for (size_t i = 0; i < size; ++i) {
-      cum += probs_[i];
-      if (cum >= target) {
+    double cum = 0.0;
+    size_t i = 0;
+    for (;;) {
+      for (; i < sorted; ++i) {
+        cum += std::exp(static_cast<double>(cand_[i].logit) - top);
+        if (cum >= target) break;
+      }
+      if (i < sorted) {
         size = i + 1;
         break;
       }
+      if (sorted >= size) break;  // rounding: keep everything
+      sort_to(sorted * 4);
     }
   }
   // min-p: p_i >= min_p * p_max  <=>  logit_i >= top + log(min_p).
-  if (params_.min_p > 0.0f) {
+  if (cut_min) {
     const double cut = static_cast<double>(top) + std::log(static_cast<double>(params_.min_p));
     size_t keep = 1;
-    while (keep < size && static_cast<double>(cand_[keep].logit) >= cut) ++keep;
-    size = keep;
+    for (;;) {
+      while (keep < sorted && static_cast<double>(cand_[keep].logit) >= cut) ++keep;
+      if (keep < sorted || sorted >= size) break;
+      sort_to(sorted * 4);
+    }
+    size = std::min(size, keep);
   }
   // Temperature, softmax, one draw.
   const double inv_t = 1.0 / static_cast<double>(params_.temperature);
