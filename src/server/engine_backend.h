@@ -1,0 +1,31 @@
+// The real inference parts behind BatchingBackend: the CPU engine (one KV cache per slot, one batched
+// forward per scheduler step), the model's tokenizer and chat template, and the seeded sampler.
+//
+// Thread-safety: construct on any thread; the returned backend is thread-safe (scheduler.h).
+#pragma once
+
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "server/scheduler.h"
+
+namespace veil::gguf {
+class File;
+}
+
+namespace veil::server {
+
+struct EngineBackendOptions {
+  std::string model_id;       // empty: GGUF general.name, else the file name without extension
+  uint32_t threads = 0;       // 0: hardware concurrency (at most 8)
+  uint32_t context = 0;       // per-sequence context; 0: the model's, at most 2048
+  BatchingOptions batching;
+};
+
+// Loads the model, tokenizer and sampler over an opened GGUF file (a file on disk, or a sealed model
+// decrypted in memory).
+Result<std::unique_ptr<BatchingBackend>> make_engine_backend(std::shared_ptr<const gguf::File> file,
+                                                             const EngineBackendOptions& options);
+
+}  // namespace veil::server

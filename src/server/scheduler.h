@@ -1,0 +1,117 @@
+// BatchingBackend: the continuous-batching scheduler behind the HTTP API.
+//
+// One worker thread runs scheduler steps. Each step:
+//   1. drops cancelled sequences (their slots are free for this very step) and admits queued requests
+//      into free slots, round-robin across client ids so one client cannot starve the others;
+//   2. builds one batch: one decode token for every sequence that is generating, then prompt chunks
+//      (at most `prefill_chunk` tokens per sequence) for sequences still prefilling, within
+//      `step_token_budget` tokens, so a long prompt never stalls running streams for more than a chunk;
+//   3. runs one StepModel::forward over the whole batch, samples, detokenises incrementally (holding
+//      back incomplete UTF-8 and text that might start a stop string) and emits events.
+// The queue is bounded: submit() refuses with kResourceExhausted when it is full (HTTP 503).
+//
+// Thread-safety: BatchingBackend's public methods are safe from any thread. The StepModel, TextCodec
+// and samplers are used from the worker thread only (tokenize_* excepted: TextCodec's encode_* must be
+// safe to call concurrently with decode_piece).
+#pragma once
+
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "server/backend.h"
+
+namespace veil::server {
+
+// One sequence's share of a batched forward pass.
+struct StepInput {
+  uint32_t slot = 0;                  // KV-cache slot, < StepModel::max_slots()
+  std::span<const int32_t> tokens;    // tokens to append at positions pos0, pos0+1, ...
+  uint32_t pos0 = 0;
+  bool want_logits = false;           // logits of the last token are needed
+};
+
+class StepModel {
+ public:
+  virtual ~StepModel() = default;
+  virtual uint32_t context_length() const = 0;
+  virtual uint32_t vocab_size() const = 0;
+  virtual uint32_t max_slots() const = 0;
+  // One forward pass over several sequences. `logits` is resized to vocab_size() floats per input with
+  // want_logits, in batch order.
+  virtual Status forward(std::span<const StepInput> batch, std::vector<float>& logits) = 0;
+  // Forget a slot's KV cache (called before the slot is reused).
+  virtual void reset_slot(uint32_t slot) = 0;
+};
+
+class TextCodec {
+ public:
+  virtual ~TextCodec() = default;
+  virtual Result<std::vector<int32_t>> encode_prompt(const std::string& prompt) = 0;
+  virtual Result<std::vector<int32_t>> encode_chat(const std::vector<ChatMessage>& messages) = 0;
+  // Bytes of token `id` following `prev` (may be an incomplete UTF-8 sequence).
+  virtual std::string decode_piece(int32_t prev, int32_t id) = 0;
+  virtual bool is_end_of_generation(int32_t id) const = 0;
+};
+
+class TokenSampler {
+ public:
+  virtual ~TokenSampler() = default;
+  // Picks the next token from raw logits (may modify them).
+  virtual int32_t sample(std::span<float> logits) = 0;
+};
+using SamplerFactory = std::function<std::unique_ptr<TokenSampler>(const SamplingOptions&)>;
+
+struct BatchingOptions {
+  uint32_t max_slots = 16;          // concurrent sequences (clamped to StepModel::max_slots())
+  uint32_t max_queue = 256;         // accepted requests waiting for a slot
+  uint32_t prefill_chunk = 64;      // prompt tokens per sequence per step
+  uint32_t step_token_budget = 256; // tokens per forward pass (decode tokens always fit)
+};
+
+class BatchingBackend final : public GenerationBackend {
+ public:
+  BatchingBackend(std::string model_id, std::unique_ptr<StepModel> model, std::unique_ptr<TextCodec> codec,
+                  SamplerFactory samplers, BatchingOptions options);
+  ~BatchingBackend() override;
+  BatchingBackend(const BatchingBackend&) = delete;
+  BatchingBackend& operator=(const BatchingBackend&) = delete;
+
+  const std::string& model_id() const override;
+  uint32_t context_length() const override;
+  Result<std::vector<int32_t>> tokenize_prompt(const std::string& prompt) override;
+  Result<std::vector<int32_t>> tokenize_chat(const std::vector<ChatMessage>& messages) override;
+  Result<std::shared_ptr<GenerationHandle>> submit(const GenerationRequest& request, std::vector<int32_t> prompt_ids,
+                                                   EventSink sink) override;
+  BackendStats stats() const override;
+  void shutdown(std::chrono::milliseconds grace) override;
+
+  // Counters for tests and /metrics: forward passes run, and the most sequences seen in one pass.
+  uint64_t steps() const;
+  uint32_t max_batch_sequences() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Incremental text for one sequence: UTF-8 completion and stop strings. Public for tests.
+class TextAssembler {
+ public:
+  explicit TextAssembler(std::vector<std::string> stop) : stop_(std::move(stop)) {}
+  // Adds decoded bytes; returns the text that can be emitted now. Sets stopped() when a stop string
+  // appeared (the stop string and everything after it are dropped).
+  std::string push(std::string_view bytes);
+  // Remaining text at the end of generation (incomplete UTF-8 replaced by U+FFFD).
+  std::string flush();
+  bool stopped() const { return stopped_; }
+
+ private:
+  std::vector<std::string> stop_;
+  std::string pending_;  // complete UTF-8 not yet emitted (may start a stop string)
+  std::string partial_;  // trailing incomplete UTF-8 bytes
+  bool stopped_ = false;
+};
+
+}  // namespace veil::server
