@@ -233,3 +233,18 @@ TEST(Gguf, TypeTraits) {
   EXPECT_FALSE(parse_type_name("Q2_K").ok());
   EXPECT_EQ(type_name(static_cast<TensorType>(99)), "type99");
 }
+
+TEST(Gguf, FuzzSeedsParse) {
+  int n = 0;
+  for (const auto& e : std::filesystem::directory_iterator(std::string(VEIL_SOURCE_DIR) + "/fuzz/corpus/gguf")) {
+    if (e.path().extension() != ".gguf") continue;
+    auto f = File::open(e.path());
+    EXPECT_TRUE(f.ok()) << e.path() << ": " << f.error().message();
+    ++n;
+  }
+  EXPECT_GE(n, 3);
+  auto q = File::open(std::string(VEIL_SOURCE_DIR) + "/fuzz/corpus/gguf/quantised_align64.gguf");
+  ASSERT_TRUE(q.ok());
+  EXPECT_EQ(q->alignment(), 64u);
+  EXPECT_EQ(q->find_tensor("q6_k")->n_bytes, 210u);
+}

@@ -1,0 +1,1 @@
+set(VEIL_TEST_DEPS veil_tokenizer)
