@@ -20,6 +20,7 @@
 
 #include "attest/attest.h"
 #include "core/core.h"
+#include "sealed/sealed.h"
 
 namespace veil::pipeline {
 
@@ -51,6 +52,20 @@ std::string manifest_to_json(const ShardManifest& manifest);
 // stage's bytes (ties: earlier stages smaller). Each stage gets at least one layer.
 Result<std::vector<std::pair<uint32_t, uint32_t>>> balance_layers(const std::vector<uint64_t>& layer_bytes,
                                                                   uint32_t n_stages);
+
+// SHA-256 over the sealed header's per-layer digests of layers [begin, end), in layer order: the
+// `weights_sha256` of a stage holding that range. kCorrupt if the header lacks one of the layers.
+Result<Bytes> range_weights_sha256(const sealed::Header& header, uint32_t begin, uint32_t end);
+
+// Proposes a manifest for a sealed model: balanced layer ranges (by weight bytes per layer), each
+// range's weights hash, the given endpoints (one per stage) and the same policy for every stage.
+struct ProposeOptions {
+  uint32_t n_stages = 1;
+  std::vector<std::string> endpoints;  // exactly n_stages entries, host:port
+  std::string policy_json;             // an attest::Policy document
+};
+Result<ShardManifest> propose_manifest(const sealed::Header& header, ByteView sealed_file_sha256,
+                                       const ProposeOptions& options);
 
 // A half-open range of prompt positions processed together.
 struct MicroBatch {

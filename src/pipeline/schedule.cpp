@@ -21,8 +21,8 @@ Result<std::vector<std::pair<uint32_t, uint32_t>>> balance_layers(const std::vec
   best[0][0] = 0;
   for (uint32_t k = 1; k <= n_stages; ++k) {
     for (size_t i = k; i <= n; ++i) {
-      // Latest cut first, so ties give earlier stages the smaller share.
-      for (size_t j = i; j-- > k - 1;) {
+      // Earliest cut first with a strict improvement test, so ties give earlier stages the smaller share.
+      for (size_t j = k - 1; j < i; ++j) {
         if (best[k - 1][j] == kInf) continue;
         uint64_t cost = std::max(best[k - 1][j], prefix[i] - prefix[j]);
         if (cost < best[k][i]) {

@@ -2,6 +2,8 @@
 
 #include <cstring>
 
+#include "crypto/crypto.h"
+#include "gguf/gguf.h"
 #include "pipeline/pipeline.h"
 
 namespace veil::pipeline {
@@ -129,6 +131,50 @@ TEST(Schedule, FillDrainRunsEachMicroBatchOnEachStageOnceInOrder) {
   EXPECT_EQ(steps[S - 1].size(), S);  // the pipeline is full once filled
   EXPECT_EQ(fill_drain_schedule(1, 1).size(), 1u);
   EXPECT_TRUE(fill_drain_schedule(0, 3).empty());
+}
+
+}  // namespace
+}  // namespace veil::pipeline
+
+namespace veil::pipeline {
+namespace {
+
+TEST(Propose, BalancedManifestForSealedStories260K) {
+  auto file = gguf::File::open(std::string(VEIL_SHARED_DIR) + "/models/stories260K/stories260K.gguf");
+  ASSERT_TRUE(file.ok()) << file.error().message();
+  SecretBytes key(crypto::random_bytes(32));
+  sealed::SealOptions so;
+  so.model_id = "stories260K";
+  so.model_version = 4;
+  auto sealed_bytes = sealed::seal_gguf(*file, key, so);
+  ASSERT_TRUE(sealed_bytes.ok()) << sealed_bytes.error().message();
+  auto header = sealed::parse_header(*sealed_bytes);
+  ASSERT_TRUE(header.ok()) << header.error().message();
+  auto digest = crypto::sha256(*sealed_bytes);
+
+  ProposeOptions p;
+  p.n_stages = 2;
+  p.endpoints = {"127.0.0.1:7400", "127.0.0.1:7401"};
+  p.policy_json = R"({"allowed_types": ["sim"], "allow_simulated": true})";
+  auto m = propose_manifest(*header, digest, p);
+  ASSERT_TRUE(m.ok()) << m.error().message();
+  EXPECT_EQ(m->model_id, "stories260K");
+  EXPECT_EQ(m->model_version, 4u);
+  EXPECT_EQ(m->n_layers, 5u);
+  ASSERT_EQ(m->stages.size(), 2u);
+  EXPECT_EQ(m->stages[0].layer_begin, 0u);
+  EXPECT_EQ(m->stages[0].layer_end, 2u);  // equal-sized layers: the earlier stage gets the smaller share
+  EXPECT_EQ(m->stages[1].layer_end, 5u);
+  EXPECT_EQ(m->stages[1].weights_sha256, *range_weights_sha256(*header, 2, 5));
+  EXPECT_NE(m->stages[0].weights_sha256, m->stages[1].weights_sha256);
+  EXPECT_EQ(to_hex(m->sealed_model_sha256), to_hex(digest));
+
+  p.endpoints.pop_back();
+  EXPECT_EQ(propose_manifest(*header, digest, p).error().code(), ErrorCode::kUsage);
+  p.endpoints = {"a:1", "b:2", "c:3", "d:4", "e:5", "f:6"};
+  p.n_stages = 6;
+  EXPECT_FALSE(propose_manifest(*header, digest, p).ok());  // more stages than layers
+  EXPECT_FALSE(range_weights_sha256(*header, 4, 6).ok());
 }
 
 }  // namespace

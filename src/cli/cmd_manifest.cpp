@@ -1,0 +1,72 @@
+// veil manifest create: propose a shard manifest for a sealed model (docs/manifest.md).
+#include <cstdio>
+
+#include "cli/command.h"
+#include "crypto/crypto.h"
+#include "pipeline/pipeline.h"
+#include "sealed/sealed.h"
+
+namespace veil::cli {
+namespace {
+
+struct ManifestCreateOptions {
+  std::string model;
+  uint32_t stages = 2;
+  std::vector<std::string> endpoints;
+  std::string policy;
+  std::string output;
+};
+
+Status manifest_create(const ManifestCreateOptions& o) {
+  VEIL_ASSIGN_OR_RETURN(auto path, resolve_model_path(o.model));
+  VEIL_ASSIGN_OR_RETURN(MappedFile file, MappedFile::open(path));
+  auto header = sealed::parse_header(file.view());
+  if (!header.ok()) {
+    if (path.extension() == ".gguf") {
+      return make_error(ErrorCode::kUsage, "{}: a manifest describes a sealed model; seal it first with 'veil seal'",
+                        path.string());
+    }
+    return std::move(header).error().wrap(path.string());
+  }
+  VEIL_ASSIGN_OR_RETURN(std::string policy, read_text_file(o.policy, 1u << 20));
+  // The policy must be valid before it is copied into every stage.
+  if (auto parsed = attest::parse_policy(policy); !parsed.ok()) {
+    return std::move(parsed).error().wrap("--policy " + o.policy);
+  }
+  pipeline::ProposeOptions p;
+  p.n_stages = o.stages;
+  p.endpoints = o.endpoints;
+  p.policy_json = policy;
+  auto digest = crypto::sha256(file.view());
+  VEIL_ASSIGN_OR_RETURN(auto manifest, pipeline::propose_manifest(*header, digest, p));
+  std::string json = pipeline::manifest_to_json(manifest);
+  if (o.output.empty() || o.output == "-") {
+    std::fputs(json.c_str(), stdout);
+    return ok_status();
+  }
+  return write_file_atomic(o.output, as_bytes(json));
+}
+
+void setup(CLI::App& app, Runner& runner) {
+  CLI::App* group = subcommand_group(app, "manifest", "Shard manifests for multi-enclave pipelines");
+  auto o = std::make_shared<ManifestCreateOptions>();
+  CLI::App* create = group->add_subcommand(
+      "create", "Propose a manifest for a sealed model: balanced layer ranges, their weight hashes, endpoints");
+  create->add_option("model", o->model, "Sealed model (.vsm); default: the -m resolution rules");
+  create->add_option("--stages", o->stages, "Number of pipeline stages")->capture_default_str()->check(CLI::Range(1, 1024));
+  create->add_option("--endpoints", o->endpoints, "host:port of each stage, in order (one per stage)")
+      ->delimiter(',')
+      ->required();
+  create->add_option("--policy", o->policy, "Attestation policy (JSON) every stage's evidence must satisfy")
+      ->required()
+      ->check(CLI::ExistingFile);
+  create->add_option("-o,--output", o->output, "Write the manifest here (atomically) instead of stdout");
+  create->footer("Example: veil manifest create model.vsm --stages 3 --endpoints 10.0.0.1:7400,10.0.0.2:7400,"
+                 "10.0.0.3:7400 --policy stage-policy.json -o manifest.json");
+  runner.on(create, [o] { return manifest_create(*o); });
+}
+
+VEIL_COMMAND(setup, 60);
+
+}  // namespace
+}  // namespace veil::cli

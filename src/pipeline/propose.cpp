@@ -1,0 +1,61 @@
+#include <map>
+
+#include "crypto/crypto.h"
+#include "pipeline/pipeline.h"
+
+namespace veil::pipeline {
+
+Result<Bytes> range_weights_sha256(const sealed::Header& header, uint32_t begin, uint32_t end) {
+  std::map<uint32_t, const sealed::LayerEntry*> by_layer;
+  for (const auto& l : header.layers) by_layer[l.layer] = &l;
+  crypto::Hasher h(crypto::HashAlg::kSha256);
+  for (uint32_t layer = begin; layer < end; ++layer) {
+    auto it = by_layer.find(layer);
+    if (it == by_layer.end()) {
+      return make_error(ErrorCode::kCorrupt, "sealed model {}: header has no digest for layer {}", header.model_id,
+                        layer);
+    }
+    h.update(it->second->digest);
+  }
+  return h.finish();
+}
+
+Result<ShardManifest> propose_manifest(const sealed::Header& header, ByteView sealed_file_sha256,
+                                       const ProposeOptions& options) {
+  if (header.layers.empty()) {
+    return make_error(ErrorCode::kInvalidArgument, "sealed model {}: has no transformer layers to split",
+                      header.model_id);
+  }
+  uint32_t n_layers = 0;
+  for (const auto& l : header.layers) n_layers = std::max(n_layers, l.layer + 1);
+  std::vector<uint64_t> bytes(n_layers, 0);
+  for (const auto& t : header.tensors) {
+    if (t.layer != sealed::kNoLayer && t.layer < n_layers) bytes[t.layer] += t.size;
+  }
+  if (options.endpoints.size() != options.n_stages) {
+    return make_error(ErrorCode::kUsage, "--endpoints: {} given for {} stages (one host:port per stage)",
+                      options.endpoints.size(), options.n_stages);
+  }
+  VEIL_ASSIGN_OR_RETURN(auto ranges, balance_layers(bytes, options.n_stages));
+  nlohmann::json policy = nlohmann::json::parse(options.policy_json, nullptr, false);
+  if (policy.is_discarded()) return make_error(ErrorCode::kCorrupt, "--policy: not valid JSON");
+  ShardManifest m;
+  m.model_id = header.model_id;
+  m.model_version = header.model_version;
+  m.sealed_model_sha256.assign(sealed_file_sha256.begin(), sealed_file_sha256.end());
+  m.n_layers = n_layers;
+  for (uint32_t i = 0; i < options.n_stages; ++i) {
+    StageSpec s;
+    s.index = i;
+    s.layer_begin = ranges[i].first;
+    s.layer_end = ranges[i].second;
+    VEIL_ASSIGN_OR_RETURN(s.weights_sha256, range_weights_sha256(header, s.layer_begin, s.layer_end));
+    s.endpoint = options.endpoints[i];
+    s.policy_json = policy;
+    m.stages.push_back(std::move(s));
+  }
+  // Validate the proposal exactly as a stage would read it.
+  return parse_manifest(manifest_to_json(m), "proposed manifest");
+}
+
+}  // namespace veil::pipeline
