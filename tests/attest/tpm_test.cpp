@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "attest/formats.h"
+#include "attest/tpm_bundle.h"
 #include "attest/tpm_eventlog.h"
 #include "attest/tpm_quote.h"
 #include "attest/tpm_structs.h"
@@ -230,6 +231,83 @@ TEST(TpmStructs, ParsersRefuseMalformedInput) {
   Public unrestricted = *p;
   unrestricted.attributes &= ~kAttrRestricted;
   EXPECT_EQ(ak_from_public(unrestricted).error().code(), ErrorCode::kSecurity);
+}
+
+}  // namespace
+}  // namespace veil::attest::tpm
+
+namespace veil::attest::tpm {
+namespace {
+
+// The tpm verifier's AK-certificate path with the GCE vector: the AK certificate chains to the Google
+// CA, so verification proceeds to the nonce, which is GCE's "9009" rather than SHA-256(report_data).
+TEST(TpmVerifier, AkCertificatePathAndFailClosedOrder) {
+  auto d = kTpm / "go-tpm-tools/extracted-gce-cos-85-nonce9009";
+  Bundle b;
+  b.ak_public = load(d / "ak_pub.tpmt_public");
+  b.ak_cert = load(d / "ak_cert.der");
+  b.quotes.push_back({load(d / "quote1_bank000b.tpms_attest"), load(d / "quote1_bank000b.tpmt_signature")});
+  b.pcrs[kAlgSha256] = load_pcrs(d / "quote1_bank000b_pcrs.txt");
+  b.event_log = load(d / "event_log.bin");
+  Evidence ev{TeeType::kTpm, to_bytes(bundle_to_json(b))};
+  auto round = bundle_from_json(as_chars(ev.data));
+  ASSERT_TRUE(round.ok()) << round.error().message();
+  EXPECT_EQ(round->ak_public, b.ak_public);
+
+  const Verifier* v = verifier_for(TeeType::kTpm);
+  ASSERT_NE(v, nullptr);
+  Collateral ca;
+  ca.items[kAkCaItem] = load(kTpm / "go-tpm-tools/ca-certs/tpm_ek_root_1.cer");
+  Bytes inter = load(kTpm / "go-tpm-tools/ca-certs/tpm_ek_intermediate_2.crt");
+  // The intermediate is PEM or DER; give the verifier a PEM bundle of both.
+  auto certs_root = x509::parse_bundle(ca.items[kAkCaItem], "root");
+  auto certs_inter = x509::parse_bundle(inter, "inter");
+  ASSERT_TRUE(certs_root.ok() && certs_inter.ok());
+  std::string pem;
+  for (X509* c : {(*certs_root)[0].get(), (*certs_inter)[0].get()}) {
+    Bytes der = x509::to_der(c);
+    pem += "-----BEGIN CERTIFICATE-----\n" + base64_encode(der) + "\n-----END CERTIFICATE-----\n";
+  }
+  Collateral good;
+  good.items[kAkCaItem] = to_bytes(pem);
+  auto r = v->verify(ev, good, kPinned);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().message().find("extraData"), std::string::npos) << r.error().message();
+
+  // The root alone cannot complete the chain: refused at the AK certificate.
+  auto no_inter = v->verify(ev, ca, kPinned);
+  ASSERT_FALSE(no_inter.ok());
+  EXPECT_NE(no_inter.error().message().find("certificate chain"), std::string::npos) << no_inter.error().message();
+
+  // A pinned AK that differs from the evidence's is refused before any quote is looked at.
+  Collateral pinned;
+  Bytes other = b.ak_public;
+  other.back() ^= 1;
+  pinned.items[kAkPublicItem] = other;
+  auto p = v->verify(ev, pinned, kPinned);
+  ASSERT_FALSE(p.ok());
+  EXPECT_NE(p.error().message().find("pinned AK"), std::string::npos);
+
+  // No anchor at all.
+  EXPECT_EQ(v->verify(ev, Collateral{}, kPinned).error().code(), ErrorCode::kSecurity);
+  // Malformed evidence is kCorrupt.
+  EXPECT_EQ(v->verify(Evidence{TeeType::kTpm, to_bytes("{\"format\": 1}")}, good, kPinned).error().code(),
+            ErrorCode::kUnsupported);
+  EXPECT_EQ(v->verify(Evidence{TeeType::kTpm, to_bytes("not json")}, good, kPinned).error().code(),
+            ErrorCode::kCorrupt);
+}
+
+TEST(TpmVerifier, RegistryHasEveryFormatOfThisPart) {
+  for (TeeType t : {TeeType::kNitro, TeeType::kTpm, TeeType::kAzSnpVtpm, TeeType::kAzTdxVtpm}) {
+    const Verifier* v = verifier_for(t);
+    ASSERT_NE(v, nullptr) << tee_type_name(t);
+    EXPECT_EQ(v->type(), t);
+  }
+  ProviderOptions opts;
+  opts.nsm_device = "/nonexistent/nsm";
+  opts.tpm_tcti = "device:/nonexistent/tpmrm0";
+  EXPECT_EQ(make_provider("nitro", opts).error().code(), ErrorCode::kUnsupported);
+  EXPECT_EQ(make_provider("tpm", opts).error().code(), ErrorCode::kUnsupported);
 }
 
 }  // namespace
