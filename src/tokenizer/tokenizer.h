@@ -7,7 +7,8 @@
 //   StreamDecoder dec(*tok);                             // for generation: feed ids, get whole characters
 //   out += dec.push(id); ...; out += dec.flush();
 //   tok->is_eog(id)                                      // stop generation on EOS/EOT/<|im_end|>-like tokens
-//   auto prompt = apply_chat_template(*tok, messages, /*add_generation_prompt=*/true);
+//   auto prompt_ids = encode_chat(*tok, messages, /*add_generation_prompt=*/true);  // safe for untrusted content
+//   auto prompt_text = apply_chat_template(*tok, messages, true);                    // the same, as text
 //
 // Models (tokenizer.ggml.model):
 //   "llama" SentencePiece-style: score-ordered merging of adjacent pieces, byte fallback <0xXX>, spaces as
