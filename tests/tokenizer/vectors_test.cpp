@@ -138,3 +138,33 @@ TEST(FromGguf, VocabularyWithoutTokenizerIsNotFound) {
 
 }  // namespace
 }  // namespace veil::tokenizer
+
+namespace veil::tokenizer {
+namespace {
+
+// Long inputs without any split point must not be quadratic (each model merges with a heap): 256 KiB of one
+// letter, of digits and of spaces, through every shared vocabulary, each decoded back.
+TEST(LongInput, NoQuadraticBlowUp) {
+  for (const char* name : {"ggml-vocab-gpt-2.gguf", "ggml-vocab-llama-spm.gguf", "ggml-vocab-deepseek-llm.gguf",
+                           "ggml-vocab-bert-bge.gguf"}) {
+    auto file = gguf::File::open(kDir / name);
+    ASSERT_TRUE(file.ok());
+    auto tok = Tokenizer::from_gguf(*file);
+    ASSERT_TRUE(tok.ok());
+    for (char c : {'a', '7', ' '}) {
+      std::string text(256 * 1024, c);
+      auto ids = tok->encode(text, {.add_special = false});
+      if (tok->model() == ModelKind::kBert) {
+        EXPECT_FALSE(c != ' ' && ids.empty()) << name;
+        continue;
+      }
+      std::string back = tok->decode(ids);
+      if (tok->add_space_prefix()) back.erase(0, 1);
+      EXPECT_EQ(back.size(), text.size()) << name << " '" << c << "'";
+      EXPECT_TRUE(back == text) << name;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace veil::tokenizer
