@@ -95,26 +95,23 @@ TokenId Sampler::sample(std::span<const float> logits) {
     float l = logits[i];
     cand_[i] = {std::isfinite(l) ? l : kNegInf, static_cast<TokenId>(i)};
   }
-  // Penalties, once per distinct token in the window (cand_ is still indexed by id).
+  // Penalties, once per distinct token in the window (cand_ is still indexed by id). The first visit of an id
+  // marks its count with the top bit; the second pass clears the marks.
+  constexpr uint32_t kVisited = 0x80000000u;
   const bool penalize =
       params_.repeat_penalty != 1.0f || params_.frequency_penalty != 0.0f || params_.presence_penalty != 0.0f;
   if (penalize) {
     for (size_t i = 0; i < window_len_; ++i) {
-      size_t id = static_cast<size_t>(window_[i]);
-      uint32_t count = counts_[id];
-      if (count == 0) continue;  // already applied for this id (see below)
-      float& l = cand_[id].logit;
+      uint32_t& count = counts_[static_cast<size_t>(window_[i])];
+      if (count & kVisited) continue;
+      float& l = cand_[static_cast<size_t>(window_[i])].logit;
       if (l != kNegInf) {
         l = l > 0.0f ? l / params_.repeat_penalty : l * params_.repeat_penalty;
         l -= static_cast<float>(count) * params_.frequency_penalty + params_.presence_penalty;
       }
-      probs_[id] = static_cast<double>(count);  // remember, then mark as applied
-      counts_[id] = 0;
+      count |= kVisited;
     }
-    for (size_t i = 0; i < window_len_; ++i) {  // restore the counts
-      size_t id = static_cast<size_t>(window_[i]);
-      if (counts_[id] == 0) counts_[id] = static_cast<uint32_t>(probs_[id]);
-    }
+    for (size_t i = 0; i < window_len_; ++i) counts_[static_cast<size_t>(window_[i])] &= ~kVisited;
   }
   auto better = [](const Candidate& a, const Candidate& b) {
     if (a.logit != b.logit) return a.logit > b.logit;

@@ -187,7 +187,6 @@ Result<Tokenizer> Tokenizer::from_vocab(Vocab vocab) {
     }
     case ModelKind::kBert:
       if (v.bos < 0) v.bos = v.cls;
-      if (v.eos < 0 && v.sep < 0) v.sep = kNoToken;
       m.add_bos = v.bos >= 0;
       m.add_eos = v.sep >= 0;
       break;
@@ -658,7 +657,7 @@ std::string Tokenizer::token_to_piece(TokenId id, bool special) const {
       for (size_t i = 0; i < text.size();) {
         size_t len = 1;
         uint32_t cp = u::decode_utf8(text, i, &len);
-        if (cp < bm.to_byte.size() && bm.to_byte[cp] >= 0 && !(cp == u::kReplacement))
+        if (cp < bm.to_byte.size() && bm.to_byte[cp] >= 0)
           out.push_back(static_cast<char>(bm.to_byte[cp]));
         else
           out.append(text, i, len);
