@@ -122,6 +122,8 @@ Status Channel::recv_into(Bytes& out, Deadline deadline) {
     uint8_t header[kFrameHeaderSize];
     auto st = impl.transport->read_exact(header, deadline);
     if (!st.ok()) {
+      // A local abort()/close() from another thread shut the transport: report that, not the peer.
+      if (impl.failed.load(std::memory_order_acquire)) return impl.closed_error();
       if (st.error().code() == ErrorCode::kUnavailable) {
         return impl.fail(make_error(ErrorCode::kSecurity,
                                     "channel recv from {}: record {}: stream ended without an authenticated close "
@@ -145,6 +147,7 @@ Status Channel::recv_into(Bytes& out, Deadline deadline) {
     out.resize(h->length);
     st = impl.transport->read_exact(out, deadline);
     if (!st.ok()) {
+      if (impl.failed.load(std::memory_order_acquire)) return impl.closed_error();
       return impl.fail(std::move(st).error().wrap(
           fmt::format("channel recv from {}: record {}: body of {} bytes", impl.peer, d.seq, h->length)));
     }
