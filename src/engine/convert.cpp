@@ -333,7 +333,9 @@ Result<Metadata> gpt2_json_vocabulary(const std::filesystem::path& encoder) {
     if (nl == std::string::npos) nl = merges_text.size();
     std::string line = merges_text.substr(start, nl - start);
     if (!line.empty() && line.back() == '\r') line.pop_back();
-    if (!line.empty() && line[0] != '#') merges.push_back(std::move(line));
+    // The first line is a "#version: ..." header; later lines may start with '#' (a merge of '#' pieces).
+    bool header = merges.empty() && start == 0 && line.rfind("#version", 0) == 0;
+    if (!line.empty() && !header) merges.push_back(std::move(line));
     start = nl + 1;
   }
   std::vector<int32_t> types(tokens.size(), 1);
