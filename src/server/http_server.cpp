@@ -184,6 +184,9 @@ class Session final : public SessionBase {
   void start_generation(std::unique_ptr<Generation> gen) {
     gen_ = std::move(gen);
     gen_active_ = true;
+    gen_done_ = false;  // a keep-alive connection may have served a generation before
+    paused_ = false;
+    pending_.clear();
     srv_.generation_started();
     auto self = shared();
     // Events are coalesced: the backend thread appends to the mailbox and posts one drain at a time, so a
@@ -211,7 +214,7 @@ class Session final : public SessionBase {
     sse_header_.set(http::field::content_type, "text/event-stream");
     sse_header_.set(http::field::cache_control, "no-store");
     sse_header_.set("X-Veil-Completion-Id", gen_->completion_id());
-    sse_header_.keep_alive(false);
+    sse_header_.keep_alive(keep_alive_);
     sse_header_.chunked(true);
     sse_sr_.emplace(sse_header_);
     writing_ = true;
@@ -224,13 +227,22 @@ class Session final : public SessionBase {
     });
   }
 
-  // Reads while streaming: the client sends nothing more, so EOF or an error means it went away.
+  // Reads while streaming: a client sends nothing more until the response ends, so EOF or an error means it
+  // went away. Bytes that do arrive (a pipelined next request) are kept in buffer_ for the next request.
   void watch_peer() {
     if (closed_) return;
+    if (buffer_.size() > 64 * 1024) return close();
+    watching_ = true;
     auto self = shared();
-    stream_.async_read_some(asio::buffer(drain_), [self](beast::error_code ec, size_t) {
-      if (ec) return self->peer_gone();
-      self->watch_peer();
+    stream_.async_read_some(buffer_.prepare(4096), [self](beast::error_code ec, size_t n) {
+      self->watching_ = false;
+      if (ec) {
+        if (self->gen_active_) return self->peer_gone();
+        return self->close();
+      }
+      self->buffer_.commit(n);
+      if (self->gen_active_) return self->watch_peer();
+      self->do_read();  // the stream has ended: this is the next request
     });
   }
 
@@ -297,10 +309,12 @@ class Session final : public SessionBase {
     }
     if (!gen_done_) return;
     writing_ = true;
-    asio::async_write(stream_, http::make_chunk_last(), [self](beast::error_code, size_t) {
+    asio::async_write(stream_, http::make_chunk_last(), [self](beast::error_code ec, size_t) {
       self->writing_ = false;
       self->end_generation();
-      self->close();
+      if (ec || !self->keep_alive_) return self->close();
+      self->lowest().expires_after(self->srv_.options.idle_timeout);
+      if (!self->watching_) self->do_read();  // else the pending read continues as the next request's
     });
   }
 
@@ -331,9 +345,9 @@ class Session final : public SessionBase {
   std::string pending_;   // SSE bytes not yet handed to a write
   std::string inflight_;  // the write in progress
   bool paused_ = false;
+  bool watching_ = false;
   http::response<http::empty_body> sse_header_;
   std::optional<http::response_serializer<http::empty_body>> sse_sr_;
-  std::array<char, 256> drain_{};
 };
 
 }  // namespace

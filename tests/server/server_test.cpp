@@ -408,7 +408,7 @@ TEST_F(ServerTest, EveryErrorHasItsStatusAndTheServerKeepsServing) {
   r = post("/v1/completions", completion_req(std::string(300, 'a'), 4), key_);
   EXPECT_EQ(r.status, 413);
   EXPECT_EQ(json::parse(r.body)["error"]["code"], "context_length_exceeded");
-  r = post("/v1/completions", completion_req("abc", 250), key_);
+  r = post("/v1/completions", completion_req("abc", 254), key_);
   EXPECT_EQ(r.status, 413);
   r = get("/v1/signature/cmpl-unknown");
   EXPECT_EQ(r.status, 404);
@@ -425,7 +425,11 @@ TEST_F(ServerTest, EveryErrorHasItsStatusAndTheServerKeepsServing) {
   // A revoked key is refused.
   auto keys = store_->list_keys();
   ASSERT_TRUE(keys.ok());
-  ASSERT_TRUE(store_->revoke_key(keys->back().id).ok());
+  for (const auto& k : *keys) {
+    if (k.name == "limited") {
+      ASSERT_TRUE(store_->revoke_key(k.id).ok());
+    }
+  }
   EXPECT_EQ(post("/v1/completions", completion_req("x", 2), *limited).status, 401);
   // Still serving.
   r = post("/v1/completions", completion_req("ok", 3), key_);
@@ -538,6 +542,24 @@ TEST_F(ServerTest, KeysAndSignaturesSurviveARestart) {
   EXPECT_EQ(keys->size(), 2u);
   // The first key still authenticates after the restart.
   EXPECT_EQ(post("/v1/completions", completion_req("x", 2), key_).status, 200);
+}
+
+TEST_F(ServerTest, KeepAliveConnectionServesAGenerationThenAStream) {
+  start();
+  HttpConnection c(port_, true);
+  ASSERT_TRUE(c.connect());
+  ASSERT_TRUE(c.send(make_request("POST", "/v1/completions", completion_req("abc", 5), key_, true)));
+  auto a = c.read_response();
+  ASSERT_EQ(a.status, 200);
+  EXPECT_EQ(json::parse(a.body)["choices"][0]["text"], expected_text(4, 5));
+  ASSERT_TRUE(c.send(make_request("POST", "/v1/completions", completion_req("abc", 5, true), key_, true)));
+  auto b = c.read_response();
+  ASSERT_EQ(b.status, 200);
+  auto ev = sse_events(b.body);
+  ASSERT_EQ(ev.size(), 7u);  // 5 text events, the finish event, [DONE]
+  EXPECT_EQ(ev.back(), "[DONE]");
+  ASSERT_TRUE(c.send(make_request("GET", "/health", "", "", true)));
+  EXPECT_EQ(c.read_response().status, 200);
 }
 
 TEST_F(ServerTest, PlainHttpWorksWhenTlsIsOff) {
