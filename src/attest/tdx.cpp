@@ -306,7 +306,10 @@ Result<TcbResult> tdx_tcb_status(const json& info, const PckTcb& pck, const TdxQ
     VEIL_ASSIGN_OR_RETURN(auto tdx, components(tcb, "tdxtcbcomponents", where));
     VEIL_ASSIGN_OR_RETURN(uint64_t pcesvn, juint(tcb, "pcesvn", where));
     bool match = pck.pce_svn >= pcesvn;
-    for (size_t i = 0; i < 16 && match; ++i) match = pck.comp[i] >= sgx[i] && q.tee_tcb_svn[i] >= tdx[i];
+    for (size_t i = 0; i < 16 && match; ++i) match = pck.comp[i] >= sgx[i];
+    // With a TDX module version (TEE_TCB_SVN[1] > 0) the module's own SVN bytes 0..1 are judged by
+    // its tdxModuleIdentities entry below (Intel QVL TcbLevelCheck), not by the platform levels.
+    for (size_t i = q.tee_tcb_svn[1] > 0 ? 2 : 0; i < 16 && match; ++i) match = q.tee_tcb_svn[i] >= tdx[i];
     if (match) {
       VEIL_ASSIGN_OR_RETURN(platform, level_status(level, where));
       break;
