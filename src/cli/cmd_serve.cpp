@@ -1,0 +1,198 @@
+// veil serve: the OpenAI-compatible confidential server (docs/api.md).
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <pthread.h>
+#include <string>
+
+#include <spdlog/spdlog.h>
+
+#include "attest/attest.h"
+#include "attest/sim.h"
+#include "channel/channel.h"
+#include "cli/command.h"
+#include "gguf/gguf.h"
+#include "kbs/kbs.h"
+#include "sealed/sealed.h"
+#include "server/engine_backend.h"
+#include "server/server.h"
+
+namespace veil::cli {
+namespace {
+
+struct ServeArgs {
+  std::string model;
+  std::string model_id;
+  std::string listen = "127.0.0.1:8443";
+  bool insecure_http = false;
+  bool no_auth = false;
+  std::string tee = "sim";
+  std::string sim_platform_key;
+  std::string kbs;
+  std::string policy;
+  std::string db;
+  std::string cert_out;
+  uint32_t slots = 16;
+  uint32_t queue = 256;
+  uint32_t threads = 0;
+  uint32_t ctx = 0;
+  uint32_t prefill_chunk = 64;
+  size_t max_body = 1 << 20;
+  uint32_t grace_seconds = 30;
+};
+
+std::filesystem::path data_dir() {
+  if (const char* d = std::getenv("VEIL_DATA_DIR"); d && *d) return d;
+  const char* home = std::getenv("HOME");
+  return std::filesystem::path(home && *home ? home : ".") / ".veil";
+}
+
+Result<std::pair<std::string, uint16_t>> parse_listen(const std::string& s) {
+  size_t colon = s.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == s.size()) {
+    return make_error(ErrorCode::kUsage, "serve: --listen must be ADDRESS:PORT, e.g. 127.0.0.1:8443");
+  }
+  std::string host = s.substr(0, colon);
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  unsigned long port = 0;
+  try {
+    size_t used = 0;
+    port = std::stoul(s.substr(colon + 1), &used);
+    if (used != s.size() - colon - 1) throw std::invalid_argument("port");
+  } catch (const std::exception&) {
+    return make_error(ErrorCode::kUsage, "serve: --listen port is not a number");
+  }
+  if (port > 65535) return make_error(ErrorCode::kUsage, "serve: --listen port is out of range");
+  return std::make_pair(host, static_cast<uint16_t>(port));
+}
+
+// A sealed model: fetch its key from the key broker over the attested channel, then decrypt in memory.
+Result<std::shared_ptr<const gguf::File>> open_sealed(const std::filesystem::path& path, const ServeArgs& a,
+                                                      std::shared_ptr<attest::Provider> provider,
+                                                      const attest::ProviderOptions& popts) {
+  if (a.kbs.empty()) return make_error(ErrorCode::kUsage, "serve: {}: a sealed model needs --kbs ADDRESS", path.string());
+  if (a.policy.empty()) {
+    return make_error(ErrorCode::kUsage, "serve: {}: a sealed model needs --policy FILE (how the broker is verified)",
+                      path.string());
+  }
+  VEIL_ASSIGN_OR_RETURN(auto policy, attest::load_policy(a.policy));
+  VEIL_ASSIGN_OR_RETURN(auto mapped, MappedFile::open(path));
+  VEIL_ASSIGN_OR_RETURN(auto header, sealed::parse_header(mapped.view()));
+  attest::Collateral collateral;
+  if (provider->type() == attest::TeeType::kSim) {
+    VEIL_ASSIGN_OR_RETURN(Bytes pub, attest::sim_platform_public_key(popts.sim_platform_key, false));
+    collateral.items["sim_platform_public_key"] = pub;
+  }
+  VEIL_ASSIGN_OR_RETURN(SecretBytes key,
+                        kbs::fetch_model_key(a.kbs, header.model_id, header.model_version,
+                                             channel::attester_from_provider(provider),
+                                             channel::verifier_from_policy(policy, collateral)));
+  sealed::LoadOptions lo;
+  lo.expected_model_id = header.model_id;
+  lo.expected_version = header.model_version;
+  VEIL_ASSIGN_OR_RETURN(auto loaded, sealed::load_sealed_model(path, key, lo));
+  return std::make_shared<const gguf::File>(std::move(loaded.gguf));
+}
+
+Status run_serve(const ServeArgs& a) {
+  VEIL_ASSIGN_OR_RETURN(auto listen, parse_listen(a.listen));
+  VEIL_ASSIGN_OR_RETURN(auto path, resolve_model_path(a.model));
+
+  attest::ProviderOptions popts;
+  if (a.tee == "sim") {
+    popts.sim_platform_key = a.sim_platform_key.empty() ? data_dir() / "sim-platform.key"
+                                                        : std::filesystem::path(a.sim_platform_key);
+    popts.sim_create_key = a.sim_platform_key.empty();
+    spdlog::warn("serve: using the SIMULATED TEE: its evidence says so and verifying clients refuse it by default");
+  }
+  VEIL_ASSIGN_OR_RETURN(auto provider_u, attest::make_provider(a.tee, popts));
+  std::shared_ptr<attest::Provider> provider(std::move(provider_u));
+
+  std::shared_ptr<const gguf::File> file;
+  if (sealed::is_sealed_model(path)) {
+    VEIL_ASSIGN_OR_RETURN(file, open_sealed(path, a, provider, popts));
+  } else {
+    VEIL_ASSIGN_OR_RETURN(auto f, gguf::File::open(path));
+    file = std::make_shared<const gguf::File>(std::move(f));
+  }
+
+  server::EngineBackendOptions eo;
+  eo.model_id = a.model_id;
+  eo.threads = a.threads;
+  eo.context = a.ctx;
+  eo.batching.max_slots = a.slots;
+  eo.batching.max_queue = a.queue;
+  eo.batching.prefill_chunk = a.prefill_chunk;
+  eo.batching.step_token_budget = std::max<uint32_t>(a.prefill_chunk, 256);
+  VEIL_ASSIGN_OR_RETURN(auto backend, server::make_engine_backend(file, eo));
+
+  std::filesystem::path db = a.db.empty() ? data_dir() / "server.db" : std::filesystem::path(a.db);
+  VEIL_ASSIGN_OR_RETURN(auto store, server::Store::open(db));
+  if (!a.no_auth && store->active_key_count() == 0) {
+    spdlog::warn("serve: {} holds no active API key: every API request will get 401 (add one with 'veil keys add')",
+                 db.string());
+  }
+  VEIL_ASSIGN_OR_RETURN(SecretBytes signing_root, sealed::derive_key(*provider, "veil-server-signing-v1"));
+  server::SigningKeys keys = server::derive_signing_keys(signing_root.view());
+
+  server::ServerOptions so;
+  so.address = listen.first;
+  so.port = listen.second;
+  so.tls = !a.insecure_http;
+  so.require_auth = !a.no_auth;
+  so.max_body_bytes = a.max_body;
+  if (a.insecure_http) spdlog::warn("serve: --insecure-http: TLS is OFF; traffic leaves the TEE in clear text");
+  if (a.no_auth) spdlog::warn("serve: --no-auth: API keys are not checked");
+
+  // Signals are taken synchronously by this thread (blocked in every thread the server starts).
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);  // a peer that went away fails the write instead of killing the server
+
+  VEIL_ASSIGN_OR_RETURN(auto srv, server::Server::start(so, *backend, *store, *provider, std::move(keys)));
+  if (!a.cert_out.empty() && srv->tls_identity()) {
+    VEIL_TRY(write_file_atomic(a.cert_out, as_bytes(srv->tls_identity()->cert_pem), 0644));
+  }
+  std::printf("veil serve: model %s on %s://%s:%u\n", backend->model_id().c_str(), so.tls ? "https" : "http",
+              listen.first.c_str(), static_cast<unsigned>(srv->port()));
+  std::fflush(stdout);
+  int sig = 0;
+  sigwait(&set, &sig);
+  spdlog::warn("serve: signal {}: draining (up to {} s)", sig, a.grace_seconds);
+  srv->stop(std::chrono::seconds(a.grace_seconds));
+  return ok_status();
+}
+
+void setup_serve(CLI::App& app, Runner& runner) {
+  auto a = std::make_shared<ServeArgs>();
+  CLI::App* sub = app.add_subcommand("serve", "Serve the OpenAI-compatible API with TLS terminated inside the TEE");
+  add_model_option(sub, a->model);
+  sub->add_option("--model-id", a->model_id, "Model id clients use (default: GGUF general.name or the file name)");
+  sub->add_option("--listen", a->listen, "ADDRESS:PORT to listen on (port 0: any free port)")->capture_default_str();
+  sub->add_flag("--insecure-http", a->insecure_http, "Serve plain HTTP (no TLS): development only");
+  sub->add_flag("--no-auth", a->no_auth, "Do not require API keys: development only");
+  sub->add_option("--tee", a->tee, "TEE provider: sim, tdx, sev-snp, nitro, tpm")->capture_default_str();
+  sub->add_option("--sim-platform-key", a->sim_platform_key, "sim: platform key file (default: created in the data dir)");
+  sub->add_option("--kbs", a->kbs, "Key broker address for sealed models (.vsm)");
+  sub->add_option("--policy", a->policy, "Attestation policy (JSON) the key broker must satisfy");
+  sub->add_option("--db", a->db, "Server database: API keys and signatures (default: $VEIL_DATA_DIR or ~/.veil)");
+  sub->add_option("--cert-out", a->cert_out, "Write the RA-TLS certificate (PEM) here, for clients to pin");
+  sub->add_option("--slots", a->slots, "Concurrent sequences (continuous batching)")->capture_default_str();
+  sub->add_option("--queue", a->queue, "Requests that may wait for a slot before 503")->capture_default_str();
+  sub->add_option("-t,--threads", a->threads, "Inference threads (default: CPU count, at most 8)");
+  sub->add_option("-c,--ctx", a->ctx, "Context per sequence (default: the model's, at most 2048)");
+  sub->add_option("--prefill-chunk", a->prefill_chunk, "Prompt tokens per sequence per step")->capture_default_str();
+  sub->add_option("--max-body", a->max_body, "Largest request body in bytes (413 above)")->capture_default_str();
+  sub->add_option("--grace", a->grace_seconds, "Seconds to finish in-flight requests on SIGTERM")->capture_default_str();
+  runner.on(sub, [a]() { return run_serve(*a); });
+}
+
+VEIL_COMMAND(setup_serve, 60);
+
+}  // namespace
+}  // namespace veil::cli
