@@ -157,16 +157,20 @@ Result<Bytes> seal_bytes(ByteView plaintext, const std::vector<TensorSpan>& tens
   return out;
 }
 
+Result<Bytes> seal_gguf(const gguf::File& file, const SecretBytes& key, const SealOptions& options) {
+  std::vector<TensorSpan> spans;
+  spans.reserve(file.tensors().size());
+  for (const gguf::TensorInfo& t : file.tensors()) {
+    spans.push_back({t.name, static_cast<uint64_t>(t.data - file.bytes().data()), t.n_bytes});
+  }
+  return seal_bytes(file.bytes(), spans, key, options);
+}
+
 Status seal_file(const std::filesystem::path& gguf_path, const std::filesystem::path& out_path,
                  const SecretBytes& key, const SealOptions& options) {
   auto file = gguf::File::open(gguf_path);
   if (!file.ok()) return std::move(file).error().wrap("seal: reading the model");
-  std::vector<TensorSpan> spans;
-  spans.reserve(file->tensors().size());
-  for (const gguf::TensorInfo& t : file->tensors()) {
-    spans.push_back({t.name, static_cast<uint64_t>(t.data - file->bytes().data()), t.n_bytes});
-  }
-  VEIL_ASSIGN_OR_RETURN(Bytes sealed, seal_bytes(file->bytes(), spans, key, options));
+  VEIL_ASSIGN_OR_RETURN(Bytes sealed, seal_gguf(*file, key, options));
   Status st = write_file_atomic(out_path, sealed, 0644);
   if (!st.ok()) return std::move(st).error().wrap("seal: writing the sealed model");
   return ok_status();

@@ -112,6 +112,8 @@ struct TensorSpan {
 // start so a layer range maps onto whole chunks. Returns the sealed file's bytes.
 Result<Bytes> seal_bytes(ByteView plaintext, const std::vector<TensorSpan>& tensors, const SecretBytes& key,
                          const SealOptions& options);
+// Seals a validated GGUF (its tensors give the chunk boundaries and hashes).
+Result<Bytes> seal_gguf(const gguf::File& file, const SecretBytes& key, const SealOptions& options);
 // Reads and validates the GGUF at `gguf_path`, seals it, writes `out_path` atomically.
 Status seal_file(const std::filesystem::path& gguf_path, const std::filesystem::path& out_path,
                  const SecretBytes& key, const SealOptions& options);
@@ -147,6 +149,7 @@ class PlaintextBuffer {
   size_t size_;
   size_t mapped_;
   bool locked_ = false;
+  bool finalized_ = false;
   std::vector<std::pair<uint64_t, uint64_t>> loaded_;
 };
 
