@@ -139,13 +139,17 @@ Result<SignedJson> load_signed_json(const Collateral& c, const char* name, const
 }
 
 // Verifies a signed collateral document against its issuer chain (signing cert -> pinned root).
-Status verify_signed_json(const SignedJson& doc, const Collateral& c, const char* name, const char* chain_name, X509* root,
-                          X509_CRL* root_crl, TimePoint now) {
+Status verify_signed_json(const SignedJson& doc, const Collateral& c, const char* name, const char* chain_name, X509_CRL* root_crl,
+                          TimePoint now) {
   const Bytes* chain_pem = c.find(chain_name);
   if (chain_pem == nullptr) return make_error(ErrorCode::kSecurity, "TDX collateral item '{}' is missing", chain_name);
   VEIL_ASSIGN_OR_RETURN(auto chain, pki::parse_pem_chain(*chain_pem, fmt::format("TDX collateral item '{}'", chain_name)));
+  if (chain.size() < 2) return make_error(ErrorCode::kSecurity, "TDX collateral item '{}': expected the signing certificate and the root", chain_name);
+  X509* root = chain.back().get();
+  if (to_hex(pki::cert_sha256(root)) != kIntelRootSha256)
+    return make_error(ErrorCode::kSecurity, "TDX collateral item '{}' does not end in the Intel SGX Root CA (fingerprint mismatch)", chain_name);
   std::vector<X509*> inter;
-  for (size_t i = 1; i < chain.size(); ++i) inter.push_back(chain[i].get());
+  for (size_t i = 1; i + 1 < chain.size(); ++i) inter.push_back(chain[i].get());
   std::vector<X509_CRL*> crls;
   if (root_crl != nullptr) crls.push_back(root_crl);
   VEIL_TRY(pki::verify_chain(chain[0].get(), inter, root, crls, now, fmt::format("TDX collateral item '{}'", chain_name)));
@@ -508,7 +512,43 @@ Result<TdxQuote> parse_tdx_quote(ByteView d) {
   return q;
 }
 
+struct PreparedTdxCollateral {
+  pki::CrlPtr pck_crl, root_crl;
+  json tcb_info, qe_identity;
+};
+
+Result<std::shared_ptr<const PreparedTdxCollateral>> prepare_tdx_collateral(const Collateral& collateral, TimePoint now) {
+  auto p = std::make_shared<PreparedTdxCollateral>();
+  const Bytes* pck_crl_b = collateral.find(item::kPckCrl);
+  const Bytes* root_crl_b = collateral.find(item::kRootCaCrl);
+  if (pck_crl_b == nullptr) return refuse("collateral item 'pck_crl' is missing");
+  if (root_crl_b == nullptr) return refuse("collateral item 'root_ca_crl' is missing");
+  VEIL_ASSIGN_OR_RETURN(p->pck_crl, pki::parse_crl(*pck_crl_b, "TDX collateral item 'pck_crl'"));
+  VEIL_ASSIGN_OR_RETURN(p->root_crl, pki::parse_crl(*root_crl_b, "TDX collateral item 'root_ca_crl'"));
+  // TCB info and QE identity: signatures, issuer chains to the pinned root, validity.
+  VEIL_ASSIGN_OR_RETURN(SignedJson tcb_doc, load_signed_json(collateral, item::kTcbInfo, item::kTcbInfoSignature, "tcbInfo"));
+  VEIL_TRY(verify_signed_json(tcb_doc, collateral, item::kTcbInfo, item::kTcbInfoIssuerChain, p->root_crl.get(), now));
+  VEIL_ASSIGN_OR_RETURN(SignedJson qe_doc, load_signed_json(collateral, item::kQeIdentity, item::kQeIdentitySignature, "enclaveIdentity"));
+  VEIL_TRY(verify_signed_json(qe_doc, collateral, item::kQeIdentity, item::kQeIdentityIssuerChain, p->root_crl.get(), now));
+  const json& info = tcb_doc.value;
+  VEIL_ASSIGN_OR_RETURN(std::string info_id, jstr(info, "id", "tcb_info"));
+  if (info_id != "TDX") return refuse(fmt::format("tcb_info id is '{}', expected TDX", info_id.substr(0, 20)));
+  VEIL_ASSIGN_OR_RETURN(uint64_t info_version, juint(info, "version", "tcb_info"));
+  if (info_version != 3) return Error(ErrorCode::kUnsupported, fmt::format("TDX collateral tcb_info: version {} (3 supported)", info_version));
+  VEIL_TRY(check_validity(info, "tcb_info", now));
+  VEIL_TRY(check_validity(qe_doc.value, "qe_identity", now));
+  p->tcb_info = std::move(tcb_doc.value);
+  p->qe_identity = std::move(qe_doc.value);
+  return std::shared_ptr<const PreparedTdxCollateral>(std::move(p));
+}
+
 Result<Claims> verify_tdx_quote(ByteView quote, const Collateral& collateral, TimePoint now) {
+  VEIL_TRY(parse_tdx_quote(quote));  // malformed evidence is reported as such before collateral problems
+  VEIL_ASSIGN_OR_RETURN(auto prepared, prepare_tdx_collateral(collateral, now));
+  return verify_tdx_quote_prepared(quote, *prepared, now);
+}
+
+Result<Claims> verify_tdx_quote_prepared(ByteView quote, const PreparedTdxCollateral& prepared, TimePoint now) {
   VEIL_ASSIGN_OR_RETURN(TdxQuote q, parse_tdx_quote(quote));
   if (!std::equal(q.qe_vendor_id.begin(), q.qe_vendor_id.end(), kIntelQeVendor))
     return refuse("QE vendor id at byte 12 is not Intel's");
@@ -517,31 +557,15 @@ Result<Claims> verify_tdx_quote(ByteView quote, const Collateral& collateral, Ti
   X509* root = chain.back().get();
   if (to_hex(pki::cert_sha256(root)) != kIntelRootSha256)
     return refuse("PCK certificate chain does not end in the Intel SGX Root CA (fingerprint mismatch)");
-  // 1. Quote signature, 3. QE report signature, 4. binding (in this order).
+  // Quote signature, QE report signature, attestation-key binding.
   VEIL_TRY(check_quote_crypto(q, chain[0].get()));
-  // 2. PCK chain to the pinned Intel SGX Root CA, with both CRLs.
-  const Bytes* pck_crl_b = collateral.find(item::kPckCrl);
-  const Bytes* root_crl_b = collateral.find(item::kRootCaCrl);
-  if (pck_crl_b == nullptr) return refuse("collateral item 'pck_crl' is missing");
-  if (root_crl_b == nullptr) return refuse("collateral item 'root_ca_crl' is missing");
-  VEIL_ASSIGN_OR_RETURN(auto pck_crl, pki::parse_crl(*pck_crl_b, "TDX collateral item 'pck_crl'"));
-  VEIL_ASSIGN_OR_RETURN(auto root_crl, pki::parse_crl(*root_crl_b, "TDX collateral item 'root_ca_crl'"));
+  // PCK chain to the pinned Intel SGX Root CA, with both CRLs.
   std::vector<X509*> inter;
   for (size_t i = 1; i + 1 < chain.size(); ++i) inter.push_back(chain[i].get());
-  VEIL_TRY(pki::verify_chain(chain[0].get(), inter, root, {pck_crl.get(), root_crl.get()}, now, "TDX PCK certificate chain"));
-  // 5. TCB info and QE identity: signatures, issuer chains, validity.
-  VEIL_ASSIGN_OR_RETURN(SignedJson tcb_doc, load_signed_json(collateral, item::kTcbInfo, item::kTcbInfoSignature, "tcbInfo"));
-  VEIL_TRY(verify_signed_json(tcb_doc, collateral, item::kTcbInfo, item::kTcbInfoIssuerChain, root, root_crl.get(), now));
-  VEIL_ASSIGN_OR_RETURN(SignedJson qe_doc, load_signed_json(collateral, item::kQeIdentity, item::kQeIdentitySignature, "enclaveIdentity"));
-  VEIL_TRY(verify_signed_json(qe_doc, collateral, item::kQeIdentity, item::kQeIdentityIssuerChain, root, root_crl.get(), now));
-  const json& info = tcb_doc.value;
-  VEIL_ASSIGN_OR_RETURN(std::string info_id, jstr(info, "id", "tcb_info"));
-  if (info_id != "TDX") return refuse(fmt::format("tcb_info id is '{}', expected TDX", info_id.substr(0, 20)));
-  VEIL_ASSIGN_OR_RETURN(uint64_t info_version, juint(info, "version", "tcb_info"));
-  if (info_version != 3) return Error(ErrorCode::kUnsupported, fmt::format("TDX collateral tcb_info: version {} (3 supported)", info_version));
-  VEIL_TRY(check_validity(info, "tcb_info", now));
-  VEIL_TRY(check_validity(qe_doc.value, "qe_identity", now));
-  // 6. PCK TCB (from the certificate) against the TCB info.
+  VEIL_TRY(pki::verify_chain(chain[0].get(), inter, root, {prepared.pck_crl.get(), prepared.root_crl.get()}, now,
+                             "TDX PCK certificate chain"));
+  // PCK TCB (from the certificate) against the TCB info.
+  const json& info = prepared.tcb_info;
   VEIL_ASSIGN_OR_RETURN(PckTcb pck, parse_pck_extension(chain[0].get()));
   VEIL_ASSIGN_OR_RETURN(Bytes fmspc, jhex(info, "fmspc", "tcb_info", 6));
   if (fmspc != pck.fmspc)
@@ -549,7 +573,7 @@ Result<Claims> verify_tdx_quote(ByteView quote, const Collateral& collateral, Ti
   VEIL_ASSIGN_OR_RETURN(Bytes pce_id, jhex(info, "pceId", "tcb_info", 2));
   if (pce_id != pck.pce_id) return refuse("tcb_info PCE-ID does not match the PCK certificate");
   uint16_t qe_svn = 0;
-  VEIL_ASSIGN_OR_RETURN(std::string qe_status, qe_identity_status(qe_doc.value, q.qe_report, &qe_svn));
+  VEIL_ASSIGN_OR_RETURN(std::string qe_status, qe_identity_status(prepared.qe_identity, q.qe_report, &qe_svn));
   VEIL_ASSIGN_OR_RETURN(TcbResult tcb, tdx_tcb_status(info, pck, q));
   std::string status = merge_status(tcb.status, qe_status);
   if (status == "Revoked") return refuse("TCB status: the platform TCB is Revoked");

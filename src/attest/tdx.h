@@ -4,6 +4,7 @@
 #pragma once
 
 #include <array>
+#include <memory>
 
 #include "attest/formats.h"
 
@@ -41,6 +42,13 @@ struct TdxQuote {
 
 // The quote's structure, or kCorrupt naming the field and byte offset. Borrowed views point into `data`.
 Result<TdxQuote> parse_tdx_quote(ByteView data);
+
+// Collateral checked once and reused for many quotes: the CRLs parsed, TCB info and QE identity
+// signatures, issuer chains (to the pinned Intel SGX Root CA) and validity verified at `now`.
+// verify_tdx_quote(quote, collateral, now) == prepare_tdx_collateral + verify_tdx_quote_prepared.
+struct PreparedTdxCollateral;
+Result<std::shared_ptr<const PreparedTdxCollateral>> prepare_tdx_collateral(const Collateral& collateral, TimePoint now);
+Result<Claims> verify_tdx_quote_prepared(ByteView quote, const PreparedTdxCollateral& prepared, TimePoint now);
 
 // Only the cryptographic core, for quotes that come without Intel collateral (tests, the Azure TDX
 // vTPM path's diagnostics): quote signature, QE report signature, attestation-key binding and the PCK

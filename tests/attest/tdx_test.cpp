@@ -300,3 +300,24 @@ TEST(TdxMutation, SignatureDataFlipsRefused) {
 
 }  // namespace
 }  // namespace veil::attest
+
+namespace veil::attest {
+namespace {
+
+TEST(TdxPrepared, SameVerdictAsOneShotAndReusable) {
+  if (!fs::exists(tdx_dir())) GTEST_SKIP() << "no ../shared test data";
+  TimePoint t = at("2026-03-01T00:00:00Z");
+  auto prepared = prepare_tdx_collateral(load_collateral("dcap-qvl/tdx_quote_outdated_collateral.json"), t);
+  ASSERT_TRUE(prepared.ok()) << prepared.error().message();
+  auto good = verify_tdx_quote_prepared(load("go-tdx-guest/quote_v5_sample.dat"), **prepared, t);
+  ASSERT_TRUE(good.ok()) << good.error().message();
+  EXPECT_EQ(good->tcb_status, "UpToDate");
+  auto outdated = verify_tdx_quote_prepared(load("dcap-qvl/tdx_quote_outdated"), **prepared, t);
+  ASSERT_FALSE(outdated.ok());
+  EXPECT_NE(outdated.error().message().find("no matching TCB level"), std::string::npos);
+  // Expired collateral cannot be prepared.
+  EXPECT_FALSE(prepare_tdx_collateral(load_collateral("dcap-qvl/tdx_quote_outdated_collateral.json"), at("2026-04-01T00:00:00Z")).ok());
+}
+
+}  // namespace
+}  // namespace veil::attest
