@@ -170,17 +170,17 @@ class Handshake {
     auto shared = crypto::x25519_shared(ephemeral_.private_key.view(), peer_ephemeral);
     ephemeral_.private_key.clear();
     if (!shared.ok()) return std::move(shared).error().wrap("hello: peer ephemeral key refused");
-    prk_ = hkdf_sha256_extract(th_hello_, shared->view());
-    server_fin_ = hkdf_sha256_expand(prk_.view(), as_bytes(kLabelServerFinished), 32);
-    client_fin_ = hkdf_sha256_expand(prk_.view(), as_bytes(kLabelClientFinished), 32);
+    prk_ = crypto::hkdf_extract(crypto::HashAlg::kSha256, th_hello_, shared->view());
+    server_fin_ = crypto::hkdf_expand(crypto::HashAlg::kSha256, prk_.view(), as_bytes(kLabelServerFinished), 32);
+    client_fin_ = crypto::hkdf_expand(crypto::HashAlg::kSha256, prk_.view(), as_bytes(kLabelClientFinished), 32);
     return ok_status();
   }
 
   Status derive_traffic_keys(bool client) {
     result_.transcript_hash = th();
-    auto c2s = hkdf_sha256_expand(prk_.view(),
+    auto c2s = crypto::hkdf_expand(crypto::HashAlg::kSha256, prk_.view(),
                                    concat(kLabelC2s, result_.transcript_hash), 32);
-    auto s2c = hkdf_sha256_expand(prk_.view(),
+    auto s2c = crypto::hkdf_expand(crypto::HashAlg::kSha256, prk_.view(),
                                    concat(kLabelS2c, result_.transcript_hash), 32);
     result_.send_secret = client ? std::move(c2s) : std::move(s2c);
     result_.recv_secret = client ? std::move(s2c) : std::move(c2s);

@@ -9,8 +9,8 @@ namespace veil::channel {
 using wire::FrameType;
 
 Status DirectionState::install(crypto::AeadSuite suite) {
-  auto key = hkdf_sha256_expand(secret.view(), as_bytes(kLabelKey), crypto::kAeadKeySize);
-  auto iv_bytes = hkdf_sha256_expand(secret.view(), as_bytes(kLabelIv),
+  auto key = crypto::hkdf_expand(crypto::HashAlg::kSha256, secret.view(), as_bytes(kLabelKey), crypto::kAeadKeySize);
+  auto iv_bytes = crypto::hkdf_expand(crypto::HashAlg::kSha256, secret.view(), as_bytes(kLabelIv),
                                       crypto::kAeadNonceSize);
   std::copy(iv_bytes.data(), iv_bytes.data() + crypto::kAeadNonceSize, iv.begin());
   VEIL_ASSIGN_OR_RETURN(auto a, crypto::Aead::create(suite, key.view()));
@@ -21,7 +21,7 @@ Status DirectionState::install(crypto::AeadSuite suite) {
 }
 
 Status DirectionState::rekey(crypto::AeadSuite suite) {
-  secret = hkdf_sha256_expand(secret.view(), as_bytes(kLabelNext), 32);
+  secret = crypto::hkdf_expand(crypto::HashAlg::kSha256, secret.view(), as_bytes(kLabelNext), 32);
   VEIL_TRY(install(suite));
   epoch.fetch_add(1, std::memory_order_relaxed);
   return ok_status();

@@ -21,10 +21,6 @@ inline constexpr std::string_view kLabelKey = "veil-channel/1 key";
 inline constexpr std::string_view kLabelIv = "veil-channel/1 iv";
 inline constexpr std::string_view kLabelNext = "veil-channel/1 next";
 
-// HKDF-SHA-256 (RFC 5869) restricted to outputs of at most 32 bytes (kdf.cpp): one HMAC per step.
-SecretBytes hkdf_sha256_extract(ByteView salt, ByteView ikm);
-SecretBytes hkdf_sha256_expand(ByteView prk, ByteView info, size_t length);
-
 // One direction of the record layer: a traffic secret, the AEAD key and IV derived from it, a sequence number.
 struct DirectionState {
   SecretBytes secret;                       // traffic secret of the current epoch

@@ -100,53 +100,73 @@ Bytes Hasher::finish() {
   return out;
 }
 
-Bytes hmac(HashAlg alg, ByteView key, ByteView data) {
-  Bytes out(hash_size(alg));
-  size_t len = out.size();
-  EVP_MAC* mac = EVP_MAC_fetch(nullptr, "HMAC", nullptr);
-  if (!mac) fatal("HMAC fetch");
-  EVP_MAC_CTX* ctx = EVP_MAC_CTX_new(mac);
+namespace {
+
+// The HMAC implementation is fetched once; EVP_MAC objects are immutable and shareable across threads.
+EVP_MAC* hmac_impl() {
+  static EVP_MAC* mac = [] {
+    EVP_MAC* m = EVP_MAC_fetch(nullptr, "HMAC", nullptr);
+    if (!m) fatal("HMAC fetch");
+    return m;
+  }();
+  return mac;
+}
+
+// HMAC over the concatenation of `parts`, written to `out` (hash_size(alg) bytes).
+void hmac_parts(HashAlg alg, ByteView key, std::initializer_list<ByteView> parts, uint8_t* out) {
+  EVP_MAC_CTX* ctx = EVP_MAC_CTX_new(hmac_impl());
   OSSL_PARAM params[] = {
       OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, const_cast<char*>(md_name(alg)), 0),
       OSSL_PARAM_construct_end()};
-  bool ok = ctx && EVP_MAC_init(ctx, key.data(), key.size(), params) == 1 &&
-            EVP_MAC_update(ctx, data.data(), data.size()) == 1 &&
-            EVP_MAC_final(ctx, out.data(), &len, out.size()) == 1;
-  EVP_MAC_CTX_free(ctx);
-  EVP_MAC_free(mac);
-  if (!ok) fatal("HMAC");
-  return out;
-}
-
-static SecretBytes hkdf_mode(int mode, HashAlg alg, ByteView salt, ByteView ikm, ByteView info, size_t length) {
-  SecretBytes out(length);
-  PkeyCtxPtr ctx(EVP_PKEY_CTX_new_id(EVP_PKEY_HKDF, nullptr));
   static const uint8_t kEmpty[1] = {0};
-  bool ok = ctx && EVP_PKEY_derive_init(ctx.get()) == 1 && EVP_PKEY_CTX_set_hkdf_mode(ctx.get(), mode) == 1 &&
-            EVP_PKEY_CTX_set_hkdf_md(ctx.get(), md_for(alg)) == 1 &&
-            EVP_PKEY_CTX_set1_hkdf_key(ctx.get(), ikm.empty() ? kEmpty : ikm.data(), static_cast<int>(ikm.size())) == 1;
-  if (ok && mode != EVP_PKEY_HKDEF_MODE_EXPAND_ONLY) {
-    // An empty salt means a string of HashLen zeros (RFC 5869 2.2).
-    Bytes zeros(hash_size(alg), 0);
-    ByteView s = salt.empty() ? ByteView(zeros) : salt;
-    ok = EVP_PKEY_CTX_set1_hkdf_salt(ctx.get(), s.data(), static_cast<int>(s.size())) == 1;
+  bool ok = ctx && EVP_MAC_init(ctx, key.empty() ? kEmpty : key.data(), key.size(), params) == 1;
+  for (ByteView part : parts) {
+    ok = ok && (part.empty() || EVP_MAC_update(ctx, part.data(), part.size()) == 1);
   }
-  if (ok && mode != EVP_PKEY_HKDEF_MODE_EXTRACT_ONLY && !info.empty()) {
-    ok = EVP_PKEY_CTX_add1_hkdf_info(ctx.get(), info.data(), static_cast<int>(info.size())) == 1;
-  }
-  size_t len = length;
-  if (!ok || EVP_PKEY_derive(ctx.get(), out.data(), &len) != 1 || len != length) fatal("HKDF");
+  size_t len = 0;
+  ok = ok && EVP_MAC_final(ctx, out, &len, hash_size(alg)) == 1 && len == hash_size(alg);
+  EVP_MAC_CTX_free(ctx);
+  if (!ok) fatal("HMAC");
+}
+
+}  // namespace
+
+Bytes hmac(HashAlg alg, ByteView key, ByteView data) {
+  Bytes out(hash_size(alg));
+  hmac_parts(alg, key, {data}, out.data());
   return out;
 }
 
+// HKDF straight from its definition (RFC 5869 section 2) over HMAC: one MAC per output block.
 SecretBytes hkdf_extract(HashAlg alg, ByteView salt, ByteView ikm) {
-  return hkdf_mode(EVP_PKEY_HKDEF_MODE_EXTRACT_ONLY, alg, salt, ikm, {}, hash_size(alg));
+  SecretBytes prk(hash_size(alg));
+  Bytes zeros(hash_size(alg), 0);  // an absent salt is HashLen zeros
+  hmac_parts(alg, salt.empty() ? ByteView(zeros) : salt, {ikm}, prk.data());
+  return prk;
 }
+
 SecretBytes hkdf_expand(HashAlg alg, ByteView prk, ByteView info, size_t length) {
-  return hkdf_mode(EVP_PKEY_HKDEF_MODE_EXPAND_ONLY, alg, {}, prk, info, length);
+  const size_t n = hash_size(alg);
+  if (length > 255 * n) throw std::invalid_argument("crypto: HKDF output longer than 255 blocks");
+  SecretBytes out(length);
+  SecretBytes block(n);
+  size_t done = 0;
+  for (uint8_t i = 1; done < length; ++i) {
+    const uint8_t counter[1] = {i};
+    ByteView previous = i == 1 ? ByteView() : block.view();
+    SecretBytes next(n);
+    hmac_parts(alg, prk, {previous, info, ByteView(counter, 1)}, next.data());
+    block = std::move(next);
+    size_t take = std::min(n, length - done);
+    std::memcpy(out.data() + done, block.data(), take);
+    done += take;
+  }
+  return out;
 }
+
 SecretBytes hkdf(HashAlg alg, ByteView salt, ByteView ikm, ByteView info, size_t length) {
-  return hkdf_mode(EVP_PKEY_HKDEF_MODE_EXTRACT_AND_EXPAND, alg, salt, ikm, info, length);
+  SecretBytes prk = hkdf_extract(alg, salt, ikm);
+  return hkdf_expand(alg, prk.view(), info, length);
 }
 
 void random_bytes(std::span<uint8_t> out) {

@@ -668,25 +668,6 @@ TEST(ChannelLogging, RefusalsAreLoggedWithPeerAndReasonButNoSecrets) {
 
 // ---- key schedule ----
 
-TEST(ChannelKdf, MatchesRfc5869AndOpenSslHkdf) {
-  // RFC 5869 test case 1 (SHA-256): PRK, and the first 32 bytes of OKM (= T(1)).
-  Bytes ikm(22, 0x0b);
-  Bytes salt, info;
-  for (uint8_t i = 0; i <= 0x0c; ++i) salt.push_back(i);
-  for (uint8_t i = 0xf0; i <= 0xf9; ++i) info.push_back(i);
-  auto prk = hkdf_sha256_extract(salt, ikm);
-  EXPECT_EQ(to_hex(prk.view()), "077709362c2e32df0ddc3f0dc47bba6390b6c73bb50f9c3122ec844ad7c2b3e5");
-  auto okm = hkdf_sha256_expand(prk.view(), info, 32);
-  EXPECT_EQ(to_hex(okm.view()), "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf");
-  // And equal to crypto::hkdf_* for the lengths and labels the channel uses.
-  for (size_t len : {size_t(12), size_t(32)}) {
-    auto ours = hkdf_sha256_expand(prk.view(), as_bytes(kLabelIv), len);
-    auto ref = crypto::hkdf_expand(crypto::HashAlg::kSha256, prk.view(), as_bytes(kLabelIv), len);
-    EXPECT_TRUE(ct_equal(ours.view(), ref.view())) << len;
-  }
-  EXPECT_TRUE(ct_equal(prk.view(), crypto::hkdf_extract(crypto::HashAlg::kSha256, salt, ikm).view()));
-}
-
 // ---- wire parsers ----
 
 TEST(ChannelWire, HelloValidation) {

@@ -28,6 +28,26 @@ TEST(Hkdf, Rfc5869Case1) {
             "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865");
 }
 
+TEST(Hkdf, Rfc5869Case2LongInputsAndOutput) {
+  Bytes ikm, salt, info;
+  for (int i = 0x00; i <= 0x4f; ++i) ikm.push_back(static_cast<uint8_t>(i));
+  for (int i = 0x60; i <= 0xaf; ++i) salt.push_back(static_cast<uint8_t>(i));
+  for (int i = 0xb0; i <= 0xff; ++i) info.push_back(static_cast<uint8_t>(i));
+  auto okm = hkdf(HashAlg::kSha256, salt, ikm, info, 82);
+  EXPECT_EQ(to_hex(okm.view()),
+            "b11e398dc80327a1c8e7f78c596a49344f012eda2d4efad8a050cc4c19afa97c59045a99cac7827271cb41c65e590e09"
+            "da3275600c2f09b8367793a9aca3db71cc30c58179ec3e87c14c01d5c1f3434f1d87");
+}
+
+TEST(Hkdf, Rfc5869Case3EmptySaltAndInfo) {
+  Bytes ikm(22, 0x0b);
+  auto prk = hkdf_extract(HashAlg::kSha256, {}, ikm);
+  EXPECT_EQ(to_hex(prk.view()), "19ef24a32c717b167f33a91d6f648bdf96596776afdb6377ac434c1c293ccb04");
+  auto okm = hkdf_expand(HashAlg::kSha256, prk.view(), {}, 42);
+  EXPECT_EQ(to_hex(okm.view()),
+            "8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d9d201395faa4b61a96c8");
+}
+
 TEST(Hmac, Rfc4231Case2) {
   EXPECT_EQ(to_hex(hmac(HashAlg::kSha256, as_bytes("Jefe"), as_bytes("what do ya want for nothing?"))),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
