@@ -57,43 +57,42 @@ Bytes signed_message(ByteView header_and_body) {
   return m;
 }
 
+// Holds the platform seed and the measurement taken once, when the provider was made: the measurement is of
+// the executable and configuration as they were at start, and quotes cost one signature.
 class SimProvider final : public Provider {
  public:
-  SimProvider(std::filesystem::path key_file, std::filesystem::path config, std::filesystem::path exe, bool create)
-      : key_file_(std::move(key_file)), config_(std::move(config)), exe_(std::move(exe)), create_(create) {}
+  SimProvider(SecretBytes seed, Bytes measurement) : seed_(std::move(seed)), measurement_(std::move(measurement)) {
+    auto kp = crypto::ed25519_from_seed(seed_.view());
+    if (kp.ok()) key_id_ = crypto::sha256(kp->public_key);
+  }
   TeeType type() const override { return TeeType::kSim; }
 
   Result<Evidence> quote(const ReportData& report_data) override {
-    VEIL_ASSIGN_OR_RETURN(SecretBytes seed, load_seed(key_file_, create_));
-    VEIL_ASSIGN_OR_RETURN(Bytes measurement, sim_measurement(exe_, config_));
-    VEIL_ASSIGN_OR_RETURN(auto kp, crypto::ed25519_from_seed(seed.view()));
-    auto key_id = crypto::sha256(kp.public_key);
     nlohmann::json body;
     body["simulated"] = true;
-    body["measurement"] = to_hex(measurement);
+    body["measurement"] = to_hex(measurement_);
     body["report_data"] = to_hex(report_data);
     body["issued_at"] = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
-    body["platform_key_id"] = to_hex(key_id);
+    body["platform_key_id"] = to_hex(key_id_);
     std::string text = body.dump();
     Bytes data(kMagicSize);
     std::memcpy(data.data(), kMagic, kMagicSize);
     uint32_t n = static_cast<uint32_t>(text.size());
     for (int i = 0; i < 4; ++i) data.push_back(static_cast<uint8_t>(n >> (8 * i)));
     data.insert(data.end(), text.begin(), text.end());
-    VEIL_ASSIGN_OR_RETURN(auto sig, crypto::ed25519_sign(seed.view(), signed_message(data)));
+    VEIL_ASSIGN_OR_RETURN(auto sig, crypto::ed25519_sign(seed_.view(), signed_message(data)));
     data.insert(data.end(), sig.begin(), sig.end());
     return Evidence{TeeType::kSim, std::move(data)};
   }
 
   Result<SecretBytes> sealing_root() override {
-    VEIL_ASSIGN_OR_RETURN(SecretBytes seed, load_seed(key_file_, create_));
-    VEIL_ASSIGN_OR_RETURN(Bytes measurement, sim_measurement(exe_, config_));
-    return crypto::hkdf(crypto::HashAlg::kSha384, as_bytes("veil-sim-sealing-root-v1"), seed.view(), measurement, 32);
+    return crypto::hkdf(crypto::HashAlg::kSha384, as_bytes("veil-sim-sealing-root-v1"), seed_.view(), measurement_, 32);
   }
 
  private:
-  std::filesystem::path key_file_, config_, exe_;
-  bool create_;
+  SecretBytes seed_;
+  Bytes measurement_;
+  crypto::Sha256Digest key_id_{};
 };
 
 class SimVerifier final : public Verifier {
@@ -197,11 +196,10 @@ std::unique_ptr<Verifier> make_sim_verifier() { return std::make_unique<SimVerif
 Result<std::unique_ptr<Provider>> make_sim_provider(const ProviderOptions& options) {
   if (options.sim_platform_key.empty())
     return Error(ErrorCode::kInvalidArgument, "sim provider: option sim_platform_key (the platform key file) is required");
-  // Fail early: the key must be loadable (or creatable) and the executable measurable.
-  VEIL_TRY(sim_platform_public_key(options.sim_platform_key, options.sim_create_key));
-  VEIL_TRY(sim_measurement(options.sim_executable, options.sim_config));
-  return std::unique_ptr<Provider>(
-      new SimProvider(options.sim_platform_key, options.sim_config, options.sim_executable, options.sim_create_key));
+  VEIL_ASSIGN_OR_RETURN(SecretBytes seed, load_seed(options.sim_platform_key, options.sim_create_key));
+  VEIL_TRY(crypto::ed25519_from_seed(seed.view()));
+  VEIL_ASSIGN_OR_RETURN(Bytes measurement, sim_measurement(options.sim_executable, options.sim_config));
+  return std::unique_ptr<Provider>(new SimProvider(std::move(seed), std::move(measurement)));
 }
 
 }  // namespace veil::attest

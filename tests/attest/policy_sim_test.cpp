@@ -296,8 +296,11 @@ TEST_F(SimFixture, ChangedExecutableRefusedByPinnedPolicy) {
   ASSERT_TRUE(ev1.ok());
   EXPECT_TRUE(verify_evidence(*ev1, collateral(), pinned, rd(1), now()).ok());
 
+  // A new build is a new process: the provider measures at start.
   write(opts.sim_executable, "the second build of the application");
-  auto ev2 = (*provider)->quote(rd(1));
+  auto restarted = make_provider("sim", opts);
+  ASSERT_TRUE(restarted.ok());
+  auto ev2 = (*restarted)->quote(rd(1));
   ASSERT_TRUE(ev2.ok());
   auto r = verify_evidence(*ev2, collateral(), pinned, rd(1), now());
   ASSERT_FALSE(r.ok());
@@ -354,7 +357,9 @@ TEST_F(SimFixture, SealingRootStableAndBoundToMeasurement) {
   EXPECT_EQ(s1->size(), 32u);
   EXPECT_TRUE(ct_equal(s1->view(), s2->view()));
   write(opts.sim_executable, "a different application");
-  auto s3 = (*p1)->sealing_root();
+  auto p3 = make_provider("sim", opts);  // measured at start
+  ASSERT_TRUE(p3.ok());
+  auto s3 = (*p3)->sealing_root();
   ASSERT_TRUE(s3.ok());
   EXPECT_FALSE(ct_equal(s1->view(), s3->view()));
 }
