@@ -1,0 +1,327 @@
+// veil seal, manifest create, kbs and serve of a sealed model: the whole key-release flow on one machine with
+// the simulated TEE, and a tampered sealed model refused with exit 3.
+#include <nlohmann/json.hpp>
+
+#include "cli/cli_harness.h"
+
+namespace veil::clitest {
+namespace {
+
+using json = nlohmann::json;
+
+void flip_byte(const fs::path& p, uint64_t offset) {
+  std::fstream f(p, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekg(static_cast<std::streamoff>(offset));
+  char c = 0;
+  f.read(&c, 1);
+  c = static_cast<char>(c ^ 0x5A);
+  f.seekp(static_cast<std::streamoff>(offset));
+  f.write(&c, 1);
+}
+
+// The port after the last ':' of a "... on http://127.0.0.1:PORT" line.
+uint16_t port_of(const std::string& line) {
+  size_t colon = line.rfind(':');
+  if (colon == std::string::npos) return 0;
+  return static_cast<uint16_t>(std::atoi(line.c_str() + colon + 1));
+}
+
+class SealedTest : public CliTest {
+ protected:
+  void SetUp() override {
+    CliTest::SetUp();
+    write_text(path("policy.json"), R"({"allowed_types": ["sim"], "allow_simulated": true})");
+  }
+
+  // A model key and stories260K sealed with it (model id stories260K, version 1).
+  void seal() {
+    RunResult k = veil({"seal", "--generate-key", path("model.key").string()});
+    expect_ok(k);
+    EXPECT_NE(k.out.find("key id "), std::string::npos) << k.out;
+    auto perms = fs::status(path("model.key")).permissions();
+    EXPECT_EQ(perms & (fs::perms::group_all | fs::perms::others_all), fs::perms::none);
+    RunResult s = veil({"seal", (kStories / "stories260K.gguf").string(), "-o", path("m.vsm").string(), "--model-id",
+                        "stories260K", "--version", "1", "--key-file", path("model.key").string()});
+    expect_ok(s);
+    EXPECT_NE(s.out.find("model stories260K version 1"), std::string::npos) << s.out;
+    ASSERT_TRUE(fs::exists(path("m.vsm")));
+  }
+};
+
+TEST_F(SealedTest, SealProducesAnEncryptedFile) {
+  seal();
+  std::string sealed = read_text(path("m.vsm"));
+  EXPECT_EQ(sealed.substr(0, 8), "VEILSMDL");
+  EXPECT_GT(sealed.size(), fs::file_size(kStories / "stories260K.gguf"));
+  // The plaintext's GGUF magic and vocabulary strings are not readable in it.
+  EXPECT_EQ(sealed.find("GGUF"), std::string::npos);
+  EXPECT_EQ(sealed.find("tokenizer.ggml.tokens"), std::string::npos);
+  // --generate-key never overwrites an existing key file.
+  RunResult again = veil({"seal", "--generate-key", path("model.key").string()});
+  expect_one_line_error(again, 1);
+  EXPECT_NE(again.err.find("already exists"), std::string::npos) << again.err;
+}
+
+TEST_F(SealedTest, SealUsageErrors) {
+  RunResult no_key = veil({"seal", (kStories / "stories260K.gguf").string(), "-o", path("x.vsm").string(), "--model-id",
+                           "stories260K", "--version", "1"});
+  expect_one_line_error(no_key, 2);
+  EXPECT_NE(no_key.err.find("--key-file"), std::string::npos) << no_key.err;
+  RunResult no_version = veil({"seal", (kStories / "stories260K.gguf").string(), "-o", path("x.vsm").string(),
+                               "--model-id", "stories260K", "--key-file", path("model.key").string()});
+  expect_one_line_error(no_version, 2);
+  EXPECT_NE(no_version.err.find("--version"), std::string::npos) << no_version.err;
+  RunResult suite = veil({"seal", (kStories / "stories260K.gguf").string(), "-o", path("x.vsm").string(), "--model-id",
+                          "m", "--version", "1", "--key-file", path("model.key").string(), "--suite", "rot13"});
+  expect_one_line_error(suite, 2);
+  EXPECT_FALSE(fs::exists(path("x.vsm")));
+  // A missing key file is a runtime failure naming it.
+  RunResult missing = veil({"seal", (kStories / "stories260K.gguf").string(), "-o", path("x.vsm").string(),
+                            "--model-id", "m", "--version", "1", "--key-file", path("absent.key").string()});
+  expect_one_line_error(missing, 1);
+  EXPECT_NE(missing.err.find("absent.key"), std::string::npos) << missing.err;
+  EXPECT_FALSE(fs::exists(path("x.vsm")));
+}
+
+TEST_F(SealedTest, PlaintextOnlyCommandsRefuseASealedModelClearly) {
+  seal();
+  for (std::vector<std::string> args : {std::vector<std::string>{"generate", "-m", path("m.vsm").string(), "-n", "5"},
+                                        std::vector<std::string>{"tokenize", "-m", path("m.vsm").string(), "hello"}}) {
+    RunResult r = veil(args);
+    SCOPED_TRACE(r.cmdline);
+    expect_one_line_error(r, 1);
+    EXPECT_NE(r.err.find("sealed"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("veil serve"), std::string::npos) << r.err;
+    EXPECT_EQ(r.out, "");
+  }
+}
+
+// docs/sealed-format.md: "header-only summary: `veil model info X.vsm` (sealed::describe_sealed_model)".
+// DISABLED: defect — src/cli/cmd_model.cpp refuses every .vsm ("a sealed model can only be opened inside the
+// TEE"), exit 1, instead of printing the header summary that sealed::describe_sealed_model provides.
+TEST_F(SealedTest, DISABLED_ModelInfoOnASealedModelPrintsTheHeader) {
+  seal();
+  RunResult r = veil({"model", "info", path("m.vsm").string()});
+  expect_ok(r);
+  EXPECT_NE(r.out.find("stories260K"), std::string::npos) << r.out;
+  RunResult j = veil({"model", "info", "--json", path("m.vsm").string()});
+  expect_ok(j);
+  EXPECT_FALSE(json::parse(j.out, nullptr, false).is_discarded()) << j.out;
+}
+
+TEST_F(SealedTest, ManifestCreateForTwoStages) {
+  seal();
+  RunResult r = veil({"manifest", "create", path("m.vsm").string(), "--stages", "2", "--endpoints",
+                      "127.0.0.1:7400,127.0.0.1:7401", "--policy", path("policy.json").string()});
+  expect_ok(r);
+  json m = json::parse(r.out, nullptr, false);
+  ASSERT_FALSE(m.is_discarded()) << r.describe();
+  EXPECT_EQ(m["format"], "veil-manifest/1");
+  EXPECT_EQ(m["model_id"], "stories260K");
+  EXPECT_EQ(m["model_version"], 1);
+  EXPECT_EQ(m["n_layers"], 5);
+  EXPECT_EQ(m["sealed_model_sha256"].get<std::string>().size(), 64u);
+  ASSERT_EQ(m["stages"].size(), 2u) << m.dump(2);
+  int expect_begin = 0;
+  for (size_t i = 0; i < 2; ++i) {
+    const json& s = m["stages"][i];
+    EXPECT_EQ(s["index"], i);
+    EXPECT_EQ(s["layer_begin"], expect_begin);
+    EXPECT_GT(s["layer_end"].get<int>(), s["layer_begin"].get<int>()) << s.dump();
+    expect_begin = s["layer_end"].get<int>();
+    EXPECT_EQ(s["weights_sha256"].get<std::string>().size(), 64u);
+    EXPECT_EQ(s["endpoint"], i == 0 ? "127.0.0.1:7400" : "127.0.0.1:7401");
+    EXPECT_EQ(s["policy"]["allowed_types"], json::array({"sim"})) << s.dump();
+  }
+  EXPECT_EQ(expect_begin, 5);  // contiguous and complete
+  EXPECT_NE(m["stages"][0]["weights_sha256"], m["stages"][1]["weights_sha256"]);
+
+  // -o writes the same document.
+  RunResult o = veil({"manifest", "create", path("m.vsm").string(), "--stages", "2", "--endpoints",
+                      "127.0.0.1:7400,127.0.0.1:7401", "--policy", path("policy.json").string(), "-o",
+                      path("manifest.json").string()});
+  expect_ok(o);
+  EXPECT_EQ(json::parse(read_text(path("manifest.json")), nullptr, false), m);
+}
+
+TEST_F(SealedTest, ManifestOfAPlainGgufSaysToSealIt) {
+  RunResult r = veil({"manifest", "create", (kStories / "stories260K.gguf").string(), "--stages", "2", "--endpoints",
+                      "127.0.0.1:7400,127.0.0.1:7401", "--policy", path("policy.json").string()});
+  expect_one_line_error(r, 2);
+  EXPECT_NE(r.err.find("veil seal"), std::string::npos) << r.err;
+  EXPECT_EQ(r.out, "");
+}
+
+TEST_F(SealedTest, ManifestBadArguments) {
+  seal();
+  // Two stages, one endpoint.
+  RunResult few = veil({"manifest", "create", path("m.vsm").string(), "--stages", "2", "--endpoints", "127.0.0.1:7400",
+                        "--policy", path("policy.json").string()});
+  EXPECT_NE(few.exit_code, 0) << few.describe();
+  expect_one_line_error(few, few.exit_code);
+  // More stages than layers.
+  RunResult many = veil({"manifest", "create", path("m.vsm").string(), "--stages", "6", "--endpoints",
+                         "a:1,b:2,c:3,d:4,e:5,f:6", "--policy", path("policy.json").string()});
+  EXPECT_NE(many.exit_code, 0) << many.describe();
+  expect_one_line_error(many, many.exit_code);
+  // A malformed policy is named.
+  write_text(path("bad-policy.json"), R"({"allowed_types": []})");
+  RunResult bad = veil({"manifest", "create", path("m.vsm").string(), "--stages", "2", "--endpoints",
+                        "127.0.0.1:7400,127.0.0.1:7401", "--policy", path("bad-policy.json").string()});
+  EXPECT_NE(bad.exit_code, 0) << bad.describe();
+  expect_one_line_error(bad, bad.exit_code);
+  EXPECT_NE(bad.err.find("allowed_types"), std::string::npos) << bad.err;
+  // A policy file that does not exist: usage error from the argument check.
+  expect_one_line_error(veil({"manifest", "create", path("m.vsm").string(), "--endpoints", "a:1,b:2", "--policy",
+                              path("absent.json").string()}),
+                        2);
+}
+
+TEST_F(SealedTest, KbsKeyManagementAndAudit) {
+  seal();
+  RunResult mk = veil({"kbs", "gen-master-key", path("master.key").string()});
+  expect_ok(mk);
+  auto perms = fs::status(path("master.key")).permissions();
+  EXPECT_EQ(perms & (fs::perms::group_all | fs::perms::others_all), fs::perms::none);
+  std::vector<std::string> db = {"--db", path("kbs.db").string(), "--master-key", path("master.key").string()};
+  auto with_db = [&](std::vector<std::string> args) {
+    args.insert(args.end(), db.begin(), db.end());
+    return args;
+  };
+  RunResult add = veil(with_db({"kbs", "add-key", "--model-id", "stories260K", "--version", "1", "--policy",
+                                path("policy.json").string(), "--key-file", path("model.key").string()}));
+  expect_ok(add);
+  EXPECT_NE(add.out.find("stories260K version 1"), std::string::npos) << add.out;
+
+  RunResult list = veil(with_db({"kbs", "list"}));
+  expect_ok(list);
+  EXPECT_NE(list.out.find("stories260K\tversion 1\tkey id "), std::string::npos) << list.out;
+  EXPECT_NE(list.out.find("highest released 0"), std::string::npos) << list.out;
+  // The key itself never appears.
+  std::string key_hex = read_text(path("model.key")).substr(0, 64);
+  EXPECT_EQ(list.out.find(key_hex), std::string::npos);
+
+  RunResult verify = veil(with_db({"kbs", "audit", "verify"}));
+  expect_ok(verify);
+  EXPECT_NE(verify.out.find("audit log verified: 1 entries"), std::string::npos) << verify.out;
+  RunResult show = veil(with_db({"kbs", "audit", "show"}));
+  expect_ok(show);
+  std::vector<std::string> lines = split_lines(show.out);
+  ASSERT_EQ(lines.size(), 1u) << show.out;
+  json event = json::parse(lines[0].substr(lines[0].find('\t') + 1), nullptr, false);
+  ASSERT_FALSE(event.is_discarded()) << lines[0];
+  EXPECT_EQ(event["event"], "add-key");
+  EXPECT_EQ(event["model_id"], "stories260K");
+  EXPECT_EQ(show.out.find(key_hex), std::string::npos);
+
+  // Another master key cannot open the database.
+  expect_ok(veil({"kbs", "gen-master-key", path("other.key").string()}));
+  RunResult wrong = veil({"kbs", "list", "--db", path("kbs.db").string(), "--master-key", path("other.key").string()});
+  EXPECT_NE(wrong.exit_code, 0) << wrong.describe();
+  expect_one_line_error(wrong, wrong.exit_code);
+  EXPECT_EQ(wrong.out, "");
+
+  // No master key at all: usage error.
+  expect_one_line_error(veil({"kbs", "list", "--db", path("kbs.db").string()}), 2);
+  // gen-master-key does not overwrite.
+  expect_one_line_error(veil({"kbs", "gen-master-key", path("master.key").string()}), 1);
+}
+
+TEST_F(SealedTest, SealStraightIntoTheBroker) {
+  expect_ok(veil({"kbs", "gen-master-key", path("master.key").string()}));
+  RunResult s = veil({"seal", (kStories / "stories260K.gguf").string(), "-o", path("m.vsm").string(), "--model-id",
+                      "stories260K", "--version", "3", "--kbs-db", path("kbs.db").string(), "--master-key",
+                      path("master.key").string(), "--policy", path("policy.json").string()});
+  expect_ok(s);
+  EXPECT_NE(s.out.find("(key stored in the broker)"), std::string::npos) << s.out;
+  RunResult list = veil({"kbs", "list", "--db", path("kbs.db").string(), "--master-key", path("master.key").string()});
+  expect_ok(list);
+  EXPECT_NE(list.out.find("stories260K\tversion 3"), std::string::npos) << list.out;
+}
+
+// The full flow: broker serving keys to `veil serve` (both on the simulated TEE of this machine), the server
+// answering /health and a greedy completion; a tampered sealed model is refused with exit 3.
+TEST_F(SealedTest, ServeASealedModelWithKeysFromTheBroker) {
+  seal();
+  expect_ok(veil({"kbs", "gen-master-key", path("master.key").string()}));
+  expect_ok(veil({"kbs", "add-key", "--db", path("kbs.db").string(), "--master-key", path("master.key").string(),
+                  "--model-id", "stories260K", "--version", "1", "--policy", path("policy.json").string(),
+                  "--key-file", path("model.key").string()}));
+  // One simulated machine: the platform key both processes use.
+  expect_ok(veil({"attest", "quote", "--provider", "sim", "--create-key", "--platform-key", path("platform.key").string(),
+                  "--report-data", "00", "--out", path("ev.json").string()}));
+
+  auto kbs = start({"kbs", "serve", "--db", path("kbs.db").string(), "--master-key", path("master.key").string(),
+                    "--listen", "tcp:127.0.0.1:0", "--tee", "sim", "--sim-platform-key", path("platform.key").string()});
+  auto listening = kbs->wait_for_stdout_line("listening on ", 30s);
+  ASSERT_TRUE(listening.has_value()) << kbs->finish(1s).describe();
+  std::string kbs_address = listening->substr(listening->find("listening on ") + 13);
+  ASSERT_NE(port_of(kbs_address), 0) << *listening;
+
+  auto serve_args = [&](const fs::path& model) {
+    return std::vector<std::string>{"serve", "-m", model.string(), "--kbs", kbs_address, "--policy",
+                                    path("policy.json").string(), "--tee", "sim", "--sim-platform-key",
+                                    path("platform.key").string(), "--insecure-http", "--no-auth", "--listen",
+                                    "127.0.0.1:0", "--db", path("server.db").string(), "--grace", "1", "-t", "1"};
+  };
+  {
+    auto srv = start(serve_args(path("m.vsm")));
+    auto line = srv->wait_for_stdout_line("veil serve: model ", 60s);
+    ASSERT_TRUE(line.has_value()) << srv->finish(1s).describe();
+    EXPECT_NE(line->find("http://127.0.0.1:"), std::string::npos) << *line;
+    uint16_t port = port_of(*line);
+    ASSERT_NE(port, 0) << *line;
+    HttpResponse health = http_request(port, "GET", "/health");
+    EXPECT_EQ(health.status, 200) << health.raw;
+    EXPECT_NE(health.body.find("\"ok\""), std::string::npos) << health.raw;
+    // "veil serve: model ID on http://..."
+    std::string model_id = line->substr(18, line->find(" on ") - 18);
+    EXPECT_FALSE(model_id.empty()) << *line;  // general.name of the sealed GGUF ("llama")
+    HttpResponse done = http_request(port, "POST", "/v1/completions",
+                                     R"({"model": ")" + model_id +
+                                         R"(", "prompt": "Once upon a time", "max_tokens": 8, "temperature": 0})");
+    EXPECT_EQ(done.status, 200) << done.raw;
+    // Greedy continuation of the golden story.
+    EXPECT_NE(done.body.find(", there was a little girl"), std::string::npos) << done.raw;
+    srv->signal(SIGTERM);
+    RunResult r = srv->finish(30s);
+    EXPECT_EQ(r.exit_code, 0) << r.describe();
+  }
+  // A byte flipped in the middle of the encrypted body: the authentication tag fails, exit 3.
+  fs::copy_file(path("m.vsm"), path("tampered.vsm"));
+  flip_byte(path("tampered.vsm"), fs::file_size(path("tampered.vsm")) / 2);
+  {
+    auto srv = start(serve_args(path("tampered.vsm")));
+    RunResult r = srv->finish(60s);
+    expect_one_line_error(r, 3, /*logs_before=*/true);
+    EXPECT_NE(r.err.find("tampered.vsm"), std::string::npos) << r.err;
+    EXPECT_EQ(r.out.find("veil serve: model"), std::string::npos) << r.out;
+  }
+  // A byte flipped in the header's random salt: the header MAC fails, exit 3.
+  fs::copy_file(path("m.vsm"), path("tampered-header.vsm"));
+  flip_byte(path("tampered-header.vsm"), 50);
+  {
+    auto srv = start(serve_args(path("tampered-header.vsm")));
+    RunResult r = srv->finish(60s);
+    expect_one_line_error(r, 3, /*logs_before=*/true);
+  }
+  kbs->signal(SIGTERM);
+  RunResult k = kbs->finish(30s);
+  EXPECT_EQ(k.exit_code, 0) << k.describe();
+
+  RunResult list = veil({"kbs", "list", "--db", path("kbs.db").string(), "--master-key", path("master.key").string()});
+  expect_ok(list);
+  EXPECT_NE(list.out.find("highest released 1"), std::string::npos) << list.out;
+}
+
+TEST_F(SealedTest, ServeASealedModelNeedsABroker) {
+  seal();
+  fs::create_directories(dir_ / ".veil");  // see ServeTest.DISABLED_ServeOnAFreshHomeCreatesItsDataFolder
+  RunResult r = veil({"serve", "-m", path("m.vsm").string(), "--insecure-http", "--no-auth", "--listen", "127.0.0.1:0",
+                      "--db", path("server.db").string()});
+  expect_one_line_error(r, 2, /*logs_before=*/true);
+  EXPECT_NE(r.err.find("--kbs"), std::string::npos) << r.err;
+}
+
+}  // namespace
+}  // namespace veil::clitest

@@ -1,0 +1,140 @@
+// veil keys and veil serve (plain HTTP on 127.0.0.1, port 0; the server prints the port it bound).
+#include <nlohmann/json.hpp>
+
+#include "cli/cli_harness.h"
+
+namespace veil::clitest {
+namespace {
+
+using json = nlohmann::json;
+
+uint16_t port_of(const std::string& line) {
+  size_t colon = line.rfind(':');
+  return colon == std::string::npos ? 0 : static_cast<uint16_t>(std::atoi(line.c_str() + colon + 1));
+}
+
+using ServeTest = CliTest;
+
+TEST_F(ServeTest, KeysAddListRevoke) {
+  std::vector<std::string> db = {"--db", path("server.db").string()};
+  RunResult add = veil({"keys", "add", "--models", "*", "--name", "ci", "--db", path("server.db").string()});
+  expect_ok(add);
+  std::string key = add.out.substr(0, add.out.find('\n'));
+  ASSERT_EQ(key.rfind("vk_", 0), 0u) << add.out;
+  EXPECT_EQ(key.size(), 3 + 16 + 1 + 64u) << key;  // vk_<16 hex id>_<64 hex secret>
+  std::string id = key.substr(3, 16);
+
+  RunResult list = veil({"keys", "list", "--db", path("server.db").string()});
+  expect_ok(list);
+  EXPECT_NE(list.out.find(id), std::string::npos) << list.out;
+  EXPECT_NE(list.out.find("ci"), std::string::npos) << list.out;
+  EXPECT_NE(list.out.find("active"), std::string::npos) << list.out;
+  EXPECT_EQ(list.out.find(key.substr(20)), std::string::npos) << "the secret must never be listed";
+
+  RunResult revoke = veil({"keys", "revoke", id, "--db", path("server.db").string()});
+  expect_ok(revoke);
+  EXPECT_EQ(revoke.out, "revoked " + id + "\n");
+  RunResult after = veil({"keys", "list", "--db", path("server.db").string()});
+  expect_ok(after);
+  EXPECT_NE(after.out.find("revoked"), std::string::npos) << after.out;
+
+  RunResult unknown = veil({"keys", "revoke", "0123456789abcdef", "--db", path("server.db").string()});
+  EXPECT_NE(unknown.exit_code, 0) << unknown.describe();
+  expect_one_line_error(unknown, unknown.exit_code);
+
+  expect_one_line_error(veil({"keys", "add", "--db", path("server.db").string()}), 2);  // --models required
+}
+
+TEST_F(ServeTest, KeysDefaultDatabaseIsInHome) {
+  expect_ok(veil({"keys", "add", "--models", "stories260K"}));
+  EXPECT_TRUE(fs::exists(dir_ / ".veil" / "server.db"));
+}
+
+TEST_F(ServeTest, ServeHealthModelsAndAGreedyCompletion) {
+  RunResult add = veil({"keys", "add", "--models", "*", "--db", path("server.db").string()});
+  expect_ok(add);
+  std::string key = add.out.substr(0, add.out.find('\n'));
+
+  fs::create_directories(dir_ / ".veil");  // see DISABLED_ServeOnAFreshHomeCreatesItsDataFolder
+  auto srv = start({"serve", "--insecure-http", "--listen", "127.0.0.1:0", "--db", path("server.db").string(), "--grace",
+                    "1", "-t", "1"});
+  auto line = srv->wait_for_stdout_line("veil serve: model ", 60s);
+  ASSERT_TRUE(line.has_value()) << srv->finish(1s).describe();
+  EXPECT_NE(line->find("http://127.0.0.1:"), std::string::npos) << *line;
+  uint16_t port = port_of(*line);
+  ASSERT_NE(port, 0) << *line;
+
+  HttpResponse health = http_request(port, "GET", "/health");
+  EXPECT_EQ(health.status, 200) << health.raw;
+  json hj = json::parse(health.body, nullptr, false);
+  ASSERT_FALSE(hj.is_discarded()) << health.raw;
+  EXPECT_EQ(hj["status"], "ok") << health.raw;
+
+  // The API needs a key; /health does not.
+  HttpResponse anon = http_request(port, "GET", "/v1/models");
+  EXPECT_EQ(anon.status, 401) << anon.raw;
+  HttpResponse models = http_request(port, "GET", "/v1/models", "", {"Authorization: Bearer " + key});
+  EXPECT_EQ(models.status, 200) << models.raw;
+  EXPECT_NE(models.body.find("\"data\""), std::string::npos) << models.raw;
+
+  // "veil serve: model ID on http://..."; with no --model-id, the GGUF's general.name or the file name.
+  std::string model_id = line->substr(18, line->find(" on ") - 18);
+  EXPECT_FALSE(model_id.empty()) << *line;
+  EXPECT_NE(models.body.find("\"" + model_id + "\""), std::string::npos) << models.raw;
+  HttpResponse done = http_request(port, "POST", "/v1/completions",
+                                   R"({"model": ")" + model_id +
+                                       R"(", "prompt": "Once upon a time", "max_tokens": 8, "temperature": 0})",
+                                   {"Authorization: Bearer " + key});
+  EXPECT_EQ(done.status, 200) << done.raw;
+  json j = json::parse(done.body, nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << done.raw;
+  ASSERT_TRUE(j.contains("choices")) << done.raw;
+  EXPECT_EQ(j["object"], "text_completion");
+  std::string text = j["choices"][0]["text"].get<std::string>();
+  // The golden greedy story continues "Once upon a time" with ", there was a little girl named Lily."
+  EXPECT_EQ(text.rfind(", there was a little girl", 0), 0u) << text;
+
+  HttpResponse unknown = http_request(port, "GET", "/no/such/path");
+  EXPECT_EQ(unknown.status, 404) << unknown.raw;
+
+  srv->signal(SIGTERM);
+  RunResult r = srv->finish(30s);
+  EXPECT_EQ(r.exit_code, 0) << r.describe();
+  EXPECT_EQ(r.signal, 0) << r.describe();
+  // The simulated TEE and plain HTTP are called out on stderr.
+  EXPECT_NE(r.err.find("SIMULATED"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("insecure-http"), std::string::npos) << r.err;
+}
+
+// A new user's first `veil serve` on a machine without ~/.veil: the default simulated platform key is created
+// there (docs/api.md: state lives in $VEIL_DATA_DIR or ~/.veil).
+// DISABLED: defect — src/cli/cmd_serve.cpp does not create the data folder before the sim provider writes
+// its platform key: "error: cannot create temporary file in $HOME/.veil: No such file or directory", exit 1.
+TEST_F(ServeTest, DISABLED_ServeOnAFreshHomeCreatesItsDataFolder) {
+  auto srv = start({"serve", "--insecure-http", "--no-auth", "--listen", "127.0.0.1:0", "--grace", "1", "-t", "1"});
+  auto line = srv->wait_for_stdout_line("veil serve: model ", 60s);
+  ASSERT_TRUE(line.has_value()) << srv->finish(1s).describe();
+  HttpResponse health = http_request(port_of(*line), "GET", "/health");
+  EXPECT_EQ(health.status, 200) << health.raw;
+  srv->signal(SIGTERM);
+  EXPECT_EQ(srv->finish(30s).exit_code, 0);
+  EXPECT_TRUE(fs::exists(dir_ / ".veil" / "sim-platform.key"));
+}
+
+TEST_F(ServeTest, ServeBadListenAddressIsAUsageError) {
+  RunResult r = veil({"serve", "--insecure-http", "--listen", "localhost", "--db", path("server.db").string()});
+  expect_one_line_error(r, 2);
+  EXPECT_NE(r.err.find("--listen"), std::string::npos) << r.err;
+  RunResult port = veil({"serve", "--insecure-http", "--listen", "127.0.0.1:99999", "--db", path("server.db").string()});
+  expect_one_line_error(port, 2);
+}
+
+TEST_F(ServeTest, ServeMissingModel) {
+  RunResult r = veil({"serve", "-m", path("absent.gguf").string(), "--insecure-http", "--listen", "127.0.0.1:0", "--db",
+                      path("server.db").string()});
+  expect_one_line_error(r, 1);
+  EXPECT_NE(r.err.find("absent.gguf"), std::string::npos) << r.err;
+}
+
+}  // namespace
+}  // namespace veil::clitest
