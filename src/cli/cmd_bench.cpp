@@ -14,6 +14,7 @@
 #include <spdlog/spdlog.h>
 
 #include "cli/command.h"
+#include "cli/model_source.h"
 #include "engine/engine.h"
 #include "gguf/gguf.h"
 #include "kernels/kernels.h"
@@ -31,6 +32,7 @@ struct BenchArgs {
   size_t size_mib = 1024;
   bool pin = false;
   bool json = false;
+  ModelSourceOptions source;
 };
 
 using Clock = std::chrono::steady_clock;
@@ -113,10 +115,7 @@ Status run_model(const BenchArgs& a) {
   if (a.prompt < 1 || a.n < 1 || a.reps < 1)
     return make_error(ErrorCode::kUsage, "bench: -p, -n and -r must be at least 1");
   VEIL_ASSIGN_OR_RETURN(auto path, resolve_model_path(a.model));
-  if (path.extension() == ".vsm")
-    return make_error(ErrorCode::kUnsupported, "bench: {}: a sealed model can only be opened inside the TEE", path.string());
-  VEIL_ASSIGN_OR_RETURN(gguf::File file, gguf::File::open(path));
-  auto shared = std::make_shared<const gguf::File>(std::move(file));
+  VEIL_ASSIGN_OR_RETURN(auto shared, open_model(path, a.source));
   VEIL_ASSIGN_OR_RETURN(auto model, engine::Model::load(shared));
   const engine::HParams& hp = model->hparams();
   const unsigned threads = a.threads ? a.threads : default_threads();
@@ -204,6 +203,7 @@ void setup_bench(CLI::App& app, Runner& runner) {
   CLI::App* sub = app.add_subcommand("bench", "Measure memory bandwidth (--bandwidth) or a model's prefill/decode speed (-m)");
   sub->add_flag("--bandwidth", args->bandwidth, "Measure memory read bandwidth with 1 and N threads");
   add_model_option(sub, args->model);
+  add_model_source_options(sub, args->source);
   sub->add_option("-p,--prompt-tokens", args->prompt, "Prompt tokens for prefill")->capture_default_str();
   sub->add_option("-n,--n-predict", args->n, "Tokens to decode")->capture_default_str();
   sub->add_option("-r,--repetitions", args->reps, "Repetitions (after one warm-up run)")->capture_default_str();

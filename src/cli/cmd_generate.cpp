@@ -12,6 +12,7 @@
 #include <spdlog/spdlog.h>
 
 #include "cli/command.h"
+#include "cli/model_source.h"
 #include "engine/engine.h"
 #include "gguf/gguf.h"
 #include "sampling/sampling.h"
@@ -32,6 +33,7 @@ struct GenerateArgs {
   unsigned threads = 0;
   uint32_t ctx = 0;
   bool json = false;
+  ModelSourceOptions source;
 };
 
 using Clock = std::chrono::steady_clock;
@@ -46,13 +48,8 @@ void emit(const std::string& s) {
 Status run_generate(const GenerateArgs& a) {
   if (a.n < 0) return make_error(ErrorCode::kUsage, "generate: -n must be 0 or more");
   VEIL_ASSIGN_OR_RETURN(auto path, resolve_model_path(a.model));
-  if (path.extension() == ".vsm") {
-    return make_error(ErrorCode::kUnsupported,
-                      "generate: {}: a sealed model can only be opened inside the TEE (veil serve)", path.string());
-  }
   auto t_load = Clock::now();
-  VEIL_ASSIGN_OR_RETURN(gguf::File file, gguf::File::open(path));
-  auto shared = std::make_shared<const gguf::File>(std::move(file));
+  VEIL_ASSIGN_OR_RETURN(auto shared, open_model(path, a.source));
   VEIL_ASSIGN_OR_RETURN(auto model, engine::Model::load(shared));
   VEIL_ASSIGN_OR_RETURN(auto tok, tokenizer::Tokenizer::from_gguf(*shared));
   const engine::HParams& hp = model->hparams();
@@ -158,6 +155,7 @@ void setup_generate(CLI::App& app, Runner& runner) {
   auto args = std::make_shared<GenerateArgs>();
   CLI::App* sub = app.add_subcommand("generate", "Generate text from a GGUF model on the CPU (streams to stdout)");
   add_model_option(sub, args->model);
+  add_model_source_options(sub, args->source);
   sub->add_option("-p,--prompt", args->prompt, "Prompt text (default: none, start from BOS)");
   sub->add_option("-n,--n-predict", args->n, "Tokens to generate")->capture_default_str();
   sub->add_option("--temp", args->temp, "Temperature; 0 = greedy")->capture_default_str();

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/command.h"
+#include "sealed/sealed.h"
 #include "engine/convert.h"
 #include "engine/engine.h"
 #include "gguf/gguf.h"
@@ -37,9 +38,10 @@ struct InfoArgs {
 
 Status run_info(const InfoArgs& a) {
   VEIL_ASSIGN_OR_RETURN(auto path, resolve_model_path(a.model));
-  if (path.extension() == ".vsm") {
-    return make_error(ErrorCode::kUnsupported, "model info: {}: a sealed model can only be opened inside the TEE (veil serve)",
-                      path.string());
+  if (sealed::is_sealed_model(path)) {  // header only: no key needed
+    VEIL_ASSIGN_OR_RETURN(std::string text, sealed::describe_sealed_model(path, a.json));
+    std::fputs(text.c_str(), stdout);
+    return ok_status();
   }
   VEIL_ASSIGN_OR_RETURN(gguf::File file, gguf::File::open(path));
   auto f = std::make_shared<const gguf::File>(std::move(file));

@@ -13,6 +13,7 @@
 #include "attest/sim.h"
 #include "channel/channel.h"
 #include "cli/command.h"
+#include "cli/model_source.h"
 #include "gguf/gguf.h"
 #include "kbs/kbs.h"
 #include "sealed/sealed.h"
@@ -28,10 +29,7 @@ struct ServeArgs {
   std::string listen = "127.0.0.1:8443";
   bool insecure_http = false;
   bool no_auth = false;
-  std::string tee = "sim";
-  std::string sim_platform_key;
-  std::string kbs;
-  std::string policy;
+  ModelSourceOptions source;  // --kbs, --policy, --insecure-local-key, --tee, --sim-platform-key
   std::string db;
   std::string cert_out;
   uint32_t slots = 16;
@@ -42,12 +40,6 @@ struct ServeArgs {
   size_t max_body = 1 << 20;
   uint32_t grace_seconds = 30;
 };
-
-std::filesystem::path data_dir() {
-  if (const char* d = std::getenv("VEIL_DATA_DIR"); d && *d) return d;
-  const char* home = std::getenv("HOME");
-  return std::filesystem::path(home && *home ? home : ".") / ".veil";
-}
 
 Result<std::pair<std::string, uint16_t>> parse_listen(const std::string& s) {
   size_t colon = s.rfind(':');
@@ -68,55 +60,14 @@ Result<std::pair<std::string, uint16_t>> parse_listen(const std::string& s) {
   return std::make_pair(host, static_cast<uint16_t>(port));
 }
 
-// A sealed model: fetch its key from the key broker over the attested channel, then decrypt in memory.
-Result<std::shared_ptr<const gguf::File>> open_sealed(const std::filesystem::path& path, const ServeArgs& a,
-                                                      std::shared_ptr<attest::Provider> provider,
-                                                      const attest::ProviderOptions& popts) {
-  if (a.kbs.empty()) return make_error(ErrorCode::kUsage, "serve: {}: a sealed model needs --kbs ADDRESS", path.string());
-  if (a.policy.empty()) {
-    return make_error(ErrorCode::kUsage, "serve: {}: a sealed model needs --policy FILE (how the broker is verified)",
-                      path.string());
-  }
-  VEIL_ASSIGN_OR_RETURN(auto policy, attest::load_policy(a.policy));
-  VEIL_ASSIGN_OR_RETURN(auto mapped, MappedFile::open(path));
-  VEIL_ASSIGN_OR_RETURN(auto header, sealed::parse_header(mapped.view()));
-  attest::Collateral collateral;
-  if (provider->type() == attest::TeeType::kSim) {
-    VEIL_ASSIGN_OR_RETURN(Bytes pub, attest::sim_platform_public_key(popts.sim_platform_key, false));
-    collateral.items["sim_platform_public_key"] = pub;
-  }
-  VEIL_ASSIGN_OR_RETURN(SecretBytes key,
-                        kbs::fetch_model_key(a.kbs, header.model_id, header.model_version,
-                                             channel::attester_from_provider(provider),
-                                             channel::verifier_from_policy(policy, collateral)));
-  sealed::LoadOptions lo;
-  lo.expected_model_id = header.model_id;
-  lo.expected_version = header.model_version;
-  VEIL_ASSIGN_OR_RETURN(auto loaded, sealed::load_sealed_model(path, key, lo));
-  return std::make_shared<const gguf::File>(std::move(loaded.gguf));
-}
-
 Status run_serve(const ServeArgs& a) {
   VEIL_ASSIGN_OR_RETURN(auto listen, parse_listen(a.listen));
   VEIL_ASSIGN_OR_RETURN(auto path, resolve_model_path(a.model));
+  std::error_code ec;
+  std::filesystem::create_directories(veil_data_dir(), ec);  // state lives here unless --db says otherwise
 
-  attest::ProviderOptions popts;
-  if (a.tee == "sim") {
-    popts.sim_platform_key = a.sim_platform_key.empty() ? data_dir() / "sim-platform.key"
-                                                        : std::filesystem::path(a.sim_platform_key);
-    popts.sim_create_key = a.sim_platform_key.empty();
-    spdlog::warn("serve: using the SIMULATED TEE: its evidence says so and verifying clients refuse it by default");
-  }
-  VEIL_ASSIGN_OR_RETURN(auto provider_u, attest::make_provider(a.tee, popts));
-  std::shared_ptr<attest::Provider> provider(std::move(provider_u));
-
-  std::shared_ptr<const gguf::File> file;
-  if (sealed::is_sealed_model(path)) {
-    VEIL_ASSIGN_OR_RETURN(file, open_sealed(path, a, provider, popts));
-  } else {
-    VEIL_ASSIGN_OR_RETURN(auto f, gguf::File::open(path));
-    file = std::make_shared<const gguf::File>(std::move(f));
-  }
+  VEIL_ASSIGN_OR_RETURN(std::shared_ptr<attest::Provider> provider, make_node_provider(a.source));
+  VEIL_ASSIGN_OR_RETURN(std::shared_ptr<const gguf::File> file, open_model(path, a.source, provider));
 
   server::EngineBackendOptions eo;
   eo.model_id = a.model_id;
@@ -128,7 +79,7 @@ Status run_serve(const ServeArgs& a) {
   eo.batching.step_token_budget = std::max<uint32_t>(a.prefill_chunk, 256);
   VEIL_ASSIGN_OR_RETURN(auto backend, server::make_engine_backend(file, eo));
 
-  std::filesystem::path db = a.db.empty() ? data_dir() / "server.db" : std::filesystem::path(a.db);
+  std::filesystem::path db = a.db.empty() ? veil_data_dir() / "server.db" : std::filesystem::path(a.db);
   VEIL_ASSIGN_OR_RETURN(auto store, server::Store::open(db));
   if (!a.no_auth && store->active_key_count() == 0) {
     spdlog::warn("serve: {} holds no active API key: every API request will get 401 (add one with 'veil keys add')",
@@ -176,10 +127,7 @@ void setup_serve(CLI::App& app, Runner& runner) {
   sub->add_option("--listen", a->listen, "ADDRESS:PORT to listen on (port 0: any free port)")->capture_default_str();
   sub->add_flag("--insecure-http", a->insecure_http, "Serve plain HTTP (no TLS): development only");
   sub->add_flag("--no-auth", a->no_auth, "Do not require API keys: development only");
-  sub->add_option("--tee", a->tee, "TEE provider: sim, tdx, sev-snp, nitro, tpm")->capture_default_str();
-  sub->add_option("--sim-platform-key", a->sim_platform_key, "sim: platform key file (default: created in the data dir)");
-  sub->add_option("--kbs", a->kbs, "Key broker address for sealed models (.vsm)");
-  sub->add_option("--policy", a->policy, "Attestation policy (JSON) the key broker must satisfy");
+  add_model_source_options(sub, a->source);
   sub->add_option("--db", a->db, "Server database: API keys and signatures (default: $VEIL_DATA_DIR or ~/.veil)");
   sub->add_option("--cert-out", a->cert_out, "Write the RA-TLS certificate (PEM) here, for clients to pin");
   sub->add_option("--slots", a->slots, "Concurrent sequences (continuous batching)")->capture_default_str();

@@ -16,21 +16,23 @@ Result<std::filesystem::path> resolve_model_path(const std::string& flag_value) 
     if (fs::is_regular_file(flag_value, ec)) return fs::path(flag_value);
     return make_error(ErrorCode::kNotFound, "model {}: no such file (from -m/--model)", flag_value);
   }
-  std::vector<std::string> looked;
-  if (const char* env = std::getenv("VEIL_MODEL"); env && *env) {
+  std::vector<std::string> looked{"-m/--model (not given)"};
+  const char* env = std::getenv("VEIL_MODEL");
+  const bool env_set = env && *env;
+  if (env_set) {
     if (fs::is_regular_file(env, ec)) return fs::path(env);
-    looked.push_back(fmt::format("$VEIL_MODEL={}", env));
+    looked.push_back(fmt::format("$VEIL_MODEL={} (no such file)", env));
   } else {
     looked.push_back("$VEIL_MODEL (unset)");
   }
-  fs::path shared = fs::path(source_dir()) / ".." / "shared" / "models" / "stories260K" / "stories260K.gguf";
-  shared = shared.lexically_normal();
-  if (fs::is_regular_file(shared, ec)) return shared;
-  looked.push_back(shared.string());
+  fs::path shared = (fs::path(source_dir()) / ".." / "shared" / "models" / "stories260K" / "stories260K.gguf")
+                        .lexically_normal();
   fs::path cache;
-  if (const char* home = std::getenv("HOME"); home && *home) {
-    cache = fs::path(home) / ".cache" / "veil" / "models";
-    if (fs::is_directory(cache, ec)) {
+  if (const char* home = std::getenv("HOME"); home && *home) cache = fs::path(home) / ".cache" / "veil" / "models";
+  // A $VEIL_MODEL naming a missing file is a mistake to report, never a reason to load another model.
+  if (!env_set) {
+    if (fs::is_regular_file(shared, ec)) return shared;
+    if (!cache.empty() && fs::is_directory(cache, ec)) {
       std::vector<fs::path> found;
       for (const auto& entry : fs::directory_iterator(cache, ec)) {
         auto ext = entry.path().extension();
@@ -41,12 +43,12 @@ Result<std::filesystem::path> resolve_model_path(const std::string& flag_value) 
         return found.front();
       }
     }
-    looked.push_back(cache.string() + "/*.gguf|*.vsm");
   }
+  looked.push_back(shared.string());
+  if (!cache.empty()) looked.push_back(cache.string() + "/*.gguf|*.vsm");
   std::string where;
   for (const auto& l : looked) where += (where.empty() ? "" : ", ") + l;
-  return make_error(ErrorCode::kNotFound, "no model given and none found; looked in: -m/--model (not given), {}",
-                    where);
+  return make_error(ErrorCode::kNotFound, "no model found; looked in: {}", where);
 }
 
 }  // namespace veil

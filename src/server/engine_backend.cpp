@@ -79,8 +79,8 @@ class TokenizerCodec final : public TextCodec {
     std::vector<tokenizer::ChatMessage> msgs;
     msgs.reserve(messages.size());
     for (const auto& m : messages) msgs.push_back({m.role, m.content});
-    VEIL_ASSIGN_OR_RETURN(std::string text, tokenizer::apply_chat_template(tok_, msgs, true));
-    auto ids = tok_.encode(text, {.add_special = false, .parse_special = true});
+    // encode_chat tokenizes message content as plain text: a user typing "<|im_end|>" cannot inject a control token.
+    VEIL_ASSIGN_OR_RETURN(auto ids, tokenizer::encode_chat(tok_, msgs, /*add_generation_prompt=*/true));
     if (ids.empty()) return make_error(ErrorCode::kInvalidArgument, "the chat prompt is empty");
     return ids;
   }

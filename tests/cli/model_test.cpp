@@ -111,9 +111,7 @@ TEST_F(ModelTest, VeilModelEnvironmentVariableIsUsed) {
 
 // docs/cli.md: "When none is found, the error lists every place it looked." With $VEIL_MODEL naming a file
 // that does not exist, the user asked for one model; silently loading another one is wrong.
-// DISABLED: defect — core/model_path.cpp falls through to ../shared/models/stories260K/stories260K.gguf when
-// $VEIL_MODEL names a missing file, so `VEIL_MODEL=/missing veil generate` exits 0 with the default model.
-TEST_F(ModelTest, DISABLED_VeilModelPointingAtAMissingFileIsAnErrorListingEveryPlace) {
+TEST_F(ModelTest, VeilModelPointingAtAMissingFileIsAnErrorListingEveryPlace) {
   fs::path missing = path("gone.gguf");
   RunResult r = veil({"generate", "-n", "3"}, 30s, {{"VEIL_MODEL", missing.string()}});
   expect_one_line_error(r, 1);

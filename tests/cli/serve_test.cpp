@@ -55,7 +55,7 @@ TEST_F(ServeTest, ServeHealthModelsAndAGreedyCompletion) {
   expect_ok(add);
   std::string key = add.out.substr(0, add.out.find('\n'));
 
-  fs::create_directories(dir_ / ".veil");  // see DISABLED_ServeOnAFreshHomeCreatesItsDataFolder
+  fs::create_directories(dir_ / ".veil");  // see ServeOnAFreshHomeCreatesItsDataFolder
   auto srv = start({"serve", "--insecure-http", "--listen", "127.0.0.1:0", "--db", path("server.db").string(), "--grace",
                     "1", "-t", "1"});
   auto line = srv->wait_for_stdout_line("veil serve: model ", 60s);
@@ -108,9 +108,7 @@ TEST_F(ServeTest, ServeHealthModelsAndAGreedyCompletion) {
 
 // A new user's first `veil serve` on a machine without ~/.veil: the default simulated platform key is created
 // there (docs/api.md: state lives in $VEIL_DATA_DIR or ~/.veil).
-// DISABLED: defect — src/cli/cmd_serve.cpp does not create the data folder before the sim provider writes
-// its platform key: "error: cannot create temporary file in $HOME/.veil: No such file or directory", exit 1.
-TEST_F(ServeTest, DISABLED_ServeOnAFreshHomeCreatesItsDataFolder) {
+TEST_F(ServeTest, ServeOnAFreshHomeCreatesItsDataFolder) {
   auto srv = start({"serve", "--insecure-http", "--no-auth", "--listen", "127.0.0.1:0", "--grace", "1", "-t", "1"});
   auto line = srv->wait_for_stdout_line("veil serve: model ", 60s);
   ASSERT_TRUE(line.has_value()) << srv->finish(1s).describe();

@@ -76,14 +76,12 @@ TEST(ModelPath, FlagWinsAndMissingNamesEveryPlace) {
   EXPECT_EQ(missing.error().code(), ErrorCode::kNotFound);
   ::setenv("VEIL_MODEL", "/nonexistent/env.gguf", 1);
   ::setenv("HOME", "/nonexistent-home", 1);
-  auto r = resolve_model_path("");
-  if (!r.ok()) {
-    EXPECT_NE(r.error().message().find("$VEIL_MODEL=/nonexistent/env.gguf"), std::string::npos);
-    EXPECT_NE(r.error().message().find("stories260K.gguf"), std::string::npos);
-    EXPECT_NE(r.error().message().find("/nonexistent-home/.cache/veil/models"), std::string::npos);
-  } else {
-    EXPECT_EQ(r->filename(), "stories260K.gguf");  // found in ../shared beside the repository
-  }
+  auto r = resolve_model_path("");  // a missing $VEIL_MODEL never falls back to another model
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().message().find("$VEIL_MODEL=/nonexistent/env.gguf"), std::string::npos);
+  EXPECT_NE(r.error().message().find("-m/--model"), std::string::npos);
+  EXPECT_NE(r.error().message().find("stories260K.gguf"), std::string::npos);
+  EXPECT_NE(r.error().message().find("/nonexistent-home/.cache/veil/models"), std::string::npos);
   ::unsetenv("VEIL_MODEL");
 }
 

@@ -1,0 +1,105 @@
+#include "cli/model_source.h"
+
+#include <cstdlib>
+
+#include <spdlog/spdlog.h>
+
+#include "attest/sim.h"
+#include "channel/channel.h"
+#include "kbs/kbs.h"
+#include "sealed/sealed.h"
+
+namespace veil::cli {
+
+void add_model_source_options(CLI::App* sub, ModelSourceOptions& o, const std::string& policy_flag) {
+  sub->add_option("--kbs", o.kbs, "Key broker address for a sealed model (.vsm), e.g. tcp:10.0.0.5:7100");
+  sub->add_option(policy_flag, o.kbs_policy, "Attestation policy (JSON) the key broker's evidence must satisfy");
+  sub->add_option("--insecure-local-key", o.insecure_local_key,
+                  "Development only: read a sealed model's key from this file instead of the key broker");
+  sub->add_option("--tee", o.tee, "This node's TEE provider: sim, tdx, sev-snp, nitro, tpm")->capture_default_str();
+  sub->add_option("--sim-platform-key", o.sim_platform_key,
+                  "sim: platform key file (default: created as sim-platform.key in $VEIL_DATA_DIR or ~/.veil)");
+}
+
+std::filesystem::path veil_data_dir() {
+  if (const char* d = std::getenv("VEIL_DATA_DIR"); d && *d) return d;
+  const char* home = std::getenv("HOME");
+  return std::filesystem::path(home && *home ? home : ".") / ".veil";
+}
+
+namespace {
+
+attest::ProviderOptions provider_options(const ModelSourceOptions& o) {
+  attest::ProviderOptions popts;
+  if (o.tee == "sim") {
+    popts.sim_platform_key =
+        o.sim_platform_key.empty() ? veil_data_dir() / "sim-platform.key" : std::filesystem::path(o.sim_platform_key);
+    popts.sim_create_key = o.sim_platform_key.empty();
+  }
+  return popts;
+}
+
+}  // namespace
+
+Result<std::shared_ptr<attest::Provider>> make_node_provider(const ModelSourceOptions& o) {
+  attest::ProviderOptions popts = provider_options(o);
+  if (o.tee == "sim") {
+    std::error_code ec;
+    std::filesystem::create_directories(popts.sim_platform_key.parent_path(), ec);
+    spdlog::warn("using the SIMULATED TEE: its evidence says so, and verifiers refuse it unless a policy allows it");
+  }
+  VEIL_ASSIGN_OR_RETURN(auto provider, attest::make_provider(o.tee, popts));
+  return std::shared_ptr<attest::Provider>(std::move(provider));
+}
+
+Result<std::shared_ptr<const gguf::File>> open_model(const std::filesystem::path& path, const ModelSourceOptions& o,
+                                                     std::shared_ptr<attest::Provider> provider) {
+  if (!sealed::is_sealed_model(path)) {
+    if (!o.insecure_local_key.empty() || !o.kbs.empty()) {
+      return make_error(ErrorCode::kUsage, "{}: is not a sealed model; --kbs and --insecure-local-key apply to .vsm files",
+                        path.string());
+    }
+    VEIL_ASSIGN_OR_RETURN(auto f, gguf::File::open(path));
+    return std::make_shared<const gguf::File>(std::move(f));
+  }
+  VEIL_ASSIGN_OR_RETURN(auto mapped, MappedFile::open(path));
+  VEIL_ASSIGN_OR_RETURN(auto header, sealed::parse_header(mapped.view()));
+  SecretBytes key;
+  if (!o.insecure_local_key.empty()) {
+    if (!o.kbs.empty()) return make_error(ErrorCode::kUsage, "--kbs and --insecure-local-key exclude each other");
+    spdlog::warn("sealed model key read from a local file (--insecure-local-key): development only");
+    VEIL_ASSIGN_OR_RETURN(key, sealed::read_key_file(o.insecure_local_key));
+  } else {
+    if (o.kbs.empty()) {
+      return make_error(ErrorCode::kUsage,
+                        "{}: a sealed model needs its key: --kbs ADDRESS with --policy FILE (or, for development only, "
+                        "--insecure-local-key FILE)",
+                        path.string());
+    }
+    if (o.kbs_policy.empty()) {
+      return make_error(ErrorCode::kUsage, "{}: --kbs needs --policy FILE (how the key broker is verified)",
+                        path.string());
+    }
+    VEIL_ASSIGN_OR_RETURN(auto policy, attest::load_policy(o.kbs_policy));
+    if (!provider) {
+      VEIL_ASSIGN_OR_RETURN(provider, make_node_provider(o));
+    }
+    attest::Collateral collateral;
+    if (provider->type() == attest::TeeType::kSim) {
+      // A simulated broker is trusted only through the same platform key, and only if the policy allows sim.
+      VEIL_ASSIGN_OR_RETURN(Bytes pub,
+                            attest::sim_platform_public_key(provider_options(o).sim_platform_key, false));
+      collateral.items["sim_platform_public_key"] = pub;
+    }
+    VEIL_ASSIGN_OR_RETURN(key, kbs::fetch_model_key(o.kbs, header.model_id, header.model_version,
+                                                    channel::attester_from_provider(provider),
+                                                    channel::verifier_from_policy(policy, collateral)));
+  }
+  sealed::LoadOptions lo;
+  lo.expected_model_id = header.model_id;
+  lo.expected_version = header.model_version;
+  VEIL_ASSIGN_OR_RETURN(auto loaded, sealed::load_sealed_model(path, key, lo));
+  return std::make_shared<const gguf::File>(std::move(loaded.gguf));
+}
+
+}  // namespace veil::cli
