@@ -126,10 +126,13 @@ struct ServerOptions {
   channel::EvidenceVerifier verifier_override;
   std::chrono::milliseconds io_timeout{10000};  // per connection, after the handshake
   std::chrono::milliseconds handshake_timeout{10000};
+  uint32_t workers = 8;        // connections served at once (a slow or silent peer holds one for its timeouts)
+  size_t max_pending = 256;    // accepted connections waiting for a worker; beyond that they are closed
 };
 
-// Serves key requests on `listen_address` ("tcp:127.0.0.1:0", "127.0.0.1:7000", "unix:/path") in one
-// background thread, one connection at a time (each bounded by the timeouts).
+// Serves key requests on `listen_address` ("tcp:127.0.0.1:0", "127.0.0.1:7000", "unix:/path"): one acceptor
+// thread and `workers` threads, each serving one connection at a time (bounded by the timeouts), so a slow or
+// silent peer never delays the others while a worker is free.
 class Server {
  public:
   static Result<std::unique_ptr<Server>> start(Broker& broker, const std::string& listen_address,

@@ -1,6 +1,11 @@
 // The broker's server and client over the attested channel (mutual attestation).
+#include <algorithm>
 #include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
 #include <thread>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
@@ -81,9 +86,15 @@ struct Server::Impl {
   channel::ChannelOptions channel_options;
   std::unique_ptr<channel::Listener> listener;
   std::string address;
-  std::thread thread;
+  std::thread acceptor;
+  std::vector<std::thread> workers;
   std::atomic<bool> stopping{false};
   std::atomic<uint64_t> served{0};
+  // Accepted connections waiting for a worker. Bounded: beyond it new connections are closed at once, so a
+  // flood of silent peers costs a bounded amount of memory and never delays the peers already being served.
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<std::unique_ptr<channel::Transport>> pending;
 
   void serve_one(std::unique_ptr<channel::Transport> transport) {
     std::string peer = transport->peer();
@@ -124,7 +135,7 @@ struct Server::Impl {
     served.fetch_add(1);
   }
 
-  void loop() {
+  void accept_loop() {
     while (!stopping.load()) {
       auto t = listener->accept(channel::deadline_in(std::chrono::hours(24)));
       if (stopping.load()) break;
@@ -134,7 +145,29 @@ struct Server::Impl {
         if (t.error().code() == ErrorCode::kCancelled || t.error().code() == ErrorCode::kUnavailable) break;
         continue;
       }
-      serve_one(std::move(*t));
+      std::unique_lock<std::mutex> lock(mu);
+      if (pending.size() >= options.max_pending) {
+        lock.unlock();
+        spdlog::warn("kbs: {} connections waiting; closing the one from {}", options.max_pending, (*t)->peer());
+        continue;  // the transport is destroyed (closed) here
+      }
+      pending.push_back(std::move(*t));
+      lock.unlock();
+      cv.notify_one();
+    }
+  }
+
+  void worker_loop() {
+    while (true) {
+      std::unique_ptr<channel::Transport> t;
+      {
+        std::unique_lock<std::mutex> lock(mu);
+        cv.wait(lock, [&] { return stopping.load() || !pending.empty(); });
+        if (stopping.load()) return;  // connections still waiting are closed with the queue
+        t = std::move(pending.front());
+        pending.pop_front();
+      }
+      serve_one(std::move(t));
     }
   }
 };
@@ -161,7 +194,9 @@ Result<std::unique_ptr<Server>> Server::start(Broker& broker, const std::string&
   impl->listener = std::move(*l);
   impl->address = impl->listener->address();
   Impl* raw = impl.get();
-  impl->thread = std::thread([raw] { raw->loop(); });
+  const uint32_t n_workers = std::max<uint32_t>(1, impl->options.workers);
+  for (uint32_t i = 0; i < n_workers; ++i) impl->workers.emplace_back([raw] { raw->worker_loop(); });
+  impl->acceptor = std::thread([raw] { raw->accept_loop(); });
   spdlog::info("kbs: serving on {}", impl->address);
   return std::unique_ptr<Server>(new Server(std::move(impl)));
 }
@@ -172,7 +207,15 @@ uint64_t Server::connections_served() const { return impl_->served.load(); }
 void Server::stop() {
   if (!impl_ || impl_->stopping.exchange(true)) return;
   impl_->listener->close();
-  if (impl_->thread.joinable()) impl_->thread.join();
+  if (impl_->acceptor.joinable()) impl_->acceptor.join();
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);  // pairs with the workers' wait: no lost wake-up
+  }
+  impl_->cv.notify_all();
+  for (auto& w : impl_->workers) {
+    if (w.joinable()) w.join();  // a worker in the middle of a connection finishes it (bounded by the timeouts)
+  }
+  impl_->pending.clear();
 }
 
 Result<SecretBytes> fetch_model_key(const std::string& kbs_address, const std::string& model_id, uint64_t version,

@@ -114,6 +114,20 @@ TEST_F(E2E, AllowedMeasurementGetsTheKeyAndLoadsTheSealedModel) {
   EXPECT_EQ(report->entries, 2u);  // add-key, release
 }
 
+// A peer that connects and never speaks holds one worker until its handshake times out; everyone else is
+// still served. (A broker serving one connection at a time would make this fetch time out.)
+TEST_F(E2E, SilentPeerDoesNotDelayOtherNodes) {
+  auto ep = channel::parse_endpoint(server->address());
+  ASSERT_TRUE(ep.ok());
+  auto silent = channel::connect(*ep, channel::deadline_in(5s));
+  ASSERT_TRUE(silent.ok()) << silent.error().message();
+  auto key = fetch_model_key(server->address(), "stories260K", 1, channel::attester_from_provider(node_a),
+                             broker_check(), FetchOptions{3s});
+  ASSERT_TRUE(key.ok()) << key.error().message();
+  EXPECT_TRUE(ct_equal(key->view(), model_key.view()));
+  silent->reset();  // closes the idle connection, so the worker serving it is free before teardown
+}
+
 TEST_F(E2E, AnotherMeasurementIsRefused) {
   auto key = fetch(*server, node_b);
   ASSERT_FALSE(key.ok());
