@@ -63,7 +63,10 @@ class SimProvider final : public Provider {
  public:
   SimProvider(SecretBytes seed, Bytes measurement) : seed_(std::move(seed)), measurement_(std::move(measurement)) {
     auto kp = crypto::ed25519_from_seed(seed_.view());
-    if (kp.ok()) key_id_ = crypto::sha256(kp->public_key);
+    if (kp.ok()) {
+      key_id_ = crypto::sha256(kp->public_key);
+      signing_ = std::move(*kp);  // keeps the loaded key: a quote is one signature, not a key load plus one
+    }
   }
   TeeType type() const override { return TeeType::kSim; }
 
@@ -80,7 +83,8 @@ class SimProvider final : public Provider {
     uint32_t n = static_cast<uint32_t>(text.size());
     for (int i = 0; i < 4; ++i) data.push_back(static_cast<uint8_t>(n >> (8 * i)));
     data.insert(data.end(), text.begin(), text.end());
-    VEIL_ASSIGN_OR_RETURN(auto sig, crypto::ed25519_sign(seed_.view(), signed_message(data)));
+    if (!signing_.handle) return Error(ErrorCode::kInternal, "sim provider: the platform key did not load");
+    VEIL_ASSIGN_OR_RETURN(auto sig, crypto::ed25519_sign(signing_, signed_message(data)));
     data.insert(data.end(), sig.begin(), sig.end());
     return Evidence{TeeType::kSim, std::move(data)};
   }
@@ -91,6 +95,7 @@ class SimProvider final : public Provider {
 
  private:
   SecretBytes seed_;
+  crypto::Ed25519KeyPair signing_;
   Bytes measurement_;
   crypto::Sha256Digest key_id_{};
 };

@@ -152,7 +152,7 @@ class Handshake {
 
  private:
   void start_hello(Bytes& body) {
-    ephemeral_ = crypto::x25519_generate();
+    ephemeral_ = crypto::x25519_take_ephemeral();  // made ahead of time: key generation is off the critical path
     wire::Hello h;
     h.suite = uint16_t(options_.suite);
     h.mode = uint8_t(options_.mode);
@@ -167,7 +167,7 @@ class Handshake {
   // After both hellos: th_hello, the shared secret, prk and the finished keys.
   Status derive_handshake_keys(const std::array<uint8_t, 32>& peer_ephemeral) {
     th_hello_ = th();
-    auto shared = crypto::x25519_shared(ephemeral_.private_key.view(), peer_ephemeral);
+    auto shared = crypto::x25519_shared(ephemeral_, peer_ephemeral);
     ephemeral_.private_key.clear();
     if (!shared.ok()) return std::move(shared).error().wrap("hello: peer ephemeral key refused");
     prk_ = crypto::hkdf_extract(crypto::HashAlg::kSha256, th_hello_, shared->view());

@@ -288,6 +288,16 @@ static PkeyPtr raw_private(int type, ByteView key) {
   return PkeyPtr(EVP_PKEY_new_raw_private_key(type, nullptr, key.data(), key.size()));
 }
 
+// Moves a key object into a key pair's opaque handle.
+static std::shared_ptr<const void> share_pkey(PkeyPtr pkey) {
+  return std::shared_ptr<const void>(pkey.release(), [](const void* p) {
+    EVP_PKEY_free(static_cast<EVP_PKEY*>(const_cast<void*>(p)));
+  });
+}
+static EVP_PKEY* pkey_of(const std::shared_ptr<const void>& handle) {
+  return static_cast<EVP_PKEY*>(const_cast<void*>(handle.get()));
+}
+
 static std::array<uint8_t, 32> raw_public32(EVP_PKEY* pkey) {
   std::array<uint8_t, 32> pub{};
   size_t len = pub.size();
@@ -310,17 +320,15 @@ Result<X25519KeyPair> x25519_from_private(ByteView private_key) {
   X25519KeyPair kp;
   kp.private_key = SecretBytes(private_key);
   kp.public_key = raw_public32(pkey.get());
+  kp.handle = share_pkey(std::move(pkey));
   return kp;
 }
 
-Result<SecretBytes> x25519_shared(ByteView private_key, ByteView peer_public) {
-  if (private_key.size() != 32 || peer_public.size() != 32) {
-    return make_error(ErrorCode::kInvalidArgument, "X25519 keys must be 32 bytes");
-  }
-  PkeyPtr priv = raw_private(EVP_PKEY_X25519, private_key);
+static Result<SecretBytes> x25519_derive(EVP_PKEY* priv, ByteView peer_public) {
+  if (peer_public.size() != 32) return make_error(ErrorCode::kInvalidArgument, "X25519 keys must be 32 bytes");
   PkeyPtr peer(EVP_PKEY_new_raw_public_key(EVP_PKEY_X25519, nullptr, peer_public.data(), peer_public.size()));
   if (!priv || !peer) return make_error(ErrorCode::kCorrupt, "invalid X25519 key");
-  PkeyCtxPtr ctx(EVP_PKEY_CTX_new(priv.get(), nullptr));
+  PkeyCtxPtr ctx(EVP_PKEY_CTX_new(priv, nullptr));
   SecretBytes out(32);
   size_t len = 32;
   if (!ctx || EVP_PKEY_derive_init(ctx.get()) != 1 || EVP_PKEY_derive_set_peer(ctx.get(), peer.get()) != 1 ||
@@ -333,6 +341,19 @@ Result<SecretBytes> x25519_shared(ByteView private_key, ByteView peer_public) {
     return make_error(ErrorCode::kSecurity, "X25519 shared secret is zero (low-order peer key)");
   }
   return out;
+}
+
+Result<SecretBytes> x25519_shared(ByteView private_key, ByteView peer_public) {
+  if (private_key.size() != 32 || peer_public.size() != 32) {
+    return make_error(ErrorCode::kInvalidArgument, "X25519 keys must be 32 bytes");
+  }
+  PkeyPtr priv = raw_private(EVP_PKEY_X25519, private_key);
+  return x25519_derive(priv.get(), peer_public);
+}
+
+Result<SecretBytes> x25519_shared(const X25519KeyPair& own, ByteView peer_public) {
+  if (!own.handle) return x25519_shared(own.private_key.view(), peer_public);
+  return x25519_derive(pkey_of(own.handle), peer_public);
 }
 
 Ed25519KeyPair ed25519_generate() {
@@ -350,20 +371,30 @@ Result<Ed25519KeyPair> ed25519_from_seed(ByteView seed) {
   Ed25519KeyPair kp;
   kp.seed = SecretBytes(seed);
   kp.public_key = raw_public32(pkey.get());
+  kp.handle = share_pkey(std::move(pkey));
   return kp;
+}
+
+static std::array<uint8_t, 64> ed25519_sign_with(EVP_PKEY* pkey, ByteView message) {
+  MdCtxPtr ctx(EVP_MD_CTX_new());
+  std::array<uint8_t, 64> sig{};
+  size_t len = sig.size();
+  if (!pkey || !ctx || EVP_DigestSignInit(ctx.get(), nullptr, nullptr, nullptr, pkey) != 1 ||
+      EVP_DigestSign(ctx.get(), sig.data(), &len, message.data(), message.size()) != 1 || len != 64) {
+    fatal("ed25519 sign");
+  }
+  return sig;
 }
 
 Result<std::array<uint8_t, 64>> ed25519_sign(ByteView seed, ByteView message) {
   if (seed.size() != 32) return make_error(ErrorCode::kInvalidArgument, "Ed25519 seed must be 32 bytes");
   PkeyPtr pkey = raw_private(EVP_PKEY_ED25519, seed);
-  MdCtxPtr ctx(EVP_MD_CTX_new());
-  std::array<uint8_t, 64> sig{};
-  size_t len = sig.size();
-  if (!pkey || !ctx || EVP_DigestSignInit(ctx.get(), nullptr, nullptr, nullptr, pkey.get()) != 1 ||
-      EVP_DigestSign(ctx.get(), sig.data(), &len, message.data(), message.size()) != 1 || len != 64) {
-    fatal("ed25519 sign");
-  }
-  return sig;
+  return ed25519_sign_with(pkey.get(), message);
+}
+
+Result<std::array<uint8_t, 64>> ed25519_sign(const Ed25519KeyPair& key, ByteView message) {
+  if (!key.handle) return ed25519_sign(key.seed.view(), message);
+  return ed25519_sign_with(pkey_of(key.handle), message);
 }
 
 bool ed25519_verify(ByteView public_key, ByteView message, ByteView signature) {

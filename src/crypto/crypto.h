@@ -90,23 +90,34 @@ class Aead {
 };
 
 // X25519 key agreement.
+// `handle` keeps the library's key object made when the pair was created: OpenSSL derives the public key whenever
+// a private key is loaded (one scalar multiplication), so operations on the pair reuse it instead of reloading the
+// raw bytes. A pair built by hand (no handle) still works, at that extra cost.
 struct X25519KeyPair {
   SecretBytes private_key;            // 32 bytes
   std::array<uint8_t, 32> public_key;
+  std::shared_ptr<const void> handle;  // opaque; null when built by hand
 };
 X25519KeyPair x25519_generate();
+// A fresh ephemeral pair made ahead of time by a background thread (one of up to two spares), so a handshake does
+// not wait for key generation; generated on the spot when none is ready. Every pair is handed out exactly once,
+// and never to a process other than the one that made it (fork-safe).
+X25519KeyPair x25519_take_ephemeral();
 Result<X25519KeyPair> x25519_from_private(ByteView private_key);
 // Fails with kSecurity for an all-zero shared secret (low-order peer key).
 Result<SecretBytes> x25519_shared(ByteView private_key, ByteView peer_public);
+Result<SecretBytes> x25519_shared(const X25519KeyPair& own, ByteView peer_public);
 
 // Ed25519 signatures.
 struct Ed25519KeyPair {
   SecretBytes seed;  // 32-byte private seed
   std::array<uint8_t, 32> public_key;
+  std::shared_ptr<const void> handle;  // opaque (see X25519KeyPair); null when built by hand
 };
 Ed25519KeyPair ed25519_generate();
 Result<Ed25519KeyPair> ed25519_from_seed(ByteView seed);
 Result<std::array<uint8_t, 64>> ed25519_sign(ByteView seed, ByteView message);
+Result<std::array<uint8_t, 64>> ed25519_sign(const Ed25519KeyPair& key, ByteView message);  // reuses key.handle
 bool ed25519_verify(ByteView public_key, ByteView message, ByteView signature);
 
 // ECDSA verification over a prehashed or raw message with (r, s) given big-endian, each `curve_bytes` long.

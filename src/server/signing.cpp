@@ -23,7 +23,7 @@ std::string signed_text(const CompletionRecord& r) {
 
 Result<std::vector<SignatureEntry>> sign_text(const SigningKeys& keys, const std::string& text) {
   std::vector<SignatureEntry> out;
-  VEIL_ASSIGN_OR_RETURN(auto ed, crypto::ed25519_sign(keys.ed25519.seed.view(), as_bytes(text)));
+  VEIL_ASSIGN_OR_RETURN(auto ed, crypto::ed25519_sign(keys.ed25519, as_bytes(text)));
   out.push_back({"ed25519", to_hex(keys.ed25519.public_key), to_hex(ed)});
   auto digest = crypto::sha256(as_bytes(text));
   VEIL_ASSIGN_OR_RETURN(auto k1, crypto::secp256k1_sign_digest(keys.secp256k1.private_key.view(), digest));

@@ -1,5 +1,7 @@
 #include <gtest/gtest.h>
 
+#include <set>
+
 #include "crypto/crypto.h"
 
 namespace veil::crypto {
@@ -86,6 +88,32 @@ TEST(X25519, Rfc7748Vector) {
                               H("de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f"));
   EXPECT_EQ(to_hex(shared->view()), "4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742");
   EXPECT_EQ(x25519_shared(alice->private_key.view(), Bytes(32, 0)).error().code(), ErrorCode::kSecurity);
+  // The pair's cached key object gives the same secret, and the same refusal of a low-order peer key.
+  ASSERT_TRUE(alice->handle);
+  auto via_pair = x25519_shared(*alice, H("de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f"));
+  EXPECT_EQ(to_hex(via_pair->view()), "4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742");
+  EXPECT_EQ(x25519_shared(*alice, Bytes(32, 0)).error().code(), ErrorCode::kSecurity);
+  X25519KeyPair by_hand{SecretBytes(alice->private_key.view()), alice->public_key, nullptr};
+  EXPECT_EQ(to_hex(x25519_shared(by_hand, H("de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f"))->view()),
+            "4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742");
+}
+
+TEST(X25519, EphemeralKeysAreFreshAndWork) {
+  // Many takes in a row (more than the pool's spares): each pair is distinct, consistent and agrees with a peer.
+  std::set<std::string> seen;
+  for (int i = 0; i < 8; ++i) {
+    X25519KeyPair a = x25519_take_ephemeral();
+    X25519KeyPair b = x25519_take_ephemeral();
+    ASSERT_TRUE(a.handle);
+    EXPECT_TRUE(seen.insert(to_hex(a.public_key)).second);
+    EXPECT_TRUE(seen.insert(to_hex(b.public_key)).second);
+    auto again = x25519_from_private(a.private_key.view());
+    EXPECT_EQ(again->public_key, a.public_key);
+    auto ab = x25519_shared(a, b.public_key);
+    auto ba = x25519_shared(b, a.public_key);
+    ASSERT_TRUE(ab.ok() && ba.ok());
+    EXPECT_TRUE(ct_equal(ab->view(), ba->view()));
+  }
 }
 
 TEST(Ed25519, Rfc8032Test1) {
@@ -97,6 +125,10 @@ TEST(Ed25519, Rfc8032Test1) {
             "d25bf5f0595bbe24655141438e7a100b");
   EXPECT_TRUE(ed25519_verify(kp->public_key, {}, *sig));
   EXPECT_FALSE(ed25519_verify(kp->public_key, as_bytes("x"), *sig));
+  // Signing with the pair's cached key object is the same deterministic signature.
+  ASSERT_TRUE(kp->handle);
+  auto sig2 = ed25519_sign(*kp, {});
+  EXPECT_EQ(*sig2, *sig);
 }
 
 }  // namespace
