@@ -32,27 +32,39 @@ fs::path temp_dir(const std::string& name) {
 
 // ---- TextAssembler and scheduler -----------------------------------------------------------------------
 
+// Pushes each byte of `bytes` as its byte token; returns what came out, one string per push.
+std::vector<std::string> push_bytes(TextAssembler& t, std::string_view bytes) {
+  std::vector<std::string> out;
+  for (unsigned char c : bytes) out.push_back(t.push(c));
+  return out;
+}
+
 TEST(TextAssembler, HoldsBackIncompleteUtf8) {
-  TextAssembler t({});
-  EXPECT_EQ(t.push("a\xE2"), "a");
-  EXPECT_EQ(t.push("\x82"), "");
-  EXPECT_EQ(t.push("\xAC" "b"), "\xE2\x82\xAC" "b");
-  EXPECT_EQ(t.push("\xFF"), "\xEF\xBF\xBD");  // invalid byte -> U+FFFD
-  EXPECT_EQ(t.push("\xE2"), "");
-  EXPECT_EQ(t.flush(), "\xEF\xBF\xBD");      // incomplete at the end -> U+FFFD
+  const tokenizer::Tokenizer tok = byte_tokenizer();
+  TextAssembler t(tokenizer::StreamDecoder(tok), {});
+  EXPECT_EQ(push_bytes(t, "a\xE2\x82\xAC" "b"), (std::vector<std::string>{"a", "", "", "\xE2\x82\xAC", "b"}));
+  EXPECT_EQ(t.push(0xFF), "\xEF\xBF\xBD");  // invalid byte -> U+FFFD
+  EXPECT_EQ(t.push(0xE2), "");
+  EXPECT_EQ(t.flush(), "\xEF\xBF\xBD");     // incomplete at the end -> U+FFFD
 }
 
 TEST(TextAssembler, StopStringAcrossPieces) {
-  TextAssembler t({"END", "xyz"});
-  EXPECT_EQ(t.push("hello E"), "hello ");
-  EXPECT_EQ(t.push("N"), "");
-  EXPECT_EQ(t.push("Dafter"), "");
+  const tokenizer::Tokenizer tok = byte_tokenizer();
+  TextAssembler t(tokenizer::StreamDecoder(tok), {"END", "xyz"});
+  EXPECT_EQ(push_bytes(t, "hi E"), (std::vector<std::string>{"h", "i", " ", ""}));
+  EXPECT_EQ(t.push('N'), "");
+  EXPECT_EQ(t.push('D'), "");
   EXPECT_TRUE(t.stopped());
+  EXPECT_EQ(t.push('a'), "");
   EXPECT_EQ(t.flush(), "");
-  TextAssembler u({"END"});
-  EXPECT_EQ(u.push("EN"), "");
-  EXPECT_EQ(u.push("x"), "ENx");  // ruled out
+  TextAssembler u(tokenizer::StreamDecoder(tok), {"END"});
+  EXPECT_EQ(push_bytes(u, "EN"), (std::vector<std::string>{"", ""}));
+  EXPECT_EQ(u.push('x'), "ENx");  // ruled out
   EXPECT_FALSE(u.stopped());
+  // A stop string made of a multi-byte character: held whole, never emitted in part.
+  TextAssembler w(tokenizer::StreamDecoder(tok), {"\xE2\x82\xAC!"});
+  EXPECT_EQ(push_bytes(w, "1\xE2\x82\xAC"), (std::vector<std::string>{"1", "", "", ""}));
+  EXPECT_EQ(w.flush(), "\xE2\x82\xAC");
 }
 
 struct Collected {
@@ -467,6 +479,26 @@ TEST_F(ServerTest, FullQueueGets503AndDisconnectFreesTheSlot) {
   EXPECT_EQ(w.status, 200);
   EXPECT_EQ(json::parse(w.body)["choices"][0]["text"], expected_text(2, 5));
   EXPECT_EQ(backend_->stats().running, 0u);
+}
+
+TEST_F(ServerTest, ClientLeavingANonStreamingRequestCancelsItsSequence) {
+  for (bool tls : {true, false}) {
+    start(1, 4, 1u << 21, tls);
+    HttpConnection c(port_, tls);
+    ASSERT_TRUE(c.connect());
+    // An effectively endless non-streaming request: nothing is written back until it ends.
+    ASSERT_TRUE(c.send(make_request("POST", "/v1/completions", completion_req("x", 1 << 20), key_)));
+    ASSERT_TRUE(stats_->wait_forwards(2));  // prefilled and decoding: it holds the only slot
+    EXPECT_EQ(backend_->stats().running, 1u);
+    c.close();
+    // The server notices the closed socket while it waits and cancels: the slot count returns to zero.
+    ASSERT_TRUE(backend_->wait_idle(std::chrono::seconds(20)));
+    EXPECT_EQ(backend_->stats().running, 0u);
+    auto r = post("/v1/completions", completion_req("y", 5), key_);  // and the slot serves the next request
+    EXPECT_EQ(r.status, 200);
+    EXPECT_EQ(json::parse(r.body)["choices"][0]["text"], expected_text(2, 5));
+    stop();
+  }
 }
 
 TEST_F(ServerTest, SixtyFourConcurrentStreamingClients) {
