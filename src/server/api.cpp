@@ -246,7 +246,7 @@ HttpResponseData Api::metrics_page() {
   auto st = backend_.stats();
   HttpResponseData r;
   r.content_type = "text/plain; version=0.0.4; charset=utf-8";
-  r.body = metrics_.render(st.running, st.queued, st.max_slots);
+  r.body = metrics_.render(st);
   return r;
 }
 

@@ -132,6 +132,7 @@ struct BatchingBackend::Impl {
   uint64_t next_id = 1;
   std::atomic<uint64_t> steps{0};
   std::atomic<uint32_t> max_batch{0};
+  std::atomic<uint64_t> batched_sequences{0};
 
   std::vector<std::unique_ptr<Sequence>> active;  // worker thread only
   std::vector<uint32_t> free_slots;                // worker thread only
@@ -315,6 +316,7 @@ struct BatchingBackend::Impl {
       }
       steps.fetch_add(1, std::memory_order_relaxed);
       uint32_t nseq = static_cast<uint32_t>(batch.size());
+      batched_sequences.fetch_add(nseq, std::memory_order_relaxed);
       if (nseq > max_batch.load(std::memory_order_relaxed)) max_batch.store(nseq, std::memory_order_relaxed);
       if (!st.ok()) {
         spdlog::error("scheduler: forward pass over {} sequences failed: {}", batch.size(), st.error().message());
@@ -419,7 +421,9 @@ Result<std::shared_ptr<GenerationHandle>> BatchingBackend::submit(const Generati
 
 BackendStats BatchingBackend::stats() const {
   std::lock_guard<std::mutex> lock(impl_->mu);
-  return BackendStats{impl_->running, impl_->queued, impl_->options.max_slots, impl_->options.max_queue};
+  return BackendStats{impl_->running,      impl_->queued,
+                      impl_->options.max_slots, impl_->options.max_queue,
+                      impl_->steps.load(),  impl_->batched_sequences.load()};
 }
 
 void BatchingBackend::shutdown(std::chrono::milliseconds grace) {

@@ -288,6 +288,9 @@ TEST_F(ServerTest, HealthModelsAndMetrics) {
   EXPECT_NE(met.body.find("veil_http_requests_total{route=\"completions\",status=\"200\"} 1"), std::string::npos);
   EXPECT_NE(met.body.find("veil_completion_tokens_total 5"), std::string::npos);
   EXPECT_NE(met.body.find("veil_time_to_first_token_seconds_count 1"), std::string::npos);
+  // One pass for the prompt (it yields the first token), one per further token; one sequence in each.
+  EXPECT_NE(met.body.find("veil_forward_passes_total 5\n"), std::string::npos) << met.body;
+  EXPECT_NE(met.body.find("veil_forward_sequences_total 5\n"), std::string::npos) << met.body;
   EXPECT_EQ(met.body.find("Hi"), std::string::npos);  // no content in metrics
 }
 
