@@ -218,6 +218,7 @@ class ServerTest : public ::testing::Test {
     so.port = 0;
     so.tls = tls;
     so.max_body_bytes = 64 * 1024;
+    so.idle_timeout = idle_timeout_;
     tls_ = tls;
     auto s = Server::start(so, *backend_, *store_, *provider_, derive_signing_keys(root->view()));
     ASSERT_TRUE(s.ok()) << s.error().message();
@@ -264,6 +265,7 @@ class ServerTest : public ::testing::Test {
   std::unique_ptr<Server> server_;
   uint16_t port_ = 0;
   bool tls_ = true;
+  std::chrono::seconds idle_timeout_{60};
 };
 
 std::string completion_req(const std::string& prompt, int max_tokens, bool stream = false,
@@ -501,6 +503,23 @@ TEST_F(ServerTest, ClientLeavingANonStreamingRequestCancelsItsSequence) {
     EXPECT_EQ(r.status, 200);
     EXPECT_EQ(json::parse(r.body)["choices"][0]["text"], expected_text(2, 5));
     stop();
+  }
+}
+
+// After a response, the read that watched for a disconnect stays pending for the next request: a client that then
+// sends nothing is still closed after idle_timeout (no connection is held forever).
+TEST_F(ServerTest, IdleKeepAliveConnectionIsClosedAfterAGeneration) {
+  idle_timeout_ = std::chrono::seconds(1);
+  start();
+  for (bool stream : {false, true}) {
+    HttpConnection c(port_, true);
+    ASSERT_TRUE(c.connect());
+    ASSERT_TRUE(c.send(make_request("POST", "/v1/completions", completion_req("ab", 3, stream), key_, true)));
+    ASSERT_EQ(c.read_response().status, 200);
+    // The server closes: the next read ends (bounded by the client's 20 s receive timeout).
+    auto t0 = std::chrono::steady_clock::now();
+    EXPECT_FALSE(c.fill());
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(15));
   }
 }
 
