@@ -499,6 +499,11 @@ TEST_F(ServerTest, ClientLeavingANonStreamingRequestCancelsItsSequence) {
     // The server notices the closed socket while it waits and cancels: the slot count returns to zero.
     ASSERT_TRUE(backend_->wait_idle(std::chrono::seconds(20)));
     EXPECT_EQ(backend_->stats().running, 0u);
+    {
+      // Cancelled, not run to its end: far fewer passes than the 2^20 tokens it asked for.
+      std::lock_guard<std::mutex> lock(stats_->mu);
+      EXPECT_LT(stats_->forwards, size_t{1} << 16);
+    }
     auto r = post("/v1/completions", completion_req("y", 5), key_);  // and the slot serves the next request
     EXPECT_EQ(r.status, 200);
     EXPECT_EQ(json::parse(r.body)["choices"][0]["text"], expected_text(2, 5));
