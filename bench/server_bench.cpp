@@ -6,6 +6,8 @@
 //   VEIL_BENCH_MODEL=/tmp/gpt2-q8.gguf VEIL_BENCH_THREADS=2 build/release/bench/veil_bench_server
 // Without VEIL_BENCH_MODEL it runs on stories260K (a tiny real model: fast, useful for overhead only).
 // Reported counter: tok_per_s = completion tokens of all clients / wall time of the round.
+// This runs the stack in-process; bench/server-load.sh measures a real `veil serve` process end to end against the
+// anchors (docs/benchmarks.md, "Serving").
 #include <benchmark/benchmark.h>
 
 #include <atomic>

@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -169,8 +170,38 @@ Status run_show(const AttestArgs& a) {
   return ok_status();
 }
 
+// The checks behind `verify`'s verdict. Without `expected` the binding to a session is not checked.
+Result<attest::Claims> verify_claims(const attest::Evidence& ev, const attest::Collateral& collateral,
+                                     const attest::Policy& policy, const std::optional<attest::ReportData>& expected,
+                                     attest::TimePoint now) {
+  if (expected) return attest::verify_evidence(ev, collateral, policy, *expected, now);
+  if (!policy.allowed_types.contains(ev.type)) {
+    return make_error(ErrorCode::kSecurity, "attestation refused: evidence type '{}' is not in the policy's allowed_types",
+                      attest::tee_type_name(ev.type));
+  }
+  const attest::Verifier* v = attest::verifier_for(ev.type);
+  if (v == nullptr) {
+    return make_error(ErrorCode::kUnsupported, "no verifier for evidence type '{}'", attest::tee_type_name(ev.type));
+  }
+  VEIL_ASSIGN_OR_RETURN(attest::Claims claims, v->verify(ev, collateral, now));
+  VEIL_TRY(attest::check_policy(policy, claims, claims.report_data, now));
+  return claims;
+}
+
+// Prints the refused verdict. Evidence that cannot be parsed or checked is refused like evidence that fails its
+// checks: fail closed, exit 3 (docs/cli.md). Only inputs that cannot be read are runtime failures (exit 1).
+Status refuse(const AttestArgs& a, const Error& why, attest::TimePoint now) {
+  if (a.json_out) {
+    json j{{"verdict", "refused"}, {"reason", why.message()}, {"at", attest::format_time(now)}};
+    std::printf("%s\n", j.dump(2).c_str());
+  } else {
+    std::printf("verdict: refused\n");
+  }
+  std::fflush(stdout);
+  return Error(ErrorCode::kSecurity, why.message());
+}
+
 Status run_verify(const AttestArgs& a) {
-  VEIL_ASSIGN_OR_RETURN(attest::Evidence ev, load_evidence(a));
   VEIL_ASSIGN_OR_RETURN(attest::Policy policy, attest::load_policy(a.policy));
   attest::Collateral collateral;
   if (!a.collateral.empty()) {
@@ -185,37 +216,20 @@ Status run_verify(const AttestArgs& a) {
     if (!t.ok()) return Error(ErrorCode::kUsage, "--at: " + t.error().message());
     now = *t;
   }
-  // Without --report-data the binding to a session is not checked; say so in the verdict.
-  bool bound = !a.report_data.empty();
-  Result<attest::Claims> claims = Error(ErrorCode::kInternal, "unset");
-  if (bound) {
-    VEIL_ASSIGN_OR_RETURN(attest::ReportData expected, parse_report_data(a.report_data));
-    claims = attest::verify_evidence(ev, collateral, policy, expected, now);
-  } else {
-    const attest::Verifier* v = attest::verifier_for(ev.type);
-    if (!policy.allowed_types.contains(ev.type))
-      claims = make_error(ErrorCode::kSecurity, "attestation refused: evidence type '{}' is not in the policy's allowed_types",
-                          attest::tee_type_name(ev.type));
-    else if (v == nullptr)
-      claims = make_error(ErrorCode::kUnsupported, "no verifier for evidence type '{}'", attest::tee_type_name(ev.type));
-    else {
-      claims = v->verify(ev, collateral, now);
-      if (claims.ok()) {
-        Status st = attest::check_policy(policy, *claims, claims->report_data, now);
-        if (!st.ok()) claims = std::move(st).error();
-      }
-    }
+  std::optional<attest::ReportData> expected;
+  if (!a.report_data.empty()) {
+    VEIL_ASSIGN_OR_RETURN(expected, parse_report_data(a.report_data));
   }
-  if (!claims.ok()) {
-    if (a.json_out) {
-      json j{{"verdict", "refused"}, {"reason", claims.error().message()}, {"at", attest::format_time(now)}};
-      std::printf("%s\n", j.dump(2).c_str());
-    } else {
-      std::printf("verdict: refused\n");
-    }
-    std::fflush(stdout);
-    return std::move(claims).error();
+  auto ev = load_evidence(a);
+  if (!ev.ok()) {
+    ErrorCode code = ev.error().code();
+    bool unreadable = code == ErrorCode::kNotFound || code == ErrorCode::kIo || code == ErrorCode::kUsage;
+    if (unreadable) return std::move(ev).error();
+    return refuse(a, ev.error(), now);
   }
+  auto claims = verify_claims(*ev, collateral, policy, expected, now);
+  if (!claims.ok()) return refuse(a, claims.error(), now);
+  bool bound = expected.has_value();
   json j{{"verdict", "accepted"}, {"at", attest::format_time(now)}, {"report_data_bound", bound}, {"claims", claims_json(*claims)}};
   if (a.json_out) {
     std::printf("%s\n", j.dump(2).c_str());

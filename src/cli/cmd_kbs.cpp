@@ -1,5 +1,6 @@
 // veil kbs: the key broker — store model keys, release them to attested nodes, audit (docs/kbs.md).
 #include <csignal>
+#include <filesystem>
 #include <cstdio>
 #include <map>
 #include <string>
@@ -39,6 +40,14 @@ Result<std::unique_ptr<attest::Provider>> make_tee(const KbsArgs& a) {
   o.sim_platform_key = a.sim_platform_key;
   o.sim_config = a.sim_config;
   o.sim_create_key = a.sim_create_key;
+  if (a.tee == "sim" && !a.sim_create_key && !a.sim_platform_key.empty()) {
+    std::error_code ec;
+    if (!std::filesystem::exists(a.sim_platform_key, ec) && !ec) {
+      // Named here with this command's flag (the provider's own hint names `veil attest quote`'s --create-key).
+      return make_error(ErrorCode::kNotFound, "kbs: sim platform key {} does not exist (create it with --sim-create-key)",
+                        a.sim_platform_key);
+    }
+  }
   return attest::make_provider(a.tee, o);
 }
 

@@ -60,6 +60,15 @@ Result<std::pair<std::string, uint16_t>> parse_listen(const std::string& s) {
   return std::make_pair(host, static_cast<uint16_t>(port));
 }
 
+// The id clients name: --model-id, else a sealed model's own id, else the file name without extension.
+Result<std::string> served_model_id(const ServeArgs& a, const std::filesystem::path& path) {
+  if (!a.model_id.empty()) return a.model_id;
+  if (!sealed::is_sealed_model(path)) return path.stem().string();
+  VEIL_ASSIGN_OR_RETURN(auto mapped, MappedFile::open(path));
+  VEIL_ASSIGN_OR_RETURN(auto header, sealed::parse_header(mapped.view()));
+  return header.model_id;
+}
+
 Status run_serve(const ServeArgs& a) {
   VEIL_ASSIGN_OR_RETURN(auto listen, parse_listen(a.listen));
   VEIL_ASSIGN_OR_RETURN(auto path, resolve_model_path(a.model));
@@ -70,7 +79,7 @@ Status run_serve(const ServeArgs& a) {
   VEIL_ASSIGN_OR_RETURN(std::shared_ptr<const gguf::File> file, open_model(path, a.source, provider));
 
   server::EngineBackendOptions eo;
-  eo.model_id = a.model_id;
+  VEIL_ASSIGN_OR_RETURN(eo.model_id, served_model_id(a, path));
   eo.threads = a.threads;
   eo.context = a.ctx;
   eo.batching.max_slots = a.slots;
@@ -123,7 +132,7 @@ void setup_serve(CLI::App& app, Runner& runner) {
   auto a = std::make_shared<ServeArgs>();
   CLI::App* sub = app.add_subcommand("serve", "Serve the OpenAI-compatible API with TLS terminated inside the TEE");
   add_model_option(sub, a->model);
-  sub->add_option("--model-id", a->model_id, "Model id clients use (default: GGUF general.name or the file name)");
+  sub->add_option("--model-id", a->model_id, "Model id clients use (default: a sealed model's id, else the file name without extension)");
   sub->add_option("--listen", a->listen, "ADDRESS:PORT to listen on (port 0: any free port)")->capture_default_str();
   sub->add_flag("--insecure-http", a->insecure_http, "Serve plain HTTP (no TLS): development only");
   sub->add_flag("--no-auth", a->no_auth, "Do not require API keys: development only");

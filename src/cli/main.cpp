@@ -11,6 +11,19 @@ namespace {
 
 void print_error(const std::string& message) { std::fprintf(stderr, "error: %s\n", message.c_str()); }
 
+// "veil kbs audit": the deepest subcommand the command line selected (even when parsing failed after it), so a
+// usage error points at that command's --help.
+std::string command_path(const CLI::App& app) {
+  std::string path = app.get_name();
+  const CLI::App* cur = &app;
+  for (;;) {
+    auto subs = cur->get_subcommands();
+    if (subs.empty()) return path;
+    cur = subs.front();
+    path += " " + cur->get_name();
+  }
+}
+
 int run(int argc, char** argv) {
   using namespace veil;
   CLI::App app{"Veil: confidential LLM inference inside trusted execution environments.\n"
@@ -40,7 +53,7 @@ int run(int argc, char** argv) {
   } catch (const CLI::CallForAllHelp& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    print_error(std::string(e.what()) + " (run 'veil --help')");
+    print_error(std::string(e.what()) + " (run '" + command_path(app) + " --help')");
     return cli::kExitUsage;
   }
   if (show_version) {
@@ -58,6 +71,7 @@ int run(int argc, char** argv) {
   }
   if (!runner.pending()) {
     std::fputs(app.help().c_str(), stdout);
+    print_error("no command given (run 'veil <command>'; 'veil --help' lists them)");
     return cli::kExitUsage;
   }
   Status st = runner.pending()();

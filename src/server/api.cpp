@@ -98,7 +98,7 @@ Api::Outcome Api::handle(HttpRequestData&& req) {
   if (path == "/health") {
     if (!method_is("GET")) return respond("health", error(405, "use GET"));
     if (draining()) return respond("health", json_response(503, {{"status", "draining"}}));
-    return respond("health", json_response(200, {{"status", "ok"}, {"model", backend_.model_id()}}));
+    return respond("health", json_response(200, {{"status", "ok"}}));
   }
   if (path == "/metrics") {
     if (!method_is("GET")) return respond("metrics", error(405, "use GET"));
@@ -246,7 +246,7 @@ HttpResponseData Api::metrics_page() {
   auto st = backend_.stats();
   HttpResponseData r;
   r.content_type = "text/plain; version=0.0.4; charset=utf-8";
-  r.body = metrics_.render(st.running, st.queued, st.max_slots);
+  r.body = metrics_.render(st);
   return r;
 }
 

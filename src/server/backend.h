@@ -75,6 +75,8 @@ struct BackendStats {
   size_t queued = 0;    // accepted, waiting for a slot
   size_t max_slots = 0;
   size_t max_queue = 0;
+  uint64_t forward_passes = 0;        // batched forward passes run so far
+  uint64_t forward_sequences = 0;     // sequences summed over those passes (/ passes = mean batch)
 };
 
 class GenerationBackend {

@@ -85,11 +85,10 @@ class TokenizerCodec final : public TextCodec {
     return ids;
   }
 
-  std::string decode_piece(int32_t prev, int32_t id) override {
-    std::string piece = tok_.token_to_piece(id);
-    // A prompt of BOS alone: drop the SentencePiece dummy-prefix space of the first piece, as `veil generate` does.
-    if (prev == tok_.bos() && tok_.add_space_prefix() && !piece.empty() && piece[0] == ' ') piece.erase(0, 1);
-    return piece;
+  tokenizer::StreamDecoder stream_decoder(std::span<const int32_t> prompt) const override {
+    // A prompt of BOS alone: drop the SentencePiece dummy-prefix space of the output, as `veil generate` does.
+    bool bos_only = prompt.size() == 1 && prompt[0] == tok_.bos();
+    return tokenizer::StreamDecoder(tok_, bos_only && tok_.add_space_prefix());
   }
 
   bool is_end_of_generation(int32_t id) const override { return tok_.is_eog(id); }
@@ -113,6 +112,10 @@ class SeededSampler final : public TokenSampler {
 
 }  // namespace
 
+std::unique_ptr<TextCodec> make_tokenizer_codec(tokenizer::Tokenizer tok) {
+  return std::make_unique<TokenizerCodec>(std::move(tok));
+}
+
 Result<std::unique_ptr<BatchingBackend>> make_engine_backend(std::shared_ptr<const gguf::File> file,
                                                              const EngineBackendOptions& options) {
   VEIL_ASSIGN_OR_RETURN(auto model, engine::Model::load(file));
@@ -123,11 +126,8 @@ Result<std::unique_ptr<BatchingBackend>> make_engine_backend(std::shared_ptr<con
                       tok.vocab_size(), hp.n_vocab);
   }
   if (hp.synthetic) spdlog::warn("serving a SYNTHETIC model (random weights, for benchmarks only)");
-  std::string id = options.model_id;
-  if (id.empty()) {
-    auto name = file->get_string("general.name");
-    id = name.ok() && !name->empty() ? *name : std::filesystem::path(file->name()).stem().string();
-  }
+  std::string id = options.model_id.empty() ? std::filesystem::path(file->name()).stem().string() : options.model_id;
+  if (id.empty()) return make_error(ErrorCode::kInvalidArgument, "the served model needs an id (--model-id)");
   uint32_t threads = options.threads ? options.threads : std::clamp(std::thread::hardware_concurrency(), 1u, 8u);
   uint32_t n_ctx = options.context ? options.context : std::min<uint32_t>(hp.n_ctx_train ? hp.n_ctx_train : 2048, 2048);
   uint32_t slots = std::max<uint32_t>(1, options.batching.max_slots);
@@ -149,7 +149,7 @@ Result<std::unique_ptr<BatchingBackend>> make_engine_backend(std::shared_ptr<con
     if (!s.ok()) return nullptr;
     return std::make_unique<SeededSampler>(std::move(s).value());
   };
-  return std::make_unique<BatchingBackend>(id, std::move(step), std::make_unique<TokenizerCodec>(std::move(tok)),
+  return std::make_unique<BatchingBackend>(id, std::move(step), make_tokenizer_codec(std::move(tok)),
                                            std::move(samplers), options.batching);
 }
 

@@ -13,11 +13,14 @@
 namespace veil::gguf {
 class File;
 }
+namespace veil::tokenizer {
+class Tokenizer;
+}
 
 namespace veil::server {
 
 struct EngineBackendOptions {
-  std::string model_id;       // empty: GGUF general.name, else the file name without extension
+  std::string model_id;       // the id clients name; empty: the file name without extension (e.g. "stories260K")
   uint32_t threads = 0;       // 0: hardware concurrency (at most 8)
   uint32_t context = 0;       // per-sequence context; 0: the model's, at most 2048
   BatchingOptions batching;
@@ -25,6 +28,10 @@ struct EngineBackendOptions {
 
 // Loads the model, tokenizer and sampler over an opened GGUF file (a file on disk, or a sealed model
 // decrypted in memory).
+// The model's tokenizer as the scheduler's TextCodec (exposed for tests that drive the scheduler with a scripted
+// StepModel and a real vocabulary).
+std::unique_ptr<TextCodec> make_tokenizer_codec(tokenizer::Tokenizer tok);
+
 Result<std::unique_ptr<BatchingBackend>> make_engine_backend(std::shared_ptr<const gguf::File> file,
                                                              const EngineBackendOptions& options);
 

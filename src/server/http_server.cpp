@@ -1,6 +1,7 @@
 // The Beast transport: the only translation unit of Veil that includes Boost.Beast and Asio SSL.
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/ssl.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
@@ -107,6 +108,7 @@ class Session final : public SessionBase {
   void close() override {
     if (closed_) return;
     closed_ = true;
+    idle_timer_.cancel();
     if (gen_ && !gen_done_) gen_->cancel();
     beast::error_code ec;
     lowest().socket().shutdown(tcp::socket::shutdown_both, ec);
@@ -172,10 +174,12 @@ class Session final : public SessionBase {
     res->keep_alive(keep_alive && !closed_);
     res->prepare_payload();
     lowest().expires_after(srv_.options.write_timeout);
+    writing_ = true;
     auto self = shared();
     http::async_write(stream_, *res, [self, res](beast::error_code ec, size_t) {
+      self->writing_ = false;
       if (ec || !res->keep_alive()) return self->close();
-      self->do_read();
+      self->next_request();
     });
   }
 
@@ -207,7 +211,11 @@ class Session final : public SessionBase {
       end_generation();
       return send(std::move(*err), keep_alive_);
     }
-    if (!gen_->streaming()) return;  // the response is written once the last event arrives
+    if (!gen_->streaming()) {
+      // The response is written once the last event arrives; meanwhile a client that goes away cancels.
+      watch_peer();
+      return;
+    }
     sse_header_.version(11);
     sse_header_.result(http::status::ok);
     sse_header_.set(http::field::server, "veil");
@@ -227,23 +235,44 @@ class Session final : public SessionBase {
     });
   }
 
-  // Reads while streaming: a client sends nothing more until the response ends, so EOF or an error means it
-  // went away. Bytes that do arrive (a pipelined next request) are kept in buffer_ for the next request.
+  // Reads while a generation runs (streaming or not): a client sends nothing more until the response ends,
+  // so EOF or an error means it went away, and its sequence is cancelled at once (its slot is freed). Bytes
+  // that do arrive (a pipelined next request) are kept in buffer_ for the next request. The read has no
+  // deadline of its own (a generation may outlast idle_timeout); once the response is written, idle_timer_
+  // bounds the wait for the next request.
   void watch_peer() {
     if (closed_) return;
     if (buffer_.size() > 64 * 1024) return close();
     watching_ = true;
+    lowest().expires_never();  // applies to the read only: a write in progress keeps its deadline
     auto self = shared();
     stream_.async_read_some(buffer_.prepare(4096), [self](beast::error_code ec, size_t n) {
       self->watching_ = false;
+      self->idle_timer_.cancel();
       if (ec) {
         if (self->gen_active_) return self->peer_gone();
         return self->close();
       }
       self->buffer_.commit(n);
-      if (self->gen_active_) return self->watch_peer();
-      self->do_read();  // the stream has ended: this is the next request
+      if (self->gen_active_ || self->writing_) return self->watch_peer();
+      self->do_read();  // the response has been written: this is the next request
     });
+  }
+
+  // After a response, while watch_peer's read stays pending: close the connection if no request comes.
+  void arm_idle_timer() {
+    idle_timer_.expires_after(srv_.options.idle_timeout);
+    auto self = shared();
+    idle_timer_.async_wait([self](beast::error_code ec) {
+      if (!ec && self->watching_ && !self->gen_active_) self->close();
+    });
+  }
+
+  // The next request: read it, unless watch_peer's read is still pending (it becomes the next request's).
+  void next_request() {
+    if (!watching_) return do_read();
+    lowest().expires_after(srv_.options.idle_timeout);
+    arm_idle_timer();
   }
 
   void peer_gone() {
@@ -313,8 +342,7 @@ class Session final : public SessionBase {
       self->writing_ = false;
       self->end_generation();
       if (ec || !self->keep_alive_) return self->close();
-      self->lowest().expires_after(self->srv_.options.idle_timeout);
-      if (!self->watching_) self->do_read();  // else the pending read continues as the next request's
+      self->next_request();
     });
   }
 
@@ -327,6 +355,7 @@ class Session final : public SessionBase {
   Server::Impl& srv_;
   Stream stream_;
   beast::flat_buffer buffer_;
+  asio::steady_timer idle_timer_{stream_.get_executor()};
   std::optional<http::request_parser<http::string_body>> parser_;
   bool keep_alive_ = true;
   bool closed_ = false;

@@ -55,7 +55,7 @@ void Metrics::connection_closed() {
   --connections_open_;
 }
 
-std::string Metrics::render(size_t running, size_t queued, size_t max_slots) const {
+std::string Metrics::render(const BackendStats& backend) const {
   std::lock_guard<std::mutex> lock(mu_);
   std::string out;
   out += "# HELP veil_http_requests_total HTTP requests by route and status.\n# TYPE veil_http_requests_total counter\n";
@@ -76,9 +76,14 @@ std::string Metrics::render(size_t running, size_t queued, size_t max_slots) con
   out += fmt::format("# TYPE veil_rate_limited_total counter\nveil_rate_limited_total {}\n", rate_limited_);
   out += fmt::format("# TYPE veil_connections_total counter\nveil_connections_total {}\n", connections_total_);
   out += fmt::format("# TYPE veil_connections_open gauge\nveil_connections_open {}\n", connections_open_);
-  out += fmt::format("# TYPE veil_sequences_running gauge\nveil_sequences_running {}\n", running);
-  out += fmt::format("# TYPE veil_requests_queued gauge\nveil_requests_queued {}\n", queued);
-  out += fmt::format("# TYPE veil_sequence_slots gauge\nveil_sequence_slots {}\n", max_slots);
+  out += fmt::format("# TYPE veil_sequences_running gauge\nveil_sequences_running {}\n", backend.running);
+  out += fmt::format("# TYPE veil_requests_queued gauge\nveil_requests_queued {}\n", backend.queued);
+  out += fmt::format("# TYPE veil_sequence_slots gauge\nveil_sequence_slots {}\n", backend.max_slots);
+  out += "# HELP veil_forward_passes_total Batched forward passes (one per scheduler step).\n";
+  out += fmt::format("# TYPE veil_forward_passes_total counter\nveil_forward_passes_total {}\n", backend.forward_passes);
+  out += "# HELP veil_forward_sequences_total Sequences summed over forward passes (/ passes = mean batch).\n";
+  out += fmt::format("# TYPE veil_forward_sequences_total counter\nveil_forward_sequences_total {}\n",
+                     backend.forward_sequences);
   return out;
 }
 

@@ -9,6 +9,8 @@
 #include <mutex>
 #include <string>
 
+#include "server/backend.h"
+
 namespace veil::server {
 
 class Histogram {
@@ -32,7 +34,7 @@ class Metrics {
   void connection_opened();
   void connection_closed();
   // Text exposition format; gauges passed in by the caller.
-  std::string render(size_t running, size_t queued, size_t max_slots) const;
+  std::string render(const BackendStats& backend) const;
 
  private:
   mutable std::mutex mu_;

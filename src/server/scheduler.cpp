@@ -25,70 +25,13 @@ const char* finish_reason_name(FinishReason reason) {
 
 // ---- TextAssembler ----------------------------------------------------------------------------
 
-namespace {
-
-// Length of the UTF-8 sequence a lead byte starts, or 0 for a byte that cannot start one.
-size_t utf8_length(uint8_t b) {
-  if (b < 0x80) return 1;
-  if (b >= 0xC2 && b <= 0xDF) return 2;
-  if (b >= 0xE0 && b <= 0xEF) return 3;
-  if (b >= 0xF0 && b <= 0xF4) return 4;
-  return 0;
-}
-
-bool valid_sequence(const uint8_t* p, size_t n) {
-  for (size_t i = 1; i < n; ++i) {
-    if ((p[i] & 0xC0) != 0x80) return false;
-  }
-  if (n == 3 && p[0] == 0xE0 && p[1] < 0xA0) return false;  // overlong
-  if (n == 3 && p[0] == 0xED && p[1] > 0x9F) return false;  // surrogates
-  if (n == 4 && p[0] == 0xF0 && p[1] < 0x90) return false;  // overlong
-  if (n == 4 && p[0] == 0xF4 && p[1] > 0x8F) return false;  // > U+10FFFF
-  return true;
-}
-
-constexpr std::string_view kReplacement = "\xEF\xBF\xBD";
-
-// Moves the longest complete, valid UTF-8 prefix of `in` to the result (invalid bytes become
-// U+FFFD); a trailing incomplete sequence stays in `in` unless `final`.
-std::string take_utf8(std::string& in, bool final) {
-  std::string out;
-  const auto* p = reinterpret_cast<const uint8_t*>(in.data());
-  size_t i = 0;
-  while (i < in.size()) {
-    size_t n = utf8_length(p[i]);
-    if (n == 0) {
-      out += kReplacement;
-      ++i;
-      continue;
-    }
-    if (i + n > in.size()) {
-      // Incomplete: keep if the bytes so far could still become valid.
-      bool prefix_ok = true;
-      for (size_t k = i + 1; k < in.size(); ++k) prefix_ok = prefix_ok && (p[k] & 0xC0) == 0x80;
-      if (prefix_ok && !final) break;
-      out += kReplacement;
-      ++i;
-      continue;
-    }
-    if (!valid_sequence(p + i, n)) {
-      out += kReplacement;
-      ++i;
-      continue;
-    }
-    out.append(in, i, n);
-    i += n;
-  }
-  in.erase(0, i);
-  return out;
-}
-
-}  // namespace
-
-std::string TextAssembler::push(std::string_view bytes) {
+std::string TextAssembler::push(int32_t id) {
   if (stopped_) return {};
-  partial_.append(bytes);
-  pending_ += take_utf8(partial_, false);
+  return push_text(decoder_.push(id));
+}
+
+std::string TextAssembler::push_text(std::string text) {
+  pending_ += text;
   size_t best = std::string::npos;
   for (const auto& s : stop_) {
     size_t at = pending_.find(s);
@@ -97,7 +40,6 @@ std::string TextAssembler::push(std::string_view bytes) {
   if (best != std::string::npos) {
     std::string out = pending_.substr(0, best);
     pending_.clear();
-    partial_.clear();
     stopped_ = true;
     return out;
   }
@@ -117,9 +59,10 @@ std::string TextAssembler::push(std::string_view bytes) {
 
 std::string TextAssembler::flush() {
   if (stopped_) return {};
-  std::string out = std::move(pending_);
+  std::string out = push_text(decoder_.flush());  // the decoder's tail may still complete a stop string
+  if (stopped_) return out;
+  out += pending_;
   pending_.clear();
-  out += take_utf8(partial_, true);
   return out;
 }
 
@@ -162,7 +105,6 @@ struct Sequence {
   uint32_t prefilled = 0;   // prompt tokens already in the KV cache
   uint32_t generated = 0;
   int32_t last_token = 0;   // the token to feed at the next decode step
-  int32_t prev_token = 0;   // for detokenisation
   bool done = false;
 };
 
@@ -190,6 +132,7 @@ struct BatchingBackend::Impl {
   uint64_t next_id = 1;
   std::atomic<uint64_t> steps{0};
   std::atomic<uint32_t> max_batch{0};
+  std::atomic<uint64_t> batched_sequences{0};
 
   std::vector<std::unique_ptr<Sequence>> active;  // worker thread only
   std::vector<uint32_t> free_slots;                // worker thread only
@@ -217,8 +160,7 @@ struct BatchingBackend::Impl {
       return;
     }
     ++s.generated;
-    std::string piece = s.text->push(codec->decode_piece(s.prev_token, tok));
-    s.prev_token = tok;
+    std::string piece = s.text->push(tok);
     if (!piece.empty()) {
       GenerationEvent ev;
       ev.text = std::move(piece);
@@ -374,6 +316,7 @@ struct BatchingBackend::Impl {
       }
       steps.fetch_add(1, std::memory_order_relaxed);
       uint32_t nseq = static_cast<uint32_t>(batch.size());
+      batched_sequences.fetch_add(nseq, std::memory_order_relaxed);
       if (nseq > max_batch.load(std::memory_order_relaxed)) max_batch.store(nseq, std::memory_order_relaxed);
       if (!st.ok()) {
         spdlog::error("scheduler: forward pass over {} sequences failed: {}", batch.size(), st.error().message());
@@ -449,8 +392,7 @@ Result<std::shared_ptr<GenerationHandle>> BatchingBackend::submit(const Generati
   seq->sink = std::move(sink);
   seq->sampler = impl_->samplers(request.sampling);
   if (!seq->sampler) return make_error(ErrorCode::kInvalidArgument, "the sampling parameters are not valid");
-  seq->text = std::make_unique<TextAssembler>(request.stop);
-  seq->prev_token = seq->prompt.back();
+  seq->text = std::make_unique<TextAssembler>(impl_->codec->stream_decoder(seq->prompt), request.stop);
   std::shared_ptr<Handle> handle;
   {
     std::lock_guard<std::mutex> lock(impl_->mu);
@@ -479,7 +421,9 @@ Result<std::shared_ptr<GenerationHandle>> BatchingBackend::submit(const Generati
 
 BackendStats BatchingBackend::stats() const {
   std::lock_guard<std::mutex> lock(impl_->mu);
-  return BackendStats{impl_->running, impl_->queued, impl_->options.max_slots, impl_->options.max_queue};
+  return BackendStats{impl_->running,      impl_->queued,
+                      impl_->options.max_slots, impl_->options.max_queue,
+                      impl_->steps.load(),  impl_->batched_sequences.load()};
 }
 
 void BatchingBackend::shutdown(std::chrono::milliseconds grace) {
@@ -492,6 +436,11 @@ void BatchingBackend::shutdown(std::chrono::milliseconds grace) {
   }
   impl_->cv.notify_one();
   if (impl_->worker.joinable()) impl_->worker.join();
+}
+
+bool BatchingBackend::wait_idle(std::chrono::milliseconds timeout) const {
+  std::unique_lock<std::mutex> lock(impl_->mu);
+  return impl_->idle_cv.wait_for(lock, timeout, [&] { return impl_->running == 0 && impl_->queued == 0; });
 }
 
 uint64_t BatchingBackend::steps() const { return impl_->steps.load(); }

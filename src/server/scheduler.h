@@ -6,13 +6,15 @@
 //   2. builds one batch: one decode token for every sequence that is generating, then prompt chunks
 //      (at most `prefill_chunk` tokens per sequence) for sequences still prefilling, within
 //      `step_token_budget` tokens, so a long prompt never stalls running streams for more than a chunk;
-//   3. runs one StepModel::forward over the whole batch, samples, detokenises incrementally (holding
-//      back incomplete UTF-8 and text that might start a stop string) and emits events.
+//   3. runs one StepModel::forward over the whole batch, samples, detokenises incrementally (the
+//      tokenizer's StreamDecoder holds back incomplete UTF-8, so a character split over byte tokens is
+//      never split across events; TextAssembler holds back text that might start a stop string) and
+//      emits events. Streamed pieces concatenate to exactly the non-streamed text.
 // The queue is bounded: submit() refuses with kResourceExhausted when it is full (HTTP 503).
 //
 // Thread-safety: BatchingBackend's public methods are safe from any thread. The StepModel, TextCodec
-// and samplers are used from the worker thread only (tokenize_* excepted: TextCodec's encode_* must be
-// safe to call concurrently with decode_piece).
+// and samplers are used from the worker thread only, except that TextCodec's encode_* and stream_decoder
+// are called from submitting threads (they must be safe concurrently with the worker's decoding).
 #pragma once
 
 #include <memory>
@@ -21,6 +23,7 @@
 #include <vector>
 
 #include "server/backend.h"
+#include "tokenizer/tokenizer.h"
 
 namespace veil::server {
 
@@ -50,8 +53,10 @@ class TextCodec {
   virtual ~TextCodec() = default;
   virtual Result<std::vector<int32_t>> encode_prompt(const std::string& prompt) = 0;
   virtual Result<std::vector<int32_t>> encode_chat(const std::vector<ChatMessage>& messages) = 0;
-  // Bytes of token `id` following `prev` (may be an incomplete UTF-8 sequence).
-  virtual std::string decode_piece(int32_t prev, int32_t id) = 0;
+  // The detokeniser for the tokens generated after `prompt`: the tokenizer's own StreamDecoder (whole UTF-8
+  // characters only; the SentencePiece dummy-prefix space dropped after a BOS-only prompt, as `veil generate`
+  // does). The tokenizer it points to lives as long as the codec.
+  virtual tokenizer::StreamDecoder stream_decoder(std::span<const int32_t> prompt) const = 0;
   virtual bool is_end_of_generation(int32_t id) const = 0;
 };
 
@@ -90,27 +95,35 @@ class BatchingBackend final : public GenerationBackend {
   // Counters for tests and /metrics: forward passes run, and the most sequences seen in one pass.
   uint64_t steps() const;
   uint32_t max_batch_sequences() const;
+  // Waits (bounded) until no sequence holds a slot and none is queued; false on timeout.
+  bool wait_idle(std::chrono::milliseconds timeout) const;
 
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
 
-// Incremental text for one sequence: UTF-8 completion and stop strings. Public for tests.
+// Incremental text for one sequence: generated token ids in, emittable UTF-8 out. Detokenising is the
+// tokenizer's StreamDecoder (one implementation for `veil generate` and the server); this class adds stop
+// strings. Stop strings are valid UTF-8, so holding back a prefix of one never splits a character. Public
+// for tests.
 class TextAssembler {
  public:
-  explicit TextAssembler(std::vector<std::string> stop) : stop_(std::move(stop)) {}
-  // Adds decoded bytes; returns the text that can be emitted now. Sets stopped() when a stop string
+  TextAssembler(tokenizer::StreamDecoder decoder, std::vector<std::string> stop)
+      : decoder_(std::move(decoder)), stop_(std::move(stop)) {}
+  // Adds a generated token; returns the text that can be emitted now. Sets stopped() when a stop string
   // appeared (the stop string and everything after it are dropped).
-  std::string push(std::string_view bytes);
-  // Remaining text at the end of generation (incomplete UTF-8 replaced by U+FFFD).
+  std::string push(int32_t id);
+  // Remaining text at the end of generation (an incomplete UTF-8 tail becomes U+FFFD).
   std::string flush();
   bool stopped() const { return stopped_; }
 
  private:
+  std::string push_text(std::string text);  // complete UTF-8 in, stop strings applied
+
+  tokenizer::StreamDecoder decoder_;
   std::vector<std::string> stop_;
   std::string pending_;  // complete UTF-8 not yet emitted (may start a stop string)
-  std::string partial_;  // trailing incomplete UTF-8 bytes
   bool stopped_ = false;
 };
 

@@ -145,8 +145,46 @@ TEST_F(AttestTest, TamperedEvidenceIsRefusedOrRejected) {
   write_text(path("bad-ev.json"), ev.dump());
   RunResult r = veil({"attest", "verify", path("bad-ev.json").string(), "--collateral", path("col.json").string(),
                       "--policy", path("allow-sim.json").string()});
-  EXPECT_TRUE(r.exit_code == 3 || r.exit_code == 1) << r.describe();
-  expect_one_line_error(r, r.exit_code);
+  expect_one_line_error(r, 3);
+  EXPECT_EQ(r.out, "verdict: refused\n");
+}
+
+// docs/cli.md: evidence that cannot be parsed is refused (exit 3), like evidence that fails its checks; only an
+// input that cannot be read is a runtime failure (exit 1).
+TEST_F(AttestTest, VerifyRefusesMalformedEvidence) {
+  quote();
+  json ev = json::parse(read_text(path("ev.json")));
+  std::vector<std::pair<std::string, std::string>> cases = {
+      {"not-json.json", "garbage"},
+      {"bad-base64.json", json{{"type", "sim"}, {"data", "!!not base64!!"}}.dump()},
+      {"unknown-type.json", json{{"type", "no-such-tee"}, {"data", ev["data"]}}.dump()},
+      {"truncated.json", json{{"type", "sim"}, {"data", ev["data"].get<std::string>().substr(0, 40)}}.dump()},
+  };
+  for (const auto& [name, content] : cases) {
+    SCOPED_TRACE(name);
+    write_text(path(name), content);
+    for (bool js : {false, true}) {
+      std::vector<std::string> args = {"attest", "verify", path(name).string(), "--collateral", path("col.json").string(),
+                                       "--policy", path("allow-sim.json").string()};
+      if (js) args.push_back("--json");
+      RunResult r = veil(args);
+      expect_one_line_error(r, 3);
+      if (js) {
+        json v = json::parse(r.out, nullptr, false);
+        ASSERT_FALSE(v.is_discarded()) << r.describe();
+        EXPECT_EQ(v["verdict"], "refused");
+      } else {
+        EXPECT_EQ(r.out, "verdict: refused\n");
+      }
+    }
+  }
+  // An empty raw evidence file is refused too; one that does not exist is a runtime failure.
+  write_text(path("empty.bin"), "");
+  expect_one_line_error(veil({"attest", "verify", path("empty.bin").string(), "--type", "sim", "--policy",
+                              path("allow-sim.json").string()}), 3);
+  RunResult missing = veil({"attest", "verify", path("nope.json").string(), "--policy", path("allow-sim.json").string()});
+  expect_one_line_error(missing, 1);
+  EXPECT_NE(missing.err.find("nope.json"), std::string::npos) << missing.err;
 }
 
 TEST_F(AttestTest, ShowDecodesWithoutVerifying) {

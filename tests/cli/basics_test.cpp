@@ -151,7 +151,30 @@ TEST_F(BasicsTest, CommandGroupWithoutSubcommandIsAUsageError) {
     RunResult r = veil({group});
     SCOPED_TRACE(group);
     expect_one_line_error(r, 2);
+    // The hint points at the group's own help, which lists its subcommands.
+    EXPECT_NE(r.err.find("'veil " + std::string(group) + " --help'"), std::string::npos) << r.err;
   }
+  RunResult nested = veil({"kbs", "audit"});
+  expect_one_line_error(nested, 2);
+  EXPECT_NE(nested.err.find("'veil kbs audit --help'"), std::string::npos) << nested.err;
+  RunResult top = veil({"--no-such-flag"});
+  expect_one_line_error(top, 2);
+  EXPECT_NE(top.err.find("'veil --help'"), std::string::npos) << top.err;
+}
+
+TEST_F(BasicsTest, NoArgumentsPrintsUsageAndAnError) {
+  RunResult r = veil(std::vector<std::string>{});
+  expect_one_line_error(r, 2);
+  EXPECT_NE(r.err.find("no command"), std::string::npos) << r.err;
+  EXPECT_NE(r.out.find("serve"), std::string::npos) << "the usage lists the commands\n" << r.out;
+}
+
+TEST_F(BasicsTest, KbsMissingSimPlatformKeyNamesItsOwnFlag) {
+  RunResult r = veil({"kbs", "list", "--db", path("kbs.db").string(), "--master-key-from-tee", "--tee", "sim",
+                      "--sim-platform-key", path("absent.key").string()});
+  expect_one_line_error(r, 1);
+  EXPECT_NE(r.err.find("--sim-create-key"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("with --create-key"), std::string::npos) << r.err;
 }
 
 TEST_F(BasicsTest, LogLevelsAreAccepted) {

@@ -297,7 +297,7 @@ TEST_F(SealedTest, ServeASealedModelWithKeysFromTheBroker) {
     EXPECT_NE(health.body.find("\"ok\""), std::string::npos) << health.raw;
     // "veil serve: model ID on http://..."
     std::string model_id = line->substr(18, line->find(" on ") - 18);
-    EXPECT_FALSE(model_id.empty()) << *line;  // general.name of the sealed GGUF ("llama")
+    EXPECT_EQ(model_id, "stories260K") << *line;  // the sealed model's own id
     HttpResponse done = http_request(port, "POST", "/v1/completions",
                                      R"({"model": ")" + model_id +
                                          R"(", "prompt": "Once upon a time", "max_tokens": 8, "temperature": 0})");

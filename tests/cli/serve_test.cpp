@@ -68,7 +68,7 @@ TEST_F(ServeTest, ServeHealthModelsAndAGreedyCompletion) {
   EXPECT_EQ(health.status, 200) << health.raw;
   json hj = json::parse(health.body, nullptr, false);
   ASSERT_FALSE(hj.is_discarded()) << health.raw;
-  EXPECT_EQ(hj["status"], "ok") << health.raw;
+  EXPECT_EQ(hj, json({{"status", "ok"}})) << "docs/api.md: /health is the status only\n" << health.raw;
 
   // The API needs a key; /health does not.
   HttpResponse anon = http_request(port, "GET", "/v1/models");
@@ -77,9 +77,9 @@ TEST_F(ServeTest, ServeHealthModelsAndAGreedyCompletion) {
   EXPECT_EQ(models.status, 200) << models.raw;
   EXPECT_NE(models.body.find("\"data\""), std::string::npos) << models.raw;
 
-  // "veil serve: model ID on http://..."; with no --model-id, the GGUF's general.name or the file name.
+  // "veil serve: model ID on http://..."; with no --model-id, the model file's name without extension.
   std::string model_id = line->substr(18, line->find(" on ") - 18);
-  EXPECT_FALSE(model_id.empty()) << *line;
+  EXPECT_EQ(model_id, "stories260K") << *line;
   EXPECT_NE(models.body.find("\"" + model_id + "\""), std::string::npos) << models.raw;
   HttpResponse done = http_request(port, "POST", "/v1/completions",
                                    R"({"model": ")" + model_id +
@@ -117,6 +117,24 @@ TEST_F(ServeTest, ServeOnAFreshHomeCreatesItsDataFolder) {
   srv->signal(SIGTERM);
   EXPECT_EQ(srv->finish(30s).exit_code, 0);
   EXPECT_TRUE(fs::exists(dir_ / ".veil" / "sim-platform.key"));
+}
+
+TEST_F(ServeTest, ServeModelIdOverride) {
+  auto srv = start({"serve", "--insecure-http", "--no-auth", "--listen", "127.0.0.1:0", "--grace", "1", "-t", "1",
+                    "--db", path("server.db").string(), "--model-id", "my-model"});
+  auto line = srv->wait_for_stdout_line("veil serve: model ", 60s);
+  ASSERT_TRUE(line.has_value()) << srv->finish(1s).describe();
+  EXPECT_EQ(line->rfind("veil serve: model my-model on ", 0), 0u) << *line;
+  HttpResponse models = http_request(port_of(*line), "GET", "/v1/models");
+  EXPECT_EQ(models.status, 200) << models.raw;
+  json m = json::parse(models.body, nullptr, false);
+  ASSERT_FALSE(m.is_discarded()) << models.raw;
+  EXPECT_EQ(m["data"][0]["id"], "my-model") << models.raw;
+  HttpResponse old = http_request(port_of(*line), "POST", "/v1/completions",
+                                  R"({"model": "stories260K", "prompt": "x", "max_tokens": 1})");
+  EXPECT_EQ(old.status, 404) << old.raw;
+  srv->signal(SIGTERM);
+  EXPECT_EQ(srv->finish(30s).exit_code, 0);
 }
 
 TEST_F(ServeTest, ServeBadListenAddressIsAUsageError) {

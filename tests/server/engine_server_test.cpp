@@ -83,13 +83,19 @@ class EngineServerTest : public ::testing::Test {
     auto k = store_->add_key("engine", {"*"}, 6000, 1000);
     ASSERT_TRUE(k.ok());
     key_ = *k;
+    server_ = serve(*backend_);
+    ASSERT_NE(server_, nullptr);
+  }
+
+  // A TLS server over `backend` with this fixture's provider and key store.
+  std::unique_ptr<Server> serve(GenerationBackend& backend) {
     auto root = provider_->sealing_root();
-    ASSERT_TRUE(root.ok());
+    if (!root.ok()) return nullptr;
     ServerOptions so;
     so.port = 0;
-    auto s = Server::start(so, *backend_, *store_, *provider_, derive_signing_keys(root->view()));
-    ASSERT_TRUE(s.ok()) << s.error().message();
-    server_ = std::move(s).value();
+    auto s = Server::start(so, backend, *store_, *provider_, derive_signing_keys(root->view()));
+    if (!s.ok()) ADD_FAILURE() << s.error().message();
+    return s.ok() ? std::move(s).value() : nullptr;
   }
   void TearDown() override {
     if (server_) server_->stop(std::chrono::seconds(5));
@@ -99,10 +105,13 @@ class EngineServerTest : public ::testing::Test {
     if (!dir_.empty()) fs::remove_all(dir_, ec);
   }
 
-  std::string complete(const std::string& prompt, int n, bool stream = false) {
-    std::string body = json{{"model", backend_->model_id()}, {"prompt", prompt}, {"max_tokens", n},
-                            {"temperature", 0}, {"stream", stream}}.dump();
-    auto r = testing::http_request(server_->port(), true, "POST", "/v1/completions", body, key_);
+  // The completion's text; for a stream, the concatenated pieces (each piece also appended to `pieces`).
+  std::string complete(const std::string& prompt, int n, bool stream = false, Server* server = nullptr,
+                       const std::string& model = {}, std::vector<std::string>* pieces = nullptr) {
+    std::string body = json{{"model", model.empty() ? backend_->model_id() : model}, {"prompt", prompt},
+                            {"max_tokens", n}, {"temperature", 0}, {"stream", stream}}.dump();
+    auto r = testing::http_request((server ? server : server_.get())->port(), true, "POST", "/v1/completions", body,
+                                   key_);
     if (r.status != 200) return "<status " + std::to_string(r.status) + ": " + r.body + ">";
     if (!stream) return json::parse(r.body)["choices"][0]["text"];
     std::string text;
@@ -110,7 +119,9 @@ class EngineServerTest : public ::testing::Test {
       if (e == "[DONE]") break;
       auto j = json::parse(e);
       if (j["choices"].empty()) continue;
-      text += j["choices"][0]["text"].get<std::string>();
+      std::string piece = j["choices"][0]["text"].get<std::string>();
+      if (pieces) pieces->push_back(piece);
+      text += piece;
     }
     return text;
   }
@@ -153,6 +164,106 @@ TEST_F(EngineServerTest, GreedyCompletionsMatchTheSingleSequenceReferenceUnderBa
     ASSERT_EQ(futs[i].wait_for(std::chrono::seconds(120)), std::future_status::ready);
     EXPECT_EQ(futs[i].get(), expected[i]) << prompts[i];
   }
+}
+
+// A StepModel that "generates" a fixed token script: after a prompt of `prompt_len` tokens, all probability on
+// script[i] for the i-th new token. Lets a test choose exactly which vocabulary pieces come out.
+class ScriptedStepModel final : public StepModel {
+ public:
+  ScriptedStepModel(std::vector<int32_t> script, uint32_t prompt_len, uint32_t vocab)
+      : script_(std::move(script)), prompt_len_(prompt_len), vocab_(vocab) {}
+  uint32_t context_length() const override { return 512; }
+  uint32_t vocab_size() const override { return vocab_; }
+  uint32_t max_slots() const override { return 2; }
+  void reset_slot(uint32_t) override {}
+  Status forward(std::span<const StepInput> batch, std::vector<float>& logits) override {
+    logits.clear();
+    for (const auto& in : batch) {
+      if (!in.want_logits) continue;
+      size_t i = in.pos0 + in.tokens.size() - prompt_len_;  // index of the token to produce
+      logits.resize(logits.size() + vocab_, 0.0f);
+      logits[logits.size() - vocab_ + static_cast<size_t>(script_[i % script_.size()])] = 10.0f;
+    }
+    return ok_status();
+  }
+
+ private:
+  std::vector<int32_t> script_;
+  uint32_t prompt_len_;
+  uint32_t vocab_;
+};
+
+bool valid_utf8(const std::string& s) {
+  for (size_t i = 0; i < s.size();) {
+    auto b = static_cast<unsigned char>(s[i]);
+    size_t n = b < 0x80 ? 1 : (b >> 5) == 6 ? 2 : (b >> 4) == 14 ? 3 : (b >> 3) == 30 ? 4 : 0;
+    if (n == 0 || i + n > s.size()) return false;
+    for (size_t k = 1; k < n; ++k) {
+      if ((static_cast<unsigned char>(s[i + k]) & 0xC0) != 0x80) return false;
+    }
+    i += n;
+  }
+  return true;
+}
+
+// Characters that stories260K can only spell with <0xNN> byte tokens, one token per byte: over SSE every piece is
+// whole UTF-8 and the pieces concatenate, byte for byte, to the non-streamed text, which is the tokenizer's own
+// streaming decode of the same ids (the one implementation `veil generate` uses).
+TEST_F(EngineServerTest, StreamedTextEqualsNonStreamedTextWithByteTokens) {
+  auto tok = tokenizer::Tokenizer::from_gguf(*file_);
+  ASSERT_TRUE(tok.ok());
+  auto byte = [&](uint8_t b) {
+    char name[8];
+    std::snprintf(name, sizeof name, "<0x%02X>", b);
+    int32_t id = tok->find(name);
+    EXPECT_NE(id, tokenizer::kNoToken) << name;
+    EXPECT_EQ(tok->token_type(id), tokenizer::TokenType::kByte) << name;
+    return id;
+  };
+  auto word = tok->encode("Once upon", {.add_special = false, .parse_special = false});
+  ASSERT_FALSE(word.empty());
+  std::vector<int32_t> script = word;
+  for (uint8_t b : {0xE2, 0x82, 0xAC}) script.push_back(byte(b));               // U+20AC, 3 bytes
+  script.push_back(word.back());
+  for (uint8_t b : {0xC3, 0xA9}) script.push_back(byte(b));                     // U+00E9, 2 bytes
+  for (uint8_t b : {0xF0, 0x9F, 0x98, 0x80}) script.push_back(byte(b));         // U+1F600, 4 bytes
+  script.push_back(byte(0xFF));                                                 // never valid: U+FFFD
+  script.push_back(word.front());
+  for (uint8_t b : {0xE4, 0xB8}) script.push_back(byte(b));                     // cut short at the end: U+FFFD
+  const int n = static_cast<int>(script.size());
+
+  const std::string prompt = "The cat";
+  auto prompt_ids = tok->encode(prompt, {.add_special = true, .parse_special = false});
+  tokenizer::StreamDecoder dec(*tok);
+  std::string expected;
+  for (int32_t id : script) expected += dec.push(id);
+  expected += dec.flush();
+  ASSERT_NE(expected.find("\xE2\x82\xAC"), std::string::npos);
+  ASSERT_NE(expected.find("\xF0\x9F\x98\x80"), std::string::npos);
+
+  uint32_t vocab = static_cast<uint32_t>(tok->vocab_size());
+  BatchingBackend scripted("scripted-synthetic",
+                           std::make_unique<ScriptedStepModel>(script, static_cast<uint32_t>(prompt_ids.size()), vocab),
+                           make_tokenizer_codec(std::move(tok).value()),
+                           [](const SamplingOptions&) -> std::unique_ptr<TokenSampler> {
+                             struct Argmax final : TokenSampler {
+                               int32_t sample(std::span<float> l) override {
+                                 return static_cast<int32_t>(std::max_element(l.begin(), l.end()) - l.begin());
+                               }
+                             };
+                             return std::make_unique<Argmax>();
+                           },
+                           {});
+  auto server = serve(scripted);
+  ASSERT_NE(server, nullptr);
+  std::string whole = complete(prompt, n, false, server.get(), "scripted-synthetic");
+  std::vector<std::string> pieces;
+  std::string streamed = complete(prompt, n, true, server.get(), "scripted-synthetic", &pieces);
+  EXPECT_EQ(whole, expected);
+  EXPECT_EQ(streamed, whole);
+  EXPECT_GT(pieces.size(), 5u);
+  for (const auto& p : pieces) EXPECT_TRUE(valid_utf8(p)) << "a piece splits a character";
+  server->stop(std::chrono::seconds(5));
 }
 
 TEST_F(EngineServerTest, OfficialOpenAiNpmClientGetsTheGreedyText) {

@@ -1,13 +1,16 @@
 // TEST ONLY: a deterministic, synthetic StepModel/TextCodec/sampler for exercising the scheduler and the
 // HTTP layer without the real engine. Never shipped: it lives under tests/ and is linked only into tests.
 //
-// Vocabulary: ids 0..255 are bytes, 256 = BOS, 257 = EOS. The "model" puts all probability on the byte
+// Vocabulary: ids 0..255 are byte tokens <0x00>..<0xFF>, 256 = BOS, 257 = EOS (a real tokenizer::Tokenizer built
+// from that vocabulary detokenises, as in the shipped codec). The "model" puts all probability on the byte
 // kScript[(pos + 1) % len] after the token at position `pos`, so greedy output depends only on positions
 // and is easy to predict. It checks the scheduler's invariants on every forward pass: slot range, each
 // slot's positions contiguous with its cached length, no slot twice in one batch.
 #pragma once
 
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
 #include <condition_variable>
 #include <mutex>
 #include <set>
@@ -37,6 +40,12 @@ struct FakeModelStats {
   size_t max_tokens_one_seq = 0;
   size_t steps_mixing_prefill_and_decode = 0;
   std::string violation;  // first invariant violation seen
+  std::condition_variable cv;  // notified after every forward pass
+  // Waits (bounded) until at least `n` forward passes have run.
+  bool wait_forwards(size_t n, std::chrono::seconds timeout = std::chrono::seconds(30)) {
+    std::unique_lock<std::mutex> lock(mu);
+    return cv.wait_for(lock, timeout, [&] { return forwards >= n; });
+  }
 };
 
 class FakeModel final : public StepModel {
@@ -68,6 +77,7 @@ class FakeModel final : public StepModel {
       stats_->max_tokens_one_seq = std::max(stats_->max_tokens_one_seq, in.tokens.size());
     }
     ++stats_->forwards;
+    stats_->cv.notify_all();
     stats_->max_seqs = std::max(stats_->max_seqs, batch.size());
     if (decode > 0 && prefill > 0) ++stats_->steps_mixing_prefill_and_decode;
     logits.assign(n_logits * kVocab, 0.0f);
@@ -87,6 +97,25 @@ class FakeModel final : public StepModel {
   std::shared_ptr<FakeModelStats> stats_;
 };
 
+inline tokenizer::Tokenizer byte_tokenizer() {
+  tokenizer::Vocab v;
+  v.model = tokenizer::ModelKind::kLlama;
+  for (int b = 0; b < 256; ++b) {
+    char name[8];
+    std::snprintf(name, sizeof name, "<0x%02X>", b);
+    v.tokens.emplace_back(name);
+    v.types.push_back(tokenizer::TokenType::kByte);
+  }
+  v.tokens.emplace_back("<s>");
+  v.types.push_back(tokenizer::TokenType::kControl);
+  v.tokens.emplace_back("</s>");
+  v.types.push_back(tokenizer::TokenType::kControl);
+  v.bos = kBos;
+  v.eos = kEos;
+  v.add_space_prefix = 0;
+  return std::move(tokenizer::Tokenizer::from_vocab(std::move(v))).value();
+}
+
 class FakeCodec final : public TextCodec {
  public:
   Result<std::vector<int32_t>> encode_prompt(const std::string& prompt) override {
@@ -100,10 +129,13 @@ class FakeCodec final : public TextCodec {
     text += "assistant: ";
     return encode_prompt(text);
   }
-  std::string decode_piece(int32_t, int32_t id) override {
-    return id >= 0 && id < 256 ? std::string(1, static_cast<char>(id)) : std::string();
+  tokenizer::StreamDecoder stream_decoder(std::span<const int32_t>) const override {
+    return tokenizer::StreamDecoder(tok_);
   }
   bool is_end_of_generation(int32_t id) const override { return id == kEos; }
+
+ private:
+  tokenizer::Tokenizer tok_ = byte_tokenizer();
 };
 
 class ArgmaxSampler final : public TokenSampler {

@@ -32,27 +32,39 @@ fs::path temp_dir(const std::string& name) {
 
 // ---- TextAssembler and scheduler -----------------------------------------------------------------------
 
+// Pushes each byte of `bytes` as its byte token; returns what came out, one string per push.
+std::vector<std::string> push_bytes(TextAssembler& t, std::string_view bytes) {
+  std::vector<std::string> out;
+  for (unsigned char c : bytes) out.push_back(t.push(c));
+  return out;
+}
+
 TEST(TextAssembler, HoldsBackIncompleteUtf8) {
-  TextAssembler t({});
-  EXPECT_EQ(t.push("a\xE2"), "a");
-  EXPECT_EQ(t.push("\x82"), "");
-  EXPECT_EQ(t.push("\xAC" "b"), "\xE2\x82\xAC" "b");
-  EXPECT_EQ(t.push("\xFF"), "\xEF\xBF\xBD");  // invalid byte -> U+FFFD
-  EXPECT_EQ(t.push("\xE2"), "");
-  EXPECT_EQ(t.flush(), "\xEF\xBF\xBD");      // incomplete at the end -> U+FFFD
+  const tokenizer::Tokenizer tok = byte_tokenizer();
+  TextAssembler t(tokenizer::StreamDecoder(tok), {});
+  EXPECT_EQ(push_bytes(t, "a\xE2\x82\xAC" "b"), (std::vector<std::string>{"a", "", "", "\xE2\x82\xAC", "b"}));
+  EXPECT_EQ(t.push(0xFF), "\xEF\xBF\xBD");  // invalid byte -> U+FFFD
+  EXPECT_EQ(t.push(0xE2), "");
+  EXPECT_EQ(t.flush(), "\xEF\xBF\xBD");     // incomplete at the end -> U+FFFD
 }
 
 TEST(TextAssembler, StopStringAcrossPieces) {
-  TextAssembler t({"END", "xyz"});
-  EXPECT_EQ(t.push("hello E"), "hello ");
-  EXPECT_EQ(t.push("N"), "");
-  EXPECT_EQ(t.push("Dafter"), "");
+  const tokenizer::Tokenizer tok = byte_tokenizer();
+  TextAssembler t(tokenizer::StreamDecoder(tok), {"END", "xyz"});
+  EXPECT_EQ(push_bytes(t, "hi E"), (std::vector<std::string>{"h", "i", " ", ""}));
+  EXPECT_EQ(t.push('N'), "");
+  EXPECT_EQ(t.push('D'), "");
   EXPECT_TRUE(t.stopped());
+  EXPECT_EQ(t.push('a'), "");
   EXPECT_EQ(t.flush(), "");
-  TextAssembler u({"END"});
-  EXPECT_EQ(u.push("EN"), "");
-  EXPECT_EQ(u.push("x"), "ENx");  // ruled out
+  TextAssembler u(tokenizer::StreamDecoder(tok), {"END"});
+  EXPECT_EQ(push_bytes(u, "EN"), (std::vector<std::string>{"", ""}));
+  EXPECT_EQ(u.push('x'), "ENx");  // ruled out
   EXPECT_FALSE(u.stopped());
+  // A stop string made of a multi-byte character: held whole, never emitted in part.
+  TextAssembler w(tokenizer::StreamDecoder(tok), {"\xE2\x82\xAC!"});
+  EXPECT_EQ(push_bytes(w, "1\xE2\x82\xAC"), (std::vector<std::string>{"1", "", "", ""}));
+  EXPECT_EQ(w.flush(), "\xE2\x82\xAC");
 }
 
 struct Collected {
@@ -206,6 +218,7 @@ class ServerTest : public ::testing::Test {
     so.port = 0;
     so.tls = tls;
     so.max_body_bytes = 64 * 1024;
+    so.idle_timeout = idle_timeout_;
     tls_ = tls;
     auto s = Server::start(so, *backend_, *store_, *provider_, derive_signing_keys(root->view()));
     ASSERT_TRUE(s.ok()) << s.error().message();
@@ -252,6 +265,7 @@ class ServerTest : public ::testing::Test {
   std::unique_ptr<Server> server_;
   uint16_t port_ = 0;
   bool tls_ = true;
+  std::chrono::seconds idle_timeout_{60};
 };
 
 std::string completion_req(const std::string& prompt, int max_tokens, bool stream = false,
@@ -276,6 +290,9 @@ TEST_F(ServerTest, HealthModelsAndMetrics) {
   EXPECT_NE(met.body.find("veil_http_requests_total{route=\"completions\",status=\"200\"} 1"), std::string::npos);
   EXPECT_NE(met.body.find("veil_completion_tokens_total 5"), std::string::npos);
   EXPECT_NE(met.body.find("veil_time_to_first_token_seconds_count 1"), std::string::npos);
+  // One pass for the prompt (it yields the first token), one per further token; one sequence in each.
+  EXPECT_NE(met.body.find("veil_forward_passes_total 5\n"), std::string::npos) << met.body;
+  EXPECT_NE(met.body.find("veil_forward_sequences_total 5\n"), std::string::npos) << met.body;
   EXPECT_EQ(met.body.find("Hi"), std::string::npos);  // no content in metrics
 }
 
@@ -467,6 +484,48 @@ TEST_F(ServerTest, FullQueueGets503AndDisconnectFreesTheSlot) {
   EXPECT_EQ(w.status, 200);
   EXPECT_EQ(json::parse(w.body)["choices"][0]["text"], expected_text(2, 5));
   EXPECT_EQ(backend_->stats().running, 0u);
+}
+
+TEST_F(ServerTest, ClientLeavingANonStreamingRequestCancelsItsSequence) {
+  for (bool tls : {true, false}) {
+    start(1, 4, 1u << 21, tls);
+    HttpConnection c(port_, tls);
+    ASSERT_TRUE(c.connect());
+    // An effectively endless non-streaming request: nothing is written back until it ends.
+    ASSERT_TRUE(c.send(make_request("POST", "/v1/completions", completion_req("x", 1 << 20), key_)));
+    ASSERT_TRUE(stats_->wait_forwards(2));  // prefilled and decoding: it holds the only slot
+    EXPECT_EQ(backend_->stats().running, 1u);
+    c.close();
+    // The server notices the closed socket while it waits and cancels: the slot count returns to zero.
+    ASSERT_TRUE(backend_->wait_idle(std::chrono::seconds(20)));
+    EXPECT_EQ(backend_->stats().running, 0u);
+    {
+      // Cancelled, not run to its end: far fewer passes than the 2^20 tokens it asked for.
+      std::lock_guard<std::mutex> lock(stats_->mu);
+      EXPECT_LT(stats_->forwards, size_t{1} << 16);
+    }
+    auto r = post("/v1/completions", completion_req("y", 5), key_);  // and the slot serves the next request
+    EXPECT_EQ(r.status, 200);
+    EXPECT_EQ(json::parse(r.body)["choices"][0]["text"], expected_text(2, 5));
+    stop();
+  }
+}
+
+// After a response, the read that watched for a disconnect stays pending for the next request: a client that then
+// sends nothing is still closed after idle_timeout (no connection is held forever).
+TEST_F(ServerTest, IdleKeepAliveConnectionIsClosedAfterAGeneration) {
+  idle_timeout_ = std::chrono::seconds(1);
+  start();
+  for (bool stream : {false, true}) {
+    HttpConnection c(port_, true);
+    ASSERT_TRUE(c.connect());
+    ASSERT_TRUE(c.send(make_request("POST", "/v1/completions", completion_req("ab", 3, stream), key_, true)));
+    ASSERT_EQ(c.read_response().status, 200);
+    // The server closes: the next read ends (bounded by the client's 20 s receive timeout).
+    auto t0 = std::chrono::steady_clock::now();
+    EXPECT_FALSE(c.fill());
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(15));
+  }
 }
 
 TEST_F(ServerTest, SixtyFourConcurrentStreamingClients) {
