@@ -6,6 +6,8 @@
 #include <mutex>
 #include <thread>
 
+#include <openssl/crypto.h>
+
 #include "crypto/crypto.h"
 
 namespace veil::crypto {
@@ -17,7 +19,10 @@ class EphemeralPool {
  public:
   static constexpr size_t kSpare = 2;
 
-  EphemeralPool() : worker_([this](std::stop_token stop) { refill(stop); }) {}
+  // OpenSSL is initialised before the worker starts, so its exit-time cleanup is registered before this pool's
+  // destructor and therefore runs after it: the worker is joined while the library is still whole.
+  EphemeralPool()
+      : openssl_ready_(OPENSSL_init_crypto(0, nullptr) == 1), worker_([this](std::stop_token stop) { refill(stop); }) {}
   ~EphemeralPool() {
     worker_.request_stop();
     {
@@ -66,6 +71,7 @@ class EphemeralPool {
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Entry> ready_;
+  [[maybe_unused]] bool openssl_ready_;  // initialised first (see the constructor)
   std::jthread worker_;  // last member: starts after, and is joined before, the state above is destroyed
 };
 
