@@ -16,6 +16,7 @@
 #include "cli/model_source.h"
 #include "gguf/gguf.h"
 #include "kbs/kbs.h"
+#include "pipeline/runtime.h"
 #include "sealed/sealed.h"
 #include "server/engine_backend.h"
 #include "server/server.h"
@@ -39,7 +40,33 @@ struct ServeArgs {
   uint32_t prefill_chunk = 64;
   size_t max_body = 1 << 20;
   uint32_t grace_seconds = 30;
+  std::string manifest;             // pipeline front: the stages run the layers
+  uint32_t stage_timeout_s = 60;    // per exchange with a stage
+  uint32_t health_interval_s = 10;
 };
+
+// The forward passes: the local engine, or (--manifest) the pipeline stages with this process as the front.
+// Either way the same BatchingBackend and HTTP stack serve them.
+Result<std::unique_ptr<server::BatchingBackend>> make_backend(const ServeArgs& a, const std::filesystem::path& path,
+                                                              std::shared_ptr<attest::Provider> provider,
+                                                              const server::EngineBackendOptions& eo) {
+  if (a.manifest.empty()) {
+    VEIL_ASSIGN_OR_RETURN(std::shared_ptr<const gguf::File> file, open_model(path, a.source, provider));
+    return server::make_engine_backend(file, eo);
+  }
+  VEIL_ASSIGN_OR_RETURN(pipeline::ShardManifest manifest, pipeline::load_manifest(a.manifest));
+  // The front needs only the tokenizer: of a sealed model it decrypts the metadata and the first layer's chunks.
+  ModelSourceOptions source = a.source;
+  source.layers = sealed::LayerRange{0, 0};
+  VEIL_ASSIGN_OR_RETURN(std::shared_ptr<const gguf::File> file, open_model(path, source, provider));
+  pipeline::FrontOptions fo;
+  VEIL_ASSIGN_OR_RETURN(fo.collateral, peer_collateral(a.source));
+  fo.request_timeout = std::chrono::seconds(a.stage_timeout_s);
+  fo.health_interval = std::chrono::seconds(a.health_interval_s);
+  VEIL_ASSIGN_OR_RETURN(auto step, pipeline::PipelineStepModel::connect(manifest, std::move(fo)));
+  spdlog::info("serve: pipeline front over {} stages", manifest.stages.size());
+  return server::make_step_backend(*file, std::move(step), eo);
+}
 
 Result<std::pair<std::string, uint16_t>> parse_listen(const std::string& s) {
   size_t colon = s.rfind(':');
@@ -67,7 +94,6 @@ Status run_serve(const ServeArgs& a) {
   std::filesystem::create_directories(veil_data_dir(), ec);  // state lives here unless --db says otherwise
 
   VEIL_ASSIGN_OR_RETURN(std::shared_ptr<attest::Provider> provider, make_node_provider(a.source));
-  VEIL_ASSIGN_OR_RETURN(std::shared_ptr<const gguf::File> file, open_model(path, a.source, provider));
 
   server::EngineBackendOptions eo;
   eo.model_id = a.model_id;
@@ -77,7 +103,7 @@ Status run_serve(const ServeArgs& a) {
   eo.batching.max_queue = a.queue;
   eo.batching.prefill_chunk = a.prefill_chunk;
   eo.batching.step_token_budget = std::max<uint32_t>(a.prefill_chunk, 256);
-  VEIL_ASSIGN_OR_RETURN(auto backend, server::make_engine_backend(file, eo));
+  VEIL_ASSIGN_OR_RETURN(auto backend, make_backend(a, path, provider, eo));
 
   std::filesystem::path db = a.db.empty() ? veil_data_dir() / "server.db" : std::filesystem::path(a.db);
   VEIL_ASSIGN_OR_RETURN(auto store, server::Store::open(db));
@@ -137,6 +163,12 @@ void setup_serve(CLI::App& app, Runner& runner) {
   sub->add_option("--prefill-chunk", a->prefill_chunk, "Prompt tokens per sequence per step")->capture_default_str();
   sub->add_option("--max-body", a->max_body, "Largest request body in bytes (413 above)")->capture_default_str();
   sub->add_option("--grace", a->grace_seconds, "Seconds to finish in-flight requests on SIGTERM")->capture_default_str();
+  sub->add_option("--manifest", a->manifest, "Serve as the front of a pipeline: the manifest's stages run the layers "
+                  "(-m gives the tokenizer)")->check(CLI::ExistingFile);
+  sub->add_option("--stage-timeout", a->stage_timeout_s, "Seconds a pipeline stage has to answer a forward pass")
+      ->capture_default_str()->check(CLI::Range(1, 3600));
+  sub->add_option("--health-interval", a->health_interval_s, "Seconds between pipeline stage health checks (0: off)")
+      ->capture_default_str();
   runner.on(sub, [a]() { return run_serve(*a); });
 }
 
