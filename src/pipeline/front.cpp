@@ -169,13 +169,20 @@ struct PipelineStepModel::Impl {
     const size_t tokens = m.tokens.size();
     for (size_t i = 0; i < links.size(); ++i) {
       bool last = i + 1 == links.size();
-      VEIL_ASSIGN_OR_RETURN(Message out, exchange(*links[i], m, deadline));
-      VEIL_TRY(check_output(*links[i], out, last, tokens, rows));
+      Result<Message> out = exchange(*links[i], m, deadline);
+      Status checked = out.ok() ? check_output(*links[i], *out, last, tokens, rows) : Status(out.error());
+      if (!checked.ok()) return as_stage_failure(checked.error());
       m.tokens.clear();
-      m.values = std::move(out.values);
+      m.values = std::move(out->values);
     }
     logits = std::move(m.values);
     return ok_status();
+  }
+
+  // During serving, a stage that fails in any way (connection lost or truncated, refused on reconnection,
+  // malformed reply, error sentinel) is unavailable; a deadline stays a timeout. The message names the stage.
+  static Error as_stage_failure(const Error& e) {
+    return Error(e.code() == ErrorCode::kTimeout ? ErrorCode::kTimeout : ErrorCode::kUnavailable, e.message());
   }
 
   void reset_slot(uint32_t slot) {

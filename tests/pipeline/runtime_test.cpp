@@ -294,6 +294,7 @@ TEST_F(PipelineRuntime, StageKilledMidRequestFailsNamedAndServesAgainAfterRestar
   release_p.set_value();
   stopped.get();
   ASSERT_FALSE(got.ok());
+  EXPECT_EQ(got.error().code(), ErrorCode::kUnavailable) << got.error().message();
   EXPECT_NE(got.error().message().find("pipeline stage 1"), std::string::npos) << got.error().message();
   EXPECT_LT(elapsed, 3s);
 
