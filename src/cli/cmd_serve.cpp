@@ -65,7 +65,9 @@ Result<std::unique_ptr<server::BatchingBackend>> make_backend(const ServeArgs& a
   fo.health_interval = std::chrono::seconds(a.health_interval_s);
   VEIL_ASSIGN_OR_RETURN(auto step, pipeline::PipelineStepModel::connect(manifest, std::move(fo)));
   spdlog::info("serve: pipeline front over {} stages", manifest.stages.size());
-  return server::make_step_backend(*file, std::move(step), eo);
+  server::EngineBackendOptions named = eo;
+  if (named.model_id.empty()) named.model_id = manifest.model_id;
+  return server::make_step_backend(*file, std::move(step), named);
 }
 
 Result<std::pair<std::string, uint16_t>> parse_listen(const std::string& s) {

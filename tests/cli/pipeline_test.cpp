@@ -54,9 +54,12 @@ class PipelineCliTest : public CliTest {
   }
 
   // Starts stage `i` listening on `listen`; returns its bound endpoint ("tcp:127.0.0.1:PORT") or "".
-  std::string start_stage(int i, const std::string& listen) {
-    stages_[i] = start({"stage", "--manifest", path("stages.json").string(), "--index", std::to_string(i), "-m",
-                        (kStories / "stories260K.gguf").string(), "--listen", listen, "-t", "1", "--slots", "4"});
+  std::string start_stage(int i, const std::string& listen, const std::string& manifest = "stages.json",
+                          std::vector<std::string> model = {"-m", (kStories / "stories260K.gguf").string()}) {
+    std::vector<std::string> args = {"stage", "--manifest", path(manifest).string(), "--index", std::to_string(i),
+                                     "--listen", listen, "-t", "1", "--slots", "4"};
+    args.insert(args.end(), model.begin(), model.end());
+    stages_[i] = start(args);
     auto line = stages_[i]->wait_for_stdout_line("veil stage: stage " + std::to_string(i), 60s);
     if (!line) {
       ADD_FAILURE() << stages_[i]->finish(1s).describe();
@@ -71,7 +74,7 @@ class PipelineCliTest : public CliTest {
                             std::to_string(max_tokens) + R"(, "temperature": 0})");
   }
 
-  std::unique_ptr<Process> stages_[2];
+  std::unique_ptr<Process> stages_[3];
 };
 
 TEST_F(PipelineCliTest, TwoStageProcessesServeGreedyTextAndSurviveKillNine) {
@@ -129,10 +132,60 @@ TEST_F(PipelineCliTest, TwoStageProcessesServeGreedyTextAndSurviveKillNine) {
   front->signal(SIGTERM);
   EXPECT_EQ(front->finish(30s).exit_code, 0);
   for (auto& s : stages_) {
+    if (!s) continue;
     s->signal(SIGTERM);
     RunResult r = s->finish(30s);
     EXPECT_EQ(r.exit_code, 0) << r.describe();
   }
+}
+
+// Sealed weights: `veil manifest create` proposes three ranges with their hashes; each stage checks its range's
+// hash and decrypts only its chunks (a middle stage holds neither embeddings nor head).
+TEST_F(PipelineCliTest, ThreeSealedStagesServeTheSameGreedyText) {
+  std::string meas = measurement();
+  ASSERT_FALSE(meas.empty());
+  expect_ok(veil({"seal", "--generate-key", path("model.key").string()}));
+  expect_ok(veil({"seal", (kStories / "stories260K.gguf").string(), "-o", path("m.vsm").string(), "--model-id",
+                  "stories260K", "--version", "3", "--key-file", path("model.key").string()}));
+  json policy = {{"allowed_types", {"sim"}},
+                 {"allow_simulated", true},
+                 {"expected_measurements", {{"sim", {{"measurement", {meas}}}}}}};
+  write_text(path("policy.json"), policy.dump());
+  // Placeholder endpoints: the stages listen on ephemeral ports, the front's manifest names them.
+  expect_ok(veil({"manifest", "create", path("m.vsm").string(), "--stages", "3", "--endpoints",
+                  "127.0.0.1:1,127.0.0.1:2,127.0.0.1:3", "--policy", path("policy.json").string(), "-o",
+                  path("sealed.json").string()}));
+  json m = json::parse(read_text(path("sealed.json")), nullptr, false);
+  ASSERT_FALSE(m.is_discarded());
+  std::vector<std::string> sealed_model = {"-m", path("m.vsm").string(), "--insecure-local-key",
+                                           path("model.key").string()};
+  // A stage whose range does not hash to the manifest's value refuses to start (exit 3) before any key is read.
+  json tampered = m;
+  tampered["stages"][1]["weights_sha256"] = std::string(64, 'c');
+  write_text(path("tampered.json"), tampered.dump());
+  RunResult refused = veil({"stage", "--manifest", path("tampered.json").string(), "--index", "1", "-m",
+                            path("m.vsm").string(), "--insecure-local-key", path("model.key").string()});
+  expect_one_line_error(refused, 3, /*logs_before=*/true);
+  EXPECT_NE(refused.err.find("weights_sha256"), std::string::npos) << refused.describe();
+  for (int i = 0; i < 3; ++i) {
+    std::string ep = start_stage(i, "tcp:127.0.0.1:0", "sealed.json", sealed_model);
+    ASSERT_FALSE(ep.empty());
+    m["stages"][i]["endpoint"] = ep;
+  }
+  write_text(path("front.json"), m.dump(2));
+  std::vector<std::string> args = {"serve", "--manifest", path("front.json").string(), "--insecure-http", "--no-auth",
+                                   "--listen", "127.0.0.1:0", "-t", "1", "--grace", "1"};
+  args.insert(args.end(), sealed_model.begin(), sealed_model.end());
+  auto front = start(args);
+  auto line = front->wait_for_stdout_line("veil serve: model stories260K", 60s);  // the manifest's model id
+  ASSERT_TRUE(line.has_value()) << front->finish(1s).describe();
+  HttpResponse ok = complete(port_of(*line), 8);
+  ASSERT_EQ(ok.status, 200) << ok.raw;
+  json j = json::parse(ok.body, nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << ok.raw;
+  EXPECT_EQ(j["choices"][0]["text"].get<std::string>().rfind(", there was a little girl", 0), 0u) << ok.body;
+  front->signal(SIGTERM);
+  EXPECT_EQ(front->finish(30s).exit_code, 0);
 }
 
 }  // namespace
