@@ -43,6 +43,7 @@ struct ServeArgs {
   std::string manifest;             // pipeline front: the stages run the layers
   uint32_t stage_timeout_s = 60;    // per exchange with a stage
   uint32_t health_interval_s = 10;
+  bool attest_to_stages = false;    // mutual attestation with stages started with --front-policy
 };
 
 // The forward passes: the local engine, or (--manifest) the pipeline stages with this process as the front.
@@ -63,6 +64,10 @@ Result<std::unique_ptr<server::BatchingBackend>> make_backend(const ServeArgs& a
   VEIL_ASSIGN_OR_RETURN(fo.collateral, peer_collateral(a.source));
   fo.request_timeout = std::chrono::seconds(a.stage_timeout_s);
   fo.health_interval = std::chrono::seconds(a.health_interval_s);
+  if (a.attest_to_stages) {
+    fo.channel.mode = channel::Mode::kMutual;
+    fo.channel.attester = channel::attester_from_provider(provider);
+  }
   VEIL_ASSIGN_OR_RETURN(auto step, pipeline::PipelineStepModel::connect(manifest, std::move(fo)));
   spdlog::info("serve: pipeline front over {} stages", manifest.stages.size());
   server::EngineBackendOptions named = eo;
@@ -171,6 +176,8 @@ void setup_serve(CLI::App& app, Runner& runner) {
       ->capture_default_str()->check(CLI::Range(1, 3600));
   sub->add_option("--health-interval", a->health_interval_s, "Seconds between pipeline stage health checks (0: off)")
       ->capture_default_str();
+  sub->add_flag("--attest-to-stages", a->attest_to_stages,
+                "Pipeline front: present this node's evidence to every stage (stages started with --front-policy)");
   runner.on(sub, [a]() { return run_serve(*a); });
 }
 

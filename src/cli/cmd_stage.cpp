@@ -23,6 +23,7 @@ struct StageArgs {
   uint32_t index = 0;
   std::string model;
   std::string listen;
+  std::string front_policy;   // mutual attestation: the policy the front's evidence must satisfy
   ModelSourceOptions source;  // --kbs, --policy, --insecure-local-key, --tee, --sim-platform-key
   uint32_t threads = 1;
   uint32_t slots = 16;
@@ -75,6 +76,16 @@ Status run_stage(StageArgs a) {
   so.n_ctx = a.ctx;
   so.listen = a.listen;
   so.channel.attester = channel::attester_from_provider(provider);
+  if (!a.front_policy.empty()) {
+    // Mutual attestation: only a front whose evidence satisfies this policy may drive the stage.
+    VEIL_ASSIGN_OR_RETURN(attest::Policy front_policy, attest::load_policy(a.front_policy));
+    VEIL_ASSIGN_OR_RETURN(attest::Collateral collateral, peer_collateral(a.source));
+    so.channel.mode = channel::Mode::kMutual;
+    so.channel.verifier = channel::verifier_from_policy(std::move(front_policy), std::move(collateral));
+  } else {
+    spdlog::warn("stage: no --front-policy: the front is not attested, any client that reaches {} may drive this stage",
+                 a.listen.empty() ? spec.endpoint : a.listen);
+  }
 
   // Signals are taken synchronously by this thread (blocked in every thread the stage starts).
   sigset_t set;
@@ -102,6 +113,10 @@ void setup_stage(CLI::App& app, Runner& runner) {
   sub->add_option("--index", a->index, "This stage's index in the manifest")->required();
   add_model_option(sub, a->model);
   sub->add_option("--listen", a->listen, "Endpoint to listen on (default: the manifest's, e.g. tcp:0.0.0.0:7400)");
+  sub->add_option("--front-policy", a->front_policy,
+                  "Attestation policy (JSON) the front's evidence must satisfy (mutual attestation; the front runs "
+                  "'veil serve --manifest ... --attest-to-stages')")
+      ->check(CLI::ExistingFile);
   add_model_source_options(sub, a->source);
   sub->add_option("-t,--threads", a->threads, "Inference threads")->capture_default_str();
   sub->add_option("--slots", a->slots, "Sequences in flight (KV caches)")->capture_default_str();

@@ -246,6 +246,43 @@ TEST_F(PipelineRuntime, StageWithWrongMeasurementIsRefusedBeforeItReceivesAnythi
   EXPECT_EQ(stages_[1]->sessions(), 0u);
 }
 
+TEST_F(PipelineRuntime, MutualAttestationRefusesAnUnattestedFront) {
+  ShardManifest m = make_manifest({0, 5});
+  stages_.push_back(nullptr);
+  {
+    auto model = engine::Model::load(model_file(), {.layers = {0, 5}});
+    ASSERT_TRUE(model.ok());
+    StageOptions so;
+    so.max_slots = 2;
+    so.n_ctx = 64;
+    so.listen = "tcp:127.0.0.1:0";
+    so.channel.mode = channel::Mode::kMutual;
+    so.channel.attester = channel::attester_from_provider(provider_);
+    so.channel.verifier = channel::verifier_from_policy(policy(true), collateral_);
+    auto s = StageServer::start(m, 0, *model, so);
+    ASSERT_TRUE(s.ok()) << s.error().message();
+    stages_[0] = std::move(*s);
+    m.stages[0].endpoint = stages_[0]->address();
+  }
+  // A front that does not present evidence is refused in the handshake (the stage closes the connection, so the
+  // front sees it as unavailable); the stage receives nothing.
+  FrontOptions quick = front_options();
+  quick.retry.max_attempts = 2;
+  auto anonymous = PipelineStepModel::connect(m, quick);
+  ASSERT_FALSE(anonymous.ok());
+  EXPECT_NE(anonymous.error().message().find("pipeline stage 0"), std::string::npos) << anonymous.error().message();
+  EXPECT_EQ(stages_[0]->messages_received(), 0u);
+  // An attested front is accepted and gets the single-process tokens.
+  FrontOptions fo = front_options();
+  fo.channel.mode = channel::Mode::kMutual;
+  fo.channel.attester = channel::attester_from_provider(provider_);
+  auto front = PipelineStepModel::connect(m, fo);
+  ASSERT_TRUE(front.ok()) << front.error().message();
+  auto got = step_greedy(**front, kPrompt, 6);
+  ASSERT_TRUE(got.ok()) << got.error().message();
+  EXPECT_EQ((*got)[0], reference_greedy(kPrompt, 6));
+}
+
 TEST_F(PipelineRuntime, HungStageTimesOutNamedAndTheNextRequestSucceeds) {
   std::promise<void> release_p;
   std::shared_future<void> release = release_p.get_future().share();
