@@ -140,7 +140,8 @@ TEST_F(PipelineCliTest, TwoStageProcessesServeGreedyTextAndSurviveKillNine) {
 }
 
 // Sealed weights: `veil manifest create` proposes three ranges with their hashes; each stage checks its range's
-// hash and decrypts only its chunks (a middle stage holds neither embeddings nor head).
+// hash and decrypts only its chunks (a middle stage holds neither embeddings nor head); front and stages attest
+// each other.
 TEST_F(PipelineCliTest, ThreeSealedStagesServeTheSameGreedyText) {
   std::string meas = measurement();
   ASSERT_FALSE(meas.empty());
@@ -167,14 +168,17 @@ TEST_F(PipelineCliTest, ThreeSealedStagesServeTheSameGreedyText) {
                             path("m.vsm").string(), "--insecure-local-key", path("model.key").string()});
   expect_one_line_error(refused, 3, /*logs_before=*/true);
   EXPECT_NE(refused.err.find("weights_sha256"), std::string::npos) << refused.describe();
+  // Mutual attestation: the stages accept only a front running the same (measured) executable.
+  std::vector<std::string> stage_args = sealed_model;
+  stage_args.insert(stage_args.end(), {"--front-policy", path("policy.json").string()});
   for (int i = 0; i < 3; ++i) {
-    std::string ep = start_stage(i, "tcp:127.0.0.1:0", "sealed.json", sealed_model);
+    std::string ep = start_stage(i, "tcp:127.0.0.1:0", "sealed.json", stage_args);
     ASSERT_FALSE(ep.empty());
     m["stages"][i]["endpoint"] = ep;
   }
   write_text(path("front.json"), m.dump(2));
   std::vector<std::string> args = {"serve", "--manifest", path("front.json").string(), "--insecure-http", "--no-auth",
-                                   "--listen", "127.0.0.1:0", "-t", "1", "--grace", "1"};
+                                   "--listen", "127.0.0.1:0", "-t", "1", "--grace", "1", "--attest-to-stages"};
   args.insert(args.end(), sealed_model.begin(), sealed_model.end());
   auto front = start(args);
   auto line = front->wait_for_stdout_line("veil serve: model stories260K", 60s);  // the manifest's model id
