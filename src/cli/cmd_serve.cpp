@@ -44,6 +44,7 @@ struct ServeArgs {
   uint32_t stage_timeout_s = 60;    // per exchange with a stage
   uint32_t health_interval_s = 10;
   bool attest_to_stages = false;    // mutual attestation with stages started with --front-policy
+  uint32_t micro_batches = 1;       // fill-drain overlap across stages
 };
 
 // The forward passes: the local engine, or (--manifest) the pipeline stages with this process as the front.
@@ -64,6 +65,7 @@ Result<std::unique_ptr<server::BatchingBackend>> make_backend(const ServeArgs& a
   VEIL_ASSIGN_OR_RETURN(fo.collateral, peer_collateral(a.source));
   fo.request_timeout = std::chrono::seconds(a.stage_timeout_s);
   fo.health_interval = std::chrono::seconds(a.health_interval_s);
+  fo.micro_batches = a.micro_batches;
   if (a.attest_to_stages) {
     fo.channel.mode = channel::Mode::kMutual;
     fo.channel.attester = channel::attester_from_provider(provider);
@@ -176,6 +178,9 @@ void setup_serve(CLI::App& app, Runner& runner) {
       ->capture_default_str()->check(CLI::Range(1, 3600));
   sub->add_option("--health-interval", a->health_interval_s, "Seconds between pipeline stage health checks (0: off)")
       ->capture_default_str();
+  sub->add_option("--micro-batches", a->micro_batches,
+                  "Pipeline front: split each forward pass into N micro-batches that overlap across stages")
+      ->capture_default_str()->check(CLI::Range(1, 64));
   sub->add_flag("--attest-to-stages", a->attest_to_stages,
                 "Pipeline front: present this node's evidence to every stage (stages started with --front-policy)");
   runner.on(sub, [a]() { return run_serve(*a); });

@@ -112,30 +112,42 @@ struct PipelineStepModel::Impl {
   // Sends `m` to a stage and returns its reply (not an error sentinel). Any failure drops the channel: the
   // next use reconnects, and the new session starts with empty caches.
   Result<Message> exchange(StageLink& l, const Message& m, Deadline deadline) {
+    VEIL_TRY(send_to(l, m, deadline));
+    return receive_from(l, m.request_id, deadline);
+  }
+
+  Status send_to(StageLink& l, const Message& m, Deadline deadline) {
     std::lock_guard lock(l.mu);
     if (!l.ch) VEIL_TRY(connect_link(l, deadline));
     Status st = send_message(*l.ch, m, deadline);
-    Result<Message> reply = st.ok() ? recv_message(*l.ch, deadline) : Result<Message>(st.error());
-    if (!reply.ok()) {
-      Error e = reply.error().code() == ErrorCode::kTimeout
-                    ? make_error(ErrorCode::kTimeout, "no reply within {} ms", options.request_timeout.count())
-                    : reply.error();
-      l.drop(e);
-      return l.named(e);
-    }
+    if (!st.ok()) return failed(l, st.error());
+    return ok_status();
+  }
+
+  Result<Message> receive_from(StageLink& l, uint64_t request_id, Deadline deadline) {
+    std::lock_guard lock(l.mu);
+    if (!l.ch) return l.named(make_error(ErrorCode::kUnavailable, "the connection was dropped"));
+    Result<Message> reply = recv_message(*l.ch, deadline);
+    if (!reply.ok()) return failed(l, reply.error());
     if (reply->type == MsgType::kError) {
       Error e(reply->error_code == ErrorCode::kTimeout ? ErrorCode::kTimeout : ErrorCode::kUnavailable,
               fmt::format("failed: {}", reply->reason));
       if (reply->error_stage != l.spec->index) e = make_error(ErrorCode::kCorrupt, "sent an error naming stage {}", reply->error_stage);
-      l.drop(e);
-      return l.named(e);
+      return failed(l, e);
     }
-    if (reply->request_id != m.request_id) {
-      Error e = make_error(ErrorCode::kCorrupt, "replied to request {} instead of {}", reply->request_id, m.request_id);
-      l.drop(e);
-      return l.named(e);
+    if (reply->request_id != request_id) {
+      return failed(l, make_error(ErrorCode::kCorrupt, "replied to request {} instead of {}", reply->request_id, request_id));
     }
     return reply;
+  }
+
+  // Drops the link (the caller holds its lock) and names the stage.
+  Error failed(StageLink& l, const Error& why) {
+    Error e = why.code() == ErrorCode::kTimeout
+                  ? make_error(ErrorCode::kTimeout, "no reply within {} ms", options.request_timeout.count())
+                  : why;
+    l.drop(e);
+    return l.named(e);
   }
 
   Status check_output(StageLink& l, const Message& out, bool last, size_t tokens, size_t rows) {
@@ -155,8 +167,6 @@ struct PipelineStepModel::Impl {
     Deadline deadline = channel::deadline_in(options.request_timeout);
     Message m;
     m.type = MsgType::kForward;
-    m.request_id = next_request++;
-    size_t rows = 0;
     for (const auto& in : batch) {
       if (in.slot >= slots || in.tokens.empty()) {
         return make_error(ErrorCode::kInternal, "pipeline front: slot {} with {} tokens is not a valid step", in.slot,
@@ -164,19 +174,75 @@ struct PipelineStepModel::Impl {
       }
       m.segments.push_back({in.slot, in.pos0, static_cast<uint32_t>(in.tokens.size()), in.want_logits});
       m.tokens.insert(m.tokens.end(), in.tokens.begin(), in.tokens.end());
-      rows += in.want_logits;
     }
-    const size_t tokens = m.tokens.size();
-    for (size_t i = 0; i < links.size(); ++i) {
-      bool last = i + 1 == links.size();
-      Result<Message> out = exchange(*links[i], m, deadline);
-      Status checked = out.ok() ? check_output(*links[i], *out, last, tokens, rows) : Status(out.error());
-      if (!checked.ok()) return as_stage_failure(checked.error());
-      m.tokens.clear();
-      m.values = std::move(out->values);
+    std::vector<Message> mbs = split_batch(m, links.size() > 1 ? options.micro_batches : 1);
+    logits.clear();
+    Status st = fill_drain(mbs, logits, deadline);
+    return st.ok() ? st : as_stage_failure(st.error());
+  }
+
+  // Splits the batch's token stream into at most `k` contiguous micro-batches (split_micro_batches). A segment cut
+  // in two continues at the next position; only its last piece asks for logits, so logit rows keep batch order.
+  std::vector<Message> split_batch(const Message& m, uint32_t k) {
+    std::vector<Message> out;
+    size_t off = 0, seg = 0;
+    for (const MicroBatch& r : split_micro_batches(static_cast<uint32_t>(m.tokens.size()), std::max(1u, k))) {
+      Message mb;
+      mb.type = MsgType::kForward;
+      mb.request_id = next_request++;
+      mb.tokens.assign(m.tokens.begin() + r.begin, m.tokens.begin() + r.end);
+      for (size_t t = r.begin; t < r.end;) {
+        while (off + m.segments[seg].n_tokens <= t) off += m.segments[seg++].n_tokens;
+        const Segment& s = m.segments[seg];
+        size_t end = std::min<size_t>(r.end, off + s.n_tokens);
+        mb.segments.push_back({s.slot, static_cast<uint32_t>(s.pos0 + (t - off)), static_cast<uint32_t>(end - t),
+                               s.want_logits && end == off + s.n_tokens});
+        t = end;
+      }
+      out.push_back(std::move(mb));
     }
-    logits = std::move(m.values);
+    return out;
+  }
+
+  // Fill-drain over the stages: at step t stage s runs micro-batch t - s; every stage has at most one message
+  // outstanding. On a failure every stage with an outstanding message is dropped too (its reply would be stale).
+  Status fill_drain(std::vector<Message>& mbs, std::vector<float>& logits, Deadline deadline) {
+    const size_t S = links.size(), K = mbs.size();
+    for (size_t t = 0; t + 1 < S + K; ++t) {
+      size_t lo = t >= K ? t - K + 1 : 0, hi = std::min(t, S - 1);
+      for (size_t s = lo; s <= hi; ++s) {
+        Status st = send_to(*links[s], mbs[t - s], deadline);
+        if (!st.ok()) return abandon(st.error(), lo, s);
+      }
+      for (size_t s = lo; s <= hi; ++s) {
+        Message& mb = mbs[t - s];
+        Result<Message> out = receive_from(*links[s], mb.request_id, deadline);
+        size_t rows = 0, tokens = 0;
+        for (const Segment& seg : mb.segments) {
+          rows += seg.want_logits;
+          tokens += seg.n_tokens;
+        }
+        Status st = out.ok() ? check_output(*links[s], *out, s + 1 == S, tokens, rows) : Status(out.error());
+        if (!st.ok()) return abandon(st.error(), s + 1, hi + 1);
+        if (s + 1 == S) {
+          logits.insert(logits.end(), out->values.begin(), out->values.end());
+        } else {
+          mb.tokens.clear();
+          mb.values = std::move(out->values);
+          mb.request_id = next_request++;
+        }
+      }
+    }
     return ok_status();
+  }
+
+  // Drops links [from, to) (they hold a message whose reply nobody will read) and returns `e`.
+  Error abandon(const Error& e, size_t from, size_t to) {
+    for (size_t s = from; s < to; ++s) {
+      std::lock_guard lock(links[s]->mu);
+      links[s]->drop(make_error(ErrorCode::kCancelled, "abandoned after another stage failed"));
+    }
+    return e;
   }
 
   // During serving, a stage that fails in any way (connection lost or truncated, refused on reconnection,

@@ -154,6 +154,9 @@ struct FrontOptions {
   std::chrono::milliseconds request_timeout{60000};
   std::chrono::milliseconds health_interval{10000};  // 0: no health thread
   channel::RetryPolicy retry;                        // reconnection: backoff with jitter
+  // Fill-drain: a forward pass's tokens are split into this many micro-batches so stages work concurrently
+  // (pipeline.h fill_drain_schedule); 1 visits the stages one after the other.
+  uint32_t micro_batches = 1;
 };
 
 struct StageHealth {

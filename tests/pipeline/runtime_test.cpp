@@ -234,6 +234,28 @@ TEST_F(PipelineRuntime, OneTwoAndThreeStagesMatchOneProcess) {
   }
 }
 
+// Fill-drain: the prompt (and, in decode, the sequences of a step) split into micro-batches that overlap across
+// stages give the same tokens; 5 micro-batches cut the 8-token prompts of 3 sequences mid-sequence.
+TEST_F(PipelineRuntime, MicroBatchedStagesMatchOneProcess) {
+  const int n = 12;
+  auto want = reference_greedy(kPrompt, n);
+  for (const auto& bounds : std::vector<std::vector<uint32_t>>{{0, 2, 5}, {0, 2, 4, 5}}) {
+    SCOPED_TRACE(bounds.size() - 1);
+    ShardManifest m = make_manifest(bounds);
+    start_stages(m);
+    FrontOptions fo = front_options();
+    fo.micro_batches = 5;
+    auto front = PipelineStepModel::connect(m, fo);
+    ASSERT_TRUE(front.ok()) << front.error().message();
+    EXPECT_EQ((*front)->vocab_size(), 512u);
+    auto got = step_greedy(**front, kPrompt, n, /*n_seq=*/3);
+    ASSERT_TRUE(got.ok()) << got.error().message();
+    for (const auto& seq : *got) EXPECT_EQ(seq, want);
+    front->reset();
+    stages_.clear();
+  }
+}
+
 TEST_F(PipelineRuntime, StageWithWrongMeasurementIsRefusedBeforeItReceivesAnything) {
   ShardManifest m = make_manifest({0, 2, 5});
   start_stages(m);
