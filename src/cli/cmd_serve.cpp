@@ -16,6 +16,7 @@
 #include "cli/model_source.h"
 #include "gguf/gguf.h"
 #include "kbs/kbs.h"
+#include "pipeline/runtime.h"
 #include "sealed/sealed.h"
 #include "server/engine_backend.h"
 #include "server/server.h"
@@ -39,7 +40,42 @@ struct ServeArgs {
   uint32_t prefill_chunk = 64;
   size_t max_body = 1 << 20;
   uint32_t grace_seconds = 30;
+  std::string manifest;             // pipeline front: the stages run the layers
+  uint32_t stage_timeout_s = 60;    // per exchange with a stage
+  uint32_t health_interval_s = 10;
+  bool attest_to_stages = false;    // mutual attestation with stages started with --front-policy
+  uint32_t micro_batches = 1;       // fill-drain overlap across stages
 };
+
+// The forward passes: the local engine, or (--manifest) the pipeline stages with this process as the front.
+// Either way the same BatchingBackend and HTTP stack serve them.
+Result<std::unique_ptr<server::BatchingBackend>> make_backend(const ServeArgs& a, const std::filesystem::path& path,
+                                                              std::shared_ptr<attest::Provider> provider,
+                                                              const server::EngineBackendOptions& eo) {
+  if (a.manifest.empty()) {
+    VEIL_ASSIGN_OR_RETURN(std::shared_ptr<const gguf::File> file, open_model(path, a.source, provider));
+    return server::make_engine_backend(file, eo);
+  }
+  VEIL_ASSIGN_OR_RETURN(pipeline::ShardManifest manifest, pipeline::load_manifest(a.manifest));
+  // The front needs only the tokenizer: of a sealed model it decrypts the metadata and the first layer's chunks.
+  ModelSourceOptions source = a.source;
+  source.layers = sealed::LayerRange{0, 0};
+  VEIL_ASSIGN_OR_RETURN(std::shared_ptr<const gguf::File> file, open_model(path, source, provider));
+  pipeline::FrontOptions fo;
+  VEIL_ASSIGN_OR_RETURN(fo.collateral, peer_collateral(a.source));
+  fo.request_timeout = std::chrono::seconds(a.stage_timeout_s);
+  fo.health_interval = std::chrono::seconds(a.health_interval_s);
+  fo.micro_batches = a.micro_batches;
+  if (a.attest_to_stages) {
+    fo.channel.mode = channel::Mode::kMutual;
+    fo.channel.attester = channel::attester_from_provider(provider);
+  }
+  VEIL_ASSIGN_OR_RETURN(auto step, pipeline::PipelineStepModel::connect(manifest, std::move(fo)));
+  spdlog::info("serve: pipeline front over {} stages", manifest.stages.size());
+  server::EngineBackendOptions named = eo;
+  if (named.model_id.empty()) named.model_id = manifest.model_id;
+  return server::make_step_backend(*file, std::move(step), named);
+}
 
 Result<std::pair<std::string, uint16_t>> parse_listen(const std::string& s) {
   size_t colon = s.rfind(':');
@@ -76,7 +112,6 @@ Status run_serve(const ServeArgs& a) {
   std::filesystem::create_directories(veil_data_dir(), ec);  // state lives here unless --db says otherwise
 
   VEIL_ASSIGN_OR_RETURN(std::shared_ptr<attest::Provider> provider, make_node_provider(a.source));
-  VEIL_ASSIGN_OR_RETURN(std::shared_ptr<const gguf::File> file, open_model(path, a.source, provider));
 
   server::EngineBackendOptions eo;
   VEIL_ASSIGN_OR_RETURN(eo.model_id, served_model_id(a, path));
@@ -86,7 +121,7 @@ Status run_serve(const ServeArgs& a) {
   eo.batching.max_queue = a.queue;
   eo.batching.prefill_chunk = a.prefill_chunk;
   eo.batching.step_token_budget = std::max<uint32_t>(a.prefill_chunk, 256);
-  VEIL_ASSIGN_OR_RETURN(auto backend, server::make_engine_backend(file, eo));
+  VEIL_ASSIGN_OR_RETURN(auto backend, make_backend(a, path, provider, eo));
 
   std::filesystem::path db = a.db.empty() ? veil_data_dir() / "server.db" : std::filesystem::path(a.db);
   VEIL_ASSIGN_OR_RETURN(auto store, server::Store::open(db));
@@ -146,6 +181,17 @@ void setup_serve(CLI::App& app, Runner& runner) {
   sub->add_option("--prefill-chunk", a->prefill_chunk, "Prompt tokens per sequence per step")->capture_default_str();
   sub->add_option("--max-body", a->max_body, "Largest request body in bytes (413 above)")->capture_default_str();
   sub->add_option("--grace", a->grace_seconds, "Seconds to finish in-flight requests on SIGTERM")->capture_default_str();
+  sub->add_option("--manifest", a->manifest, "Serve as the front of a pipeline: the manifest's stages run the layers "
+                  "(-m gives the tokenizer)")->check(CLI::ExistingFile);
+  sub->add_option("--stage-timeout", a->stage_timeout_s, "Seconds a pipeline stage has to answer a forward pass")
+      ->capture_default_str()->check(CLI::Range(1, 3600));
+  sub->add_option("--health-interval", a->health_interval_s, "Seconds between pipeline stage health checks (0: off)")
+      ->capture_default_str();
+  sub->add_option("--micro-batches", a->micro_batches,
+                  "Pipeline front: split each forward pass into N micro-batches that overlap across stages")
+      ->capture_default_str()->check(CLI::Range(1, 64));
+  sub->add_flag("--attest-to-stages", a->attest_to_stages,
+                "Pipeline front: present this node's evidence to every stage (stages started with --front-policy)");
   runner.on(sub, [a]() { return run_serve(*a); });
 }
 

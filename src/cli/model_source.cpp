@@ -52,6 +52,15 @@ Result<std::shared_ptr<attest::Provider>> make_node_provider(const ModelSourceOp
   return std::shared_ptr<attest::Provider>(std::move(provider));
 }
 
+Result<attest::Collateral> peer_collateral(const ModelSourceOptions& o) {
+  attest::Collateral collateral;
+  if (o.tee == "sim") {
+    VEIL_ASSIGN_OR_RETURN(Bytes pub, attest::sim_platform_public_key(provider_options(o).sim_platform_key, false));
+    collateral.items["sim_platform_public_key"] = pub;
+  }
+  return collateral;
+}
+
 Result<std::shared_ptr<const gguf::File>> open_model(const std::filesystem::path& path, const ModelSourceOptions& o,
                                                      std::shared_ptr<attest::Provider> provider) {
   if (!sealed::is_sealed_model(path)) {
@@ -84,13 +93,8 @@ Result<std::shared_ptr<const gguf::File>> open_model(const std::filesystem::path
     if (!provider) {
       VEIL_ASSIGN_OR_RETURN(provider, make_node_provider(o));
     }
-    attest::Collateral collateral;
-    if (provider->type() == attest::TeeType::kSim) {
-      // A simulated broker is trusted only through the same platform key, and only if the policy allows sim.
-      VEIL_ASSIGN_OR_RETURN(Bytes pub,
-                            attest::sim_platform_public_key(provider_options(o).sim_platform_key, false));
-      collateral.items["sim_platform_public_key"] = pub;
-    }
+    // A simulated broker is trusted only through the same platform key, and only if the policy allows sim.
+    VEIL_ASSIGN_OR_RETURN(attest::Collateral collateral, peer_collateral(o));
     VEIL_ASSIGN_OR_RETURN(key, kbs::fetch_model_key(o.kbs, header.model_id, header.model_version,
                                                     channel::attester_from_provider(provider),
                                                     channel::verifier_from_policy(policy, collateral)));
@@ -98,6 +102,7 @@ Result<std::shared_ptr<const gguf::File>> open_model(const std::filesystem::path
   sealed::LoadOptions lo;
   lo.expected_model_id = header.model_id;
   lo.expected_version = header.model_version;
+  lo.layers = o.layers;
   VEIL_ASSIGN_OR_RETURN(auto loaded, sealed::load_sealed_model(path, key, lo));
   return std::make_shared<const gguf::File>(std::move(loaded.gguf));
 }

@@ -5,11 +5,13 @@
 
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "attest/attest.h"
 #include "cli/command.h"
 #include "gguf/gguf.h"
+#include "sealed/sealed.h"
 
 namespace veil::cli {
 
@@ -19,6 +21,7 @@ struct ModelSourceOptions {
   std::string insecure_local_key;  // development only: read the model key from this file
   std::string tee = "sim";         // this node's TEE provider
   std::string sim_platform_key;    // sim: platform key file (default: $VEIL_DATA_DIR or ~/.veil/sim-platform.key)
+  std::optional<sealed::LayerRange> layers;  // sealed models: decrypt only these layers (a pipeline stage)
 };
 
 // Adds --kbs, --policy (or `policy_flag`), --insecure-local-key, --tee and --sim-platform-key.
@@ -29,6 +32,9 @@ std::filesystem::path veil_data_dir();
 
 // This node's attestation provider, as configured (the sim provider warns that it is simulated).
 Result<std::shared_ptr<attest::Provider>> make_node_provider(const ModelSourceOptions& options);
+
+// Collateral for verifying peers that run on this node's kind of TEE (sim: the platform public key).
+Result<attest::Collateral> peer_collateral(const ModelSourceOptions& options);
 
 // Opens `path`: GGUF directly; a sealed model through the broker (or the insecure local key).
 // `provider` may be null: one is made from the options when the broker needs it.

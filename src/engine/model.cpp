@@ -185,7 +185,13 @@ Result<std::shared_ptr<const Model>> Model::load(std::shared_ptr<const gguf::Fil
     w.output = w.token_embd;
     w.tied_output = true;
   }
-  VEIL_TRY(arch->bind_head(b, hp, w));
+  // The final norm is read (widened) only by the range ending at the last layer: a pipeline stage of a sealed
+  // model has not decrypted it (sealed.h LayerRange). Learned positions (gpt2) bound every stage's context.
+  if (r.end == hp.n_layer) {
+    VEIL_TRY(arch->bind_head(b, hp, w));
+  } else if (const gguf::TensorInfo* p = f.find_tensor("position_embd.weight"); p && p->dims.size() == 2) {
+    VEIL_ASSIGN_OR_RETURN(w.pos_embd, b.matrix("position_embd.weight", hp.n_embd, p->dims[1]));
+  }
   w.layers.resize(hp.n_layer);
   for (uint32_t l = r.begin; l < r.end; ++l) VEIL_TRY(arch->bind_layer(b, hp, l, w.layers[l]));
   return std::shared_ptr<const Model>(std::move(m));

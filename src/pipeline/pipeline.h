@@ -8,6 +8,9 @@
 // Scheduling is fill-drain: a prefill is split into micro-batches so stage s works on micro-batch m
 // at step s + m, and several sequences are kept in flight during decode so every stage stays busy.
 //
+// The runtime (stage servers, the front's StepModel, the activation wire format) is the second
+// header, pipeline/runtime.h (docs/pipeline.md).
+//
 // Thread-safety: manifests are immutable values; functions here are pure.
 #pragma once
 

@@ -370,8 +370,9 @@ Generation::Output Generation::on_event(GenerationEvent&& ev) {
   } else {
     bool cancelled = ev.finish == FinishReason::kCancelled;
     status = cancelled ? 503 : 500;
-    std::string msg = cancelled ? "the request was cancelled (client gone or server shutting down)"
-                                : "inference failed";
+    std::string msg = cancelled          ? "the request was cancelled (client gone or server shutting down)"
+                      : ev.error.empty() ? "inference failed"
+                                         : ev.error;  // content-free (backend.h), e.g. the failed pipeline stage
     out.bytes = request_.stream ? stream_error_event(msg) : error_body(status, msg);
     if (cancelled) status = request_.stream ? 499 : 503;
   }

@@ -116,23 +116,17 @@ std::unique_ptr<TextCodec> make_tokenizer_codec(tokenizer::Tokenizer tok) {
   return std::make_unique<TokenizerCodec>(std::move(tok));
 }
 
-Result<std::unique_ptr<BatchingBackend>> make_engine_backend(std::shared_ptr<const gguf::File> file,
-                                                             const EngineBackendOptions& options) {
-  VEIL_ASSIGN_OR_RETURN(auto model, engine::Model::load(file));
-  VEIL_ASSIGN_OR_RETURN(auto tok, tokenizer::Tokenizer::from_gguf(*file));
-  const engine::HParams& hp = model->hparams();
-  if (tok.vocab_size() > hp.n_vocab) {
-    return make_error(ErrorCode::kCorrupt, "{}: the vocabulary has {} tokens but the model only {} rows", file->name(),
-                      tok.vocab_size(), hp.n_vocab);
+Result<std::unique_ptr<BatchingBackend>> make_step_backend(const gguf::File& file, std::unique_ptr<StepModel> step,
+                                                           const EngineBackendOptions& options) {
+  if (!step) return make_error(ErrorCode::kInvalidArgument, "{}: no step model", file.name());
+  VEIL_ASSIGN_OR_RETURN(auto tok, tokenizer::Tokenizer::from_gguf(file));
+  const uint32_t n_vocab = step->vocab_size();
+  if (tok.vocab_size() > n_vocab) {
+    return make_error(ErrorCode::kCorrupt, "{}: the vocabulary has {} tokens but the model only {} rows", file.name(),
+                      tok.vocab_size(), n_vocab);
   }
-  if (hp.synthetic) spdlog::warn("serving a SYNTHETIC model (random weights, for benchmarks only)");
-  std::string id = options.model_id.empty() ? std::filesystem::path(file->name()).stem().string() : options.model_id;
+  std::string id = options.model_id.empty() ? std::filesystem::path(file.name()).stem().string() : options.model_id;
   if (id.empty()) return make_error(ErrorCode::kInvalidArgument, "the served model needs an id (--model-id)");
-  uint32_t threads = options.threads ? options.threads : std::clamp(std::thread::hardware_concurrency(), 1u, 8u);
-  uint32_t n_ctx = options.context ? options.context : std::min<uint32_t>(hp.n_ctx_train ? hp.n_ctx_train : 2048, 2048);
-  uint32_t slots = std::max<uint32_t>(1, options.batching.max_slots);
-  auto step = std::make_unique<EngineStepModel>(model, threads, n_ctx, slots);
-  uint32_t n_vocab = hp.n_vocab;
   SamplerFactory samplers = [n_vocab](const SamplingOptions& o) -> std::unique_ptr<TokenSampler> {
     sampling::SamplingParams p;
     p.temperature = o.temperature;
@@ -151,6 +145,17 @@ Result<std::unique_ptr<BatchingBackend>> make_engine_backend(std::shared_ptr<con
   };
   return std::make_unique<BatchingBackend>(id, std::move(step), make_tokenizer_codec(std::move(tok)),
                                            std::move(samplers), options.batching);
+}
+
+Result<std::unique_ptr<BatchingBackend>> make_engine_backend(std::shared_ptr<const gguf::File> file,
+                                                             const EngineBackendOptions& options) {
+  VEIL_ASSIGN_OR_RETURN(auto model, engine::Model::load(file));
+  const engine::HParams& hp = model->hparams();
+  if (hp.synthetic) spdlog::warn("serving a SYNTHETIC model (random weights, for benchmarks only)");
+  uint32_t threads = options.threads ? options.threads : std::clamp(std::thread::hardware_concurrency(), 1u, 8u);
+  uint32_t n_ctx = options.context ? options.context : std::min<uint32_t>(hp.n_ctx_train ? hp.n_ctx_train : 2048, 2048);
+  uint32_t slots = std::max<uint32_t>(1, options.batching.max_slots);
+  return make_step_backend(*file, std::make_unique<EngineStepModel>(model, threads, n_ctx, slots), options);
 }
 
 }  // namespace veil::server

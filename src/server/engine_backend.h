@@ -35,4 +35,9 @@ std::unique_ptr<TextCodec> make_tokenizer_codec(tokenizer::Tokenizer tok);
 Result<std::unique_ptr<BatchingBackend>> make_engine_backend(std::shared_ptr<const gguf::File> file,
                                                              const EngineBackendOptions& options);
 
+// The tokenizer, chat template and seeded samplers of `file` over any StepModel: the local engine above,
+// or a pipeline front (pipeline/runtime.h). Every `veil serve` goes through here.
+Result<std::unique_ptr<BatchingBackend>> make_step_backend(const gguf::File& file, std::unique_ptr<StepModel> step,
+                                                           const EngineBackendOptions& options);
+
 }  // namespace veil::server

@@ -320,7 +320,12 @@ struct BatchingBackend::Impl {
       if (nseq > max_batch.load(std::memory_order_relaxed)) max_batch.store(nseq, std::memory_order_relaxed);
       if (!st.ok()) {
         spdlog::error("scheduler: forward pass over {} sequences failed: {}", batch.size(), st.error().message());
-        for (auto* s : batch_seqs) finish(*s, FinishReason::kError, "inference failed");
+        // A pipeline stage that timed out or went away is named to the client (content-free); other failures stay generic.
+        ErrorCode code = st.error().code();
+        std::string why = code == ErrorCode::kUnavailable || code == ErrorCode::kTimeout
+                              ? "inference failed: " + st.error().message()
+                              : "inference failed";
+        for (auto* s : batch_seqs) finish(*s, FinishReason::kError, why);
         reap();
         continue;
       }

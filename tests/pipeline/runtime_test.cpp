@@ -1,0 +1,388 @@
+// The pipeline runtime end to end in one process: stage servers on 127.0.0.1 ephemeral ports with sim
+// attestation, the front's PipelineStepModel, greedy output compared with one process on stories260K.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <future>
+#include <map>
+
+#include "attest/sim.h"
+#include "pipeline/runtime.h"
+
+namespace veil::pipeline {
+namespace {
+
+using namespace std::chrono_literals;
+
+const std::string kModel = std::string(VEIL_SHARED_DIR) + "/models/stories260K/stories260K.gguf";
+const std::vector<int32_t> kPrompt = {1, 403, 407, 261, 378, 276, 412, 293};
+
+std::shared_ptr<const gguf::File> model_file() {
+  static std::shared_ptr<const gguf::File> file = [] {
+    auto f = gguf::File::open(kModel);
+    EXPECT_TRUE(f.ok()) << f.error().message();
+    return std::make_shared<const gguf::File>(std::move(*f));
+  }();
+  return file;
+}
+
+int32_t argmax(std::span<const float> row) {
+  return static_cast<int32_t>(std::max_element(row.begin(), row.end()) - row.begin());
+}
+
+// Greedy continuation with the whole model in this process: the reference.
+std::vector<int32_t> reference_greedy(const std::vector<int32_t>& prompt, int n) {
+  auto model = engine::Model::load(model_file());
+  EXPECT_TRUE(model.ok());
+  engine::Context ctx((*model)->hparams(), {.threads = 1});
+  engine::KvCache cache = (*model)->new_cache(256);
+  std::vector<int32_t> out, in = prompt;
+  for (int i = 0; i < n; ++i) {
+    engine::ForwardRequest r{&cache, in, engine::LogitsMode::kLast};
+    EXPECT_TRUE((*model)->forward({&r, 1}, ctx).ok());
+    out.push_back(argmax(ctx.logits()));
+    in = {out.back()};
+  }
+  return out;
+}
+
+// Greedy continuation through a StepModel, `n_seq` copies of the prompt in parallel slots (one batch per step).
+Result<std::vector<std::vector<int32_t>>> step_greedy(server::StepModel& m, const std::vector<int32_t>& prompt, int n,
+                                                      uint32_t n_seq = 1, uint32_t first_slot = 0) {
+  std::vector<std::vector<int32_t>> out(n_seq), in(n_seq, prompt);
+  std::vector<uint32_t> pos(n_seq, 0);
+  std::vector<float> logits;
+  for (uint32_t s = 0; s < n_seq; ++s) m.reset_slot(first_slot + s);
+  for (int i = 0; i < n; ++i) {
+    std::vector<server::StepInput> batch;
+    for (uint32_t s = 0; s < n_seq; ++s) batch.push_back({first_slot + s, in[s], pos[s], true});
+    VEIL_TRY(m.forward(batch, logits));
+    for (uint32_t s = 0; s < n_seq; ++s) {
+      pos[s] += static_cast<uint32_t>(in[s].size());
+      out[s].push_back(argmax(std::span<const float>(logits).subspan(s * m.vocab_size(), m.vocab_size())));
+      in[s] = {out[s].back()};
+    }
+  }
+  return out;
+}
+
+class PipelineRuntime : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() / fmt::format("veil-pipeline-{}-{}", ::getpid(), counter_++);
+    std::filesystem::create_directories(dir_);
+    attest::ProviderOptions po;
+    po.sim_platform_key = dir_ / "platform.key";
+    po.sim_create_key = true;
+    auto p = attest::make_provider("sim", po);
+    ASSERT_TRUE(p.ok()) << p.error().message();
+    provider_ = std::move(*p);
+    auto pub = attest::sim_platform_public_key(po.sim_platform_key, false);
+    ASSERT_TRUE(pub.ok()) << pub.error().message();
+    collateral_.items["sim_platform_public_key"] = *pub;
+    auto ev = provider_->quote(attest::ReportData{});
+    ASSERT_TRUE(ev.ok());
+    auto claims = attest::verifier_for(attest::TeeType::kSim)->verify(*ev, collateral_, std::chrono::system_clock::now());
+    ASSERT_TRUE(claims.ok()) << claims.error().message();
+    measurement_ = claims->measurements.at("measurement");
+  }
+  void TearDown() override {
+    front_.reset();
+    stages_.clear();
+    std::filesystem::remove_all(dir_);
+  }
+
+  attest::Policy policy(bool right_measurement) const {
+    attest::Policy p;
+    p.allowed_types = {attest::TeeType::kSim};
+    p.allow_simulated = true;
+    p.expected_measurements[attest::TeeType::kSim]["measurement"] = {right_measurement ? measurement_
+                                                                                     : Bytes(measurement_.size(), 0)};
+    return p;
+  }
+
+  // A manifest for stories260K (5 layers) cut at `cuts`; endpoints are filled in when the stages start.
+  ShardManifest make_manifest(const std::vector<uint32_t>& bounds) {
+    ShardManifest m;
+    m.model_id = "stories260K";
+    m.model_version = 1;
+    m.sealed_model_sha256 = Bytes(32, 0xaa);
+    m.n_layers = 5;
+    for (size_t i = 0; i + 1 < bounds.size(); ++i) {
+      StageSpec s;
+      s.index = static_cast<uint32_t>(i);
+      s.layer_begin = bounds[i];
+      s.layer_end = bounds[i + 1];
+      s.weights_sha256 = Bytes(32, 0xbb);
+      s.endpoint = "127.0.0.1:0";
+      s.policy = policy(true);
+      m.stages.push_back(s);
+    }
+    return m;
+  }
+
+  std::unique_ptr<StageServer> start_stage(const ShardManifest& m, uint32_t i, const std::string& listen,
+                                           std::function<void()> hook = {}) {
+    auto model = engine::Model::load(model_file(), {.layers = {m.stages[i].layer_begin, m.stages[i].layer_end}});
+    EXPECT_TRUE(model.ok()) << model.error().message();
+    StageOptions so;
+    so.max_slots = 4;
+    so.n_ctx = 256;
+    so.listen = listen;
+    so.channel.attester = channel::attester_from_provider(provider_);
+    so.before_forward = std::move(hook);
+    auto s = StageServer::start(m, i, *model, so);
+    EXPECT_TRUE(s.ok()) << s.error().message();
+    return s.ok() ? std::move(*s) : nullptr;
+  }
+
+  // Starts every stage on an ephemeral port and points the manifest at them.
+  void start_stages(ShardManifest& m, std::map<uint32_t, std::function<void()>> hooks = {}) {
+    for (uint32_t i = 0; i < m.stages.size(); ++i) {
+      stages_.push_back(start_stage(m, i, "tcp:127.0.0.1:0", hooks[i]));
+      ASSERT_TRUE(stages_.back());
+      m.stages[i].endpoint = stages_.back()->address();
+    }
+  }
+
+  FrontOptions front_options(std::chrono::milliseconds timeout = 5s) const {
+    FrontOptions fo;
+    fo.collateral = collateral_;
+    fo.request_timeout = timeout;
+    fo.health_interval = 0ms;  // tests call check_health() themselves
+    fo.retry.max_attempts = 20;
+    fo.retry.initial_backoff = 5ms;
+    fo.retry.max_backoff = 50ms;
+    return fo;
+  }
+
+  static inline int counter_ = 0;
+  std::filesystem::path dir_;
+  std::shared_ptr<attest::Provider> provider_;
+  attest::Collateral collateral_;
+  Bytes measurement_;
+  std::vector<std::unique_ptr<StageServer>> stages_;
+  std::unique_ptr<PipelineStepModel> front_;
+};
+
+TEST(PipelineWire, RoundTripsAndRejectsMalformedMessages) {
+  Message m;
+  m.type = MsgType::kForward;
+  m.request_id = 42;
+  m.segments = {{1, 0, 2, false}, {3, 7, 1, true}};
+  m.values.assign(3 * 4, 0.5f);
+  auto back = decode_message(encode_message(m));
+  ASSERT_TRUE(back.ok()) << back.error().message();
+  EXPECT_EQ(back->request_id, 42u);
+  ASSERT_EQ(back->segments.size(), 2u);
+  EXPECT_EQ(back->segments[1].pos0, 7u);
+  EXPECT_TRUE(back->segments[1].want_logits);
+  EXPECT_EQ(back->values, m.values);
+
+  Bytes b = encode_message(m);
+  b[0] = 9;
+  EXPECT_EQ(decode_message(b).error().code(), ErrorCode::kUnsupported);
+  b = encode_message(m);
+  b.pop_back();
+  EXPECT_EQ(decode_message(b).error().code(), ErrorCode::kCorrupt);  // truncated hidden states
+  b = encode_message(m);
+  b.push_back(0);
+  EXPECT_EQ(decode_message(b).error().code(), ErrorCode::kCorrupt);  // trailing byte
+  m.values.assign(7, 0.0f);  // not a whole row per token
+  EXPECT_EQ(decode_message(encode_message(m)).error().code(), ErrorCode::kCorrupt);
+  m.values.clear();  // neither tokens nor hidden states
+  EXPECT_EQ(decode_message(encode_message(m)).error().code(), ErrorCode::kCorrupt);
+  // A huge declared count is refused before any allocation.
+  Message f;
+  f.type = MsgType::kForward;
+  f.segments = {{0, 0, 1, true}};
+  f.tokens = {5};
+  b = encode_message(f);
+  std::memset(b.data() + b.size() - 16, 0xff, 8);  // the token count
+  EXPECT_EQ(decode_message(b).error().code(), ErrorCode::kCorrupt);
+
+  Message e;
+  e.type = MsgType::kError;
+  e.error_stage = 2;
+  e.error_code = ErrorCode::kTimeout;
+  e.reason = std::string(500, 'x');
+  auto eb = decode_message(encode_message(e));
+  ASSERT_TRUE(eb.ok());
+  EXPECT_EQ(eb->error_stage, 2u);
+  EXPECT_EQ(eb->reason.size(), kMaxReasonBytes);
+}
+
+TEST_F(PipelineRuntime, OneTwoAndThreeStagesMatchOneProcess) {
+  const int n = 24;
+  auto want = reference_greedy(kPrompt, n);
+  for (const auto& bounds : std::vector<std::vector<uint32_t>>{{0, 5}, {0, 2, 5}, {0, 2, 4, 5}}) {
+    SCOPED_TRACE(bounds.size() - 1);
+    ShardManifest m = make_manifest(bounds);
+    start_stages(m);
+    auto front = PipelineStepModel::connect(m, front_options());
+    ASSERT_TRUE(front.ok()) << front.error().message();
+    EXPECT_EQ((*front)->vocab_size(), 512u);
+    auto got = step_greedy(**front, kPrompt, n, /*n_seq=*/2);
+    ASSERT_TRUE(got.ok()) << got.error().message();
+    EXPECT_EQ((*got)[0], want);
+    EXPECT_EQ((*got)[1], want);
+    front->reset();
+    stages_.clear();
+  }
+}
+
+// Fill-drain: the prompt (and, in decode, the sequences of a step) split into micro-batches that overlap across
+// stages give the same tokens; 5 micro-batches cut the 8-token prompts of 3 sequences mid-sequence.
+TEST_F(PipelineRuntime, MicroBatchedStagesMatchOneProcess) {
+  const int n = 12;
+  auto want = reference_greedy(kPrompt, n);
+  for (const auto& bounds : std::vector<std::vector<uint32_t>>{{0, 2, 5}, {0, 2, 4, 5}}) {
+    SCOPED_TRACE(bounds.size() - 1);
+    ShardManifest m = make_manifest(bounds);
+    start_stages(m);
+    FrontOptions fo = front_options();
+    fo.micro_batches = 5;
+    auto front = PipelineStepModel::connect(m, fo);
+    ASSERT_TRUE(front.ok()) << front.error().message();
+    EXPECT_EQ((*front)->vocab_size(), 512u);
+    auto got = step_greedy(**front, kPrompt, n, /*n_seq=*/3);
+    ASSERT_TRUE(got.ok()) << got.error().message();
+    for (const auto& seq : *got) EXPECT_EQ(seq, want);
+    front->reset();
+    stages_.clear();
+  }
+}
+
+TEST_F(PipelineRuntime, StageWithWrongMeasurementIsRefusedBeforeItReceivesAnything) {
+  ShardManifest m = make_manifest({0, 2, 5});
+  start_stages(m);
+  m.stages[1].policy = policy(false);
+  auto front = PipelineStepModel::connect(m, front_options());
+  ASSERT_FALSE(front.ok());
+  EXPECT_EQ(front.error().code(), ErrorCode::kSecurity);
+  EXPECT_NE(front.error().message().find("pipeline stage 1"), std::string::npos) << front.error().message();
+  EXPECT_EQ(stages_[1]->messages_received(), 0u);
+  EXPECT_EQ(stages_[1]->sessions(), 0u);
+}
+
+TEST_F(PipelineRuntime, MutualAttestationRefusesAnUnattestedFront) {
+  ShardManifest m = make_manifest({0, 5});
+  stages_.push_back(nullptr);
+  {
+    auto model = engine::Model::load(model_file(), {.layers = {0, 5}});
+    ASSERT_TRUE(model.ok());
+    StageOptions so;
+    so.max_slots = 2;
+    so.n_ctx = 64;
+    so.listen = "tcp:127.0.0.1:0";
+    so.channel.mode = channel::Mode::kMutual;
+    so.channel.attester = channel::attester_from_provider(provider_);
+    so.channel.verifier = channel::verifier_from_policy(policy(true), collateral_);
+    auto s = StageServer::start(m, 0, *model, so);
+    ASSERT_TRUE(s.ok()) << s.error().message();
+    stages_[0] = std::move(*s);
+    m.stages[0].endpoint = stages_[0]->address();
+  }
+  // A front that does not present evidence is refused in the handshake (the stage closes the connection, so the
+  // front sees it as unavailable); the stage receives nothing.
+  FrontOptions quick = front_options();
+  quick.retry.max_attempts = 2;
+  auto anonymous = PipelineStepModel::connect(m, quick);
+  ASSERT_FALSE(anonymous.ok());
+  EXPECT_NE(anonymous.error().message().find("pipeline stage 0"), std::string::npos) << anonymous.error().message();
+  EXPECT_EQ(stages_[0]->messages_received(), 0u);
+  // An attested front is accepted and gets the single-process tokens.
+  FrontOptions fo = front_options();
+  fo.channel.mode = channel::Mode::kMutual;
+  fo.channel.attester = channel::attester_from_provider(provider_);
+  auto front = PipelineStepModel::connect(m, fo);
+  ASSERT_TRUE(front.ok()) << front.error().message();
+  auto got = step_greedy(**front, kPrompt, 6);
+  ASSERT_TRUE(got.ok()) << got.error().message();
+  EXPECT_EQ((*got)[0], reference_greedy(kPrompt, 6));
+}
+
+TEST_F(PipelineRuntime, HungStageTimesOutNamedAndTheNextRequestSucceeds) {
+  std::promise<void> release_p;
+  std::shared_future<void> release = release_p.get_future().share();
+  std::atomic<int> calls{0};
+  ShardManifest m = make_manifest({0, 2, 5});
+  start_stages(m, {{1, [&] {
+                      if (calls.fetch_add(1) == 1) release.wait();  // the second forward pass hangs
+                    }}});
+  auto front = PipelineStepModel::connect(m, front_options(400ms));
+  ASSERT_TRUE(front.ok()) << front.error().message();
+  auto t0 = std::chrono::steady_clock::now();
+  auto got = step_greedy(**front, kPrompt, 3);
+  auto elapsed = std::chrono::steady_clock::now() - t0;
+  release_p.set_value();
+  ASSERT_FALSE(got.ok());
+  EXPECT_EQ(got.error().code(), ErrorCode::kTimeout);
+  EXPECT_NE(got.error().message().find("pipeline stage 1"), std::string::npos) << got.error().message();
+  EXPECT_LT(elapsed, 3s);
+  EXPECT_FALSE((*front)->health()[1].connected);
+  // The stage is free again: the next request reconnects and gets the same tokens as one process.
+  auto again = step_greedy(**front, kPrompt, 8);
+  ASSERT_TRUE(again.ok()) << again.error().message();
+  EXPECT_EQ((*again)[0], reference_greedy(kPrompt, 8));
+  EXPECT_EQ((*front)->health()[1].reconnects, 1u);
+}
+
+TEST_F(PipelineRuntime, StageKilledMidRequestFailsNamedAndServesAgainAfterRestart) {
+  std::promise<void> entered_p, release_p;
+  std::shared_future<void> release = release_p.get_future().share();
+  std::atomic<int> calls{0};
+  ShardManifest m = make_manifest({0, 2, 4, 5});
+  start_stages(m, {{1, [&] {
+                      if (calls.fetch_add(1) == 2) {
+                        entered_p.set_value();
+                        release.wait();
+                      }
+                    }}});
+  auto front = PipelineStepModel::connect(m, front_options(5s));
+  ASSERT_TRUE(front.ok()) << front.error().message();
+  auto request = std::async(std::launch::async, [&] { return step_greedy(**front, kPrompt, 6); });
+  entered_p.get_future().wait();
+  auto stopped = std::async(std::launch::async, [&] { stages_[1]->stop(); });  // the connection drops now
+  auto t0 = std::chrono::steady_clock::now();
+  auto got = request.get();
+  auto elapsed = std::chrono::steady_clock::now() - t0;
+  release_p.set_value();
+  stopped.get();
+  ASSERT_FALSE(got.ok());
+  EXPECT_EQ(got.error().code(), ErrorCode::kUnavailable) << got.error().message();
+  EXPECT_NE(got.error().message().find("pipeline stage 1"), std::string::npos) << got.error().message();
+  EXPECT_LT(elapsed, 3s);
+
+  // The stage comes back on the same endpoint: the health check reconnects it and a new request succeeds.
+  std::string addr = stages_[1]->address();
+  stages_[1] = start_stage(m, 1, addr);
+  ASSERT_TRUE(stages_[1]);
+  (*front)->check_health();
+  EXPECT_TRUE((*front)->health()[1].connected);
+  auto again = step_greedy(**front, kPrompt, 8);
+  ASSERT_TRUE(again.ok()) << again.error().message();
+  EXPECT_EQ((*again)[0], reference_greedy(kPrompt, 8));
+}
+
+TEST_F(PipelineRuntime, StageDownFailsWithinTheTimeout) {
+  ShardManifest m = make_manifest({0, 2, 5});
+  start_stages(m);
+  auto front = PipelineStepModel::connect(m, front_options(500ms));
+  ASSERT_TRUE(front.ok()) << front.error().message();
+  stages_[1]->stop();
+  auto t0 = std::chrono::steady_clock::now();
+  auto got = step_greedy(**front, kPrompt, 2);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 3s);
+  ASSERT_FALSE(got.ok());
+  EXPECT_NE(got.error().message().find("pipeline stage 1"), std::string::npos) << got.error().message();
+  (*front)->check_health();
+  EXPECT_FALSE((*front)->health()[1].connected);
+  EXPECT_FALSE((*front)->health()[1].last_error.empty());
+}
+
+}  // namespace
+}  // namespace veil::pipeline
