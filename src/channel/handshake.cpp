@@ -152,7 +152,7 @@ class Handshake {
 
  private:
   void start_hello(Bytes& body) {
-    ephemeral_ = crypto::x25519_take_ephemeral();  // made ahead of time: key generation is off the critical path
+    ephemeral_ = crypto::x25519_take_ephemeral();  // made while waiting on an earlier handshake, if any
     wire::Hello h;
     h.suite = uint16_t(options_.suite);
     h.mode = uint8_t(options_.mode);
@@ -260,6 +260,9 @@ Result<std::unique_ptr<Channel>> run_handshake(bool client, std::unique_ptr<Tran
     if (out->has_value()) {
       auto st = write_frame(*transport, (*out)->type, (*out)->body, deadline);
       if (!st.ok()) return refuse(std::move(st).error());
+      // While the peer works on this message, make the ephemeral key of this thread's next handshake: it is then
+      // off the critical path (the peer's reply takes longer than one X25519 key generation).
+      if (!hs.done() && hs.wants_input()) crypto::x25519_prepare_ephemeral();
     }
   }
   auto channel = make_channel(std::move(transport), hs.take_result(), options);

@@ -99,9 +99,10 @@ struct X25519KeyPair {
   std::shared_ptr<const void> handle;  // opaque; null when built by hand
 };
 X25519KeyPair x25519_generate();
-// A fresh ephemeral pair made ahead of time by a background thread (one of up to two spares), so a handshake does
-// not wait for key generation; generated on the spot when none is ready. Every pair is handed out exactly once,
-// and never to a process other than the one that made it (fork-safe).
+// Ephemeral keys made while waiting: x25519_prepare_ephemeral() makes a spare pair for the calling thread (a
+// handshake calls it while it waits for the peer), and x25519_take_ephemeral() hands that spare out exactly once, or
+// makes a pair on the spot when there is none. A spare never crosses threads or a fork.
+void x25519_prepare_ephemeral();
 X25519KeyPair x25519_take_ephemeral();
 Result<X25519KeyPair> x25519_from_private(ByteView private_key);
 // Fails with kSecurity for an all-zero shared secret (low-order peer key).
