@@ -35,8 +35,68 @@ void layernorm(const float* x, const Vec& w, const Vec& b, float eps, size_t row
   }
 }
 
-void linear(Batch& b, const tensor::Matrix& m, const float* in, float* out, const Vec* bias) {
-  tensor::matmul(b.ctx.kernels(), m, in, b.n_tokens, out, &b.ctx.pool(), b.ctx.buf.mm);
+namespace {
+
+// Rows per scheduling unit: a multiple of 4 (the x4 layout's groups) and 64 bytes of output (no false sharing).
+constexpr size_t kRowGrain = 16;
+
+struct MatmulJob {
+  const kernels::TypeKernels* k;
+  const Matrix* m;
+  const uint8_t* act;
+  size_t act_stride;
+  size_t batch;
+  float* y;
+};
+
+void matmul_task(void* p, size_t r0, size_t r1, int) {
+  const MatmulJob& j = *static_cast<const MatmulJob*>(p);
+  const Matrix& m = *j.m;
+  if (j.batch == 1) {
+    if (m.x4) {
+      j.k->matvec_x4(m.data, m.rows, m.cols, j.act, j.y + r0, r0, r1);
+    } else {
+      j.k->matvec(m.data, m.row_stride, m.cols, j.act, j.y + r0, r0, r1);
+    }
+  } else if (m.x4) {
+    j.k->matmul_x4(m.data, m.rows, m.cols, j.act, j.act_stride, j.batch, j.y + r0, m.rows, r0, r1);
+  } else {
+    j.k->matmul(m.data, m.row_stride, m.cols, j.act, j.act_stride, j.batch, j.y + r0, m.rows, r0, r1);
+  }
+}
+
+struct PrepareJob {
+  const kernels::TypeKernels* k;
+  const float* x;
+  size_t n;
+  uint8_t* act;
+  size_t act_stride;
+};
+
+void prepare_task(void* p, size_t b0, size_t b1, int) {
+  const PrepareJob& j = *static_cast<const PrepareJob*>(p);
+  for (size_t b = b0; b < b1; ++b) j.k->prepare(j.x + b * j.n, j.n, j.act + b * j.act_stride);
+}
+
+}  // namespace
+
+void matmul(Context& ctx, const Matrix& m, const float* in, size_t batch, float* out) {
+  const kernels::TypeKernels& k = ctx.kernels().of(m.type);
+  const size_t ab = (k.act_bytes(m.cols) + 63) / 64 * 64;
+  std::vector<uint8_t>& act = ctx.buf.act;
+  if (act.size() < ab * batch) act.resize(ab * batch);
+  if (batch == 1) {
+    k.prepare(in, m.cols, act.data());
+  } else {
+    PrepareJob pj{&k, in, m.cols, act.data(), ab};
+    ctx.pool().run(batch, 1, prepare_task, &pj);
+  }
+  MatmulJob job{&k, &m, act.data(), ab, batch, out};
+  ctx.pool().run(m.rows, kRowGrain, matmul_task, &job);
+}
+
+void linear(Batch& b, const Matrix& m, const float* in, float* out, const Vec* bias) {
+  matmul(b.ctx, m, in, b.n_tokens, out);
   if (bias && !bias->empty()) {
     for (size_t t = 0; t < b.n_tokens; ++t) add(out + t * m.rows, bias->data(), m.rows);
   }
@@ -94,7 +154,7 @@ struct AttnCtx {
   float* out;
 };
 
-void attention_task(void* p, size_t begin, size_t end) {
+void attention_task(void* p, size_t begin, size_t end, int) {
   auto* a = static_cast<AttnCtx*>(p);
   Batch& b = *a->b;
   const HParams& hp = b.model.hparams();

@@ -7,8 +7,11 @@ namespace veil::engine::ops {
 
 void rmsnorm(const float* x, const Vec& w, float eps, size_t rows, size_t n, float* out);
 void layernorm(const float* x, const Vec& w, const Vec& b, float eps, size_t rows, size_t n, float* out);
-// out[rows x m.rows] = in[rows x m.cols] * m^T (+ bias), on the context's kernels and threads.
-void linear(Batch& b, const tensor::Matrix& m, const float* in, float* out, const Vec* bias = nullptr);
+// out[batch x m.rows] = in[batch x m.cols] * m^T on the context's kernel table and thread pool: the activations
+// are prepared (quantised) once, then the rows are split over the threads (matvec for one token, matmul otherwise).
+void matmul(Context& ctx, const Matrix& m, const float* in, size_t batch, float* out);
+// matmul over the batch's tokens (+ bias).
+void linear(Batch& b, const Matrix& m, const float* in, float* out, const Vec* bias = nullptr);
 // Rotary embedding of `n_heads` heads per token, each token at its own position.
 void rope(Batch& b, float* x, uint32_t n_heads);
 // Writes the batch's K and V rows into each sequence's cache for `layer`.
