@@ -101,7 +101,7 @@ struct Weights {
   std::vector<LayerWeights> layers;  // n_layer entries; only those in the loaded range are bound
 };
 
-// Key/value cache of one sequence for the layers of one range.
+// Key/value cache (f32) of one sequence for the layers of one range: K as [n_ctx x kv_dim] per layer, V transposed.
 class KvCache {
  public:
   KvCache() = default;
@@ -112,7 +112,9 @@ class KvCache {
   void truncate(uint32_t n) { if (n < n_past_) n_past_ = n; }
   void clear() { n_past_ = 0; }
   float* k(uint32_t layer, uint32_t pos) { return k_.data() + ((layer - range_.begin) * size_t{n_ctx_} + pos) * kv_dim_; }
-  float* v(uint32_t layer, uint32_t pos) { return v_.data() + ((layer - range_.begin) * size_t{n_ctx_} + pos) * kv_dim_; }
+  // V of one layer transposed, [kv_dim x n_ctx]: row d holds component d of every position, so attention's
+  // weighted sum over positions is a matrix-vector product.
+  float* v_rows(uint32_t layer) { return v_.data() + (layer - range_.begin) * size_t{n_ctx_} * kv_dim_; }
   const LayerRange& range() const { return range_; }
   size_t bytes() const { return (k_.size() + v_.size()) * sizeof(float); }
 
@@ -162,6 +164,7 @@ class Context {
     std::vector<uint32_t> seq;           // request index of each token
     std::vector<uint8_t> act;            // prepared (quantised) activations of one matrix product
     std::vector<uint8_t> row;            // one plain weight row (embedding lookups in a repacked matrix)
+    std::vector<float> rope;             // rotary frequencies and one token's cos/sin
   } buf;
 
  private:

@@ -24,6 +24,10 @@ std::atomic<long> g_allocs{0};
 }  // namespace
 
 #ifndef VEIL_ALLOC_COUNT_OFF
+// The replacement pairs malloc with free; GCC's mismatch heuristic does not know it is the replacement.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+#endif
 void* operator new(std::size_t n) {
   if (g_counting.load(std::memory_order_relaxed)) g_allocs.fetch_add(1, std::memory_order_relaxed);
   if (void* p = std::malloc(n ? n : 1)) return p;
