@@ -34,14 +34,15 @@ ALL_ROWS=(gpt2-q8_0 gpt2-q4_0 gpt2-f16 stories15m-q8_0 stories15m-q4_0 tinyllama
 ROWS=("$@")
 [[ ${#ROWS[@]} -gt 0 ]] || ROWS=("${ALL_ROWS[@]}")
 
-# row -> "shape type output-type vocab"
+# row -> "shape type output-type vocab". Q4_0 rows keep output.weight in Q6_K as llama.cpp's Q4_0 files do (stories15M's
+# 288-wide rows fall back to Q8_0, as llama.cpp's do); the file sizes then match anchors.md's.
 synth_args() {
   case $1 in
     gpt2-q8_0) echo "gpt2-124m Q8_0 - $GPT2_VOCAB" ;;
-    gpt2-q4_0) echo "gpt2-124m Q4_0 - $GPT2_VOCAB" ;;
+    gpt2-q4_0) echo "gpt2-124m Q4_0 Q6_K $GPT2_VOCAB" ;;
     gpt2-f16) echo "gpt2-124m F16 - $GPT2_VOCAB" ;;
     stories15m-q8_0) echo "stories15m Q8_0 - $LLAMA_VOCAB" ;;
-    stories15m-q4_0) echo "stories15m Q4_0 - $LLAMA_VOCAB" ;;
+    stories15m-q4_0) echo "stories15m Q4_0 Q6_K $LLAMA_VOCAB" ;;
     tinyllama-q4_0) echo "tinyllama-1.1b Q4_0 Q6_K $LLAMA_VOCAB" ;;
     tinyllama-q8_0) echo "tinyllama-1.1b Q8_0 - $LLAMA_VOCAB" ;;
     *) echo "$0: unknown row '$1' (${ALL_ROWS[*]})" >&2; return 2 ;;
@@ -60,7 +61,7 @@ for row in "${ROWS[@]}"; do
   model=$WORK/$row.gguf
   synth=("$VEIL" synth --shape "$shape" --type "$type" --vocab "$vocab" -o "$model")
   [[ $out_type == - ]] || synth+=(--output-type "$out_type")
-  echo "== $row: ${synth[*]#"$VEIL "}" >&2
+  echo "== $row: veil ${synth[*]:1}" >&2
   "${synth[@]}" >&2
   for t in $THREADS; do
     echo "   veil bench -m $row.gguf ${BENCH_ARGS[*]} --threads $t --json" >&2
@@ -86,10 +87,10 @@ ANCHORS = {
 }
 LABELS = {
     "gpt2-q8_0": ("GPT-2 124M shape, output separate", "Q8_0"),
-    "gpt2-q4_0": ("GPT-2 124M shape, output separate", "Q4_0"),
+    "gpt2-q4_0": ("GPT-2 124M shape, output separate", "Q4_0 (output Q6_K)"),
     "gpt2-f16": ("GPT-2 124M shape, output separate", "F16"),
     "stories15m-q8_0": ("stories15M shape", "Q8_0"),
-    "stories15m-q4_0": ("stories15M shape", "Q4_0"),
+    "stories15m-q4_0": ("stories15M shape", "Q4_0 (output Q8_0)"),
     "tinyllama-q4_0": ("TinyLlama-1.1B shape", "Q4_0 (output Q6_K)"),
     "tinyllama-q8_0": ("TinyLlama-1.1B shape", "Q8_0"),
 }
@@ -104,7 +105,7 @@ try:
     cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
 except Exception:
     cpu = platform.processor() or "unknown CPU"
-version = subprocess.run([veil, "--version"], capture_output=True, text=True).stdout.strip()
+version = "; ".join(subprocess.run([veil, "--version"], capture_output=True, text=True).stdout.split("\n")).strip("; ")
 print(f"Machine: {cpu}, {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} CPUs; "
       f"kernels: {rows[0]['result']['kernels'] if rows else '?'}; {version}")
 print(f"Date: {start}. Command: `bench/model-table.sh {veil}` (veil bench {args} --json, per row and thread count).")

@@ -75,7 +75,7 @@ void llama_block(Batch& b, uint32_t l) {
   ops::rmsnorm(b.x, w.ffn_norm, hp.norm_eps, T, d, B.xb.data());
   const ops::Product gate_up[] = {{&w.ffn_gate, B.hb.data(), nullptr}, {&w.ffn_up, B.hb2.data(), nullptr}};
   ops::linear_many(b, gate_up, B.xb.data());
-  ops::silu_mul(B.hb.data(), B.hb2.data(), T * nff);
+  ops::silu_mul(b.ctx, B.hb.data(), B.hb2.data(), T * nff);
   ops::linear(b, w.ffn_down, B.hb.data(), B.xb2.data());
   ops::add(b.x, B.xb2.data(), T * d);
 }

@@ -39,6 +39,9 @@ namespace {
 
 // Rows per scheduling unit: a multiple of 4 (the x4 layout's groups) and 64 bytes of output (no false sharing).
 constexpr size_t kRowGrain = 16;
+// Ranges per thread that the pool hands out: a thread the OS deschedules (shared machines) leaves its ranges to
+// the others; each range is still long enough that claiming it costs nothing measurable.
+constexpr int kChunksPerThread = 4;
 
 // Up to kMaxProducts matrices of one type and width applied to the same prepared activations, their rows
 // concatenated into one range that the pool splits (one dispatch instead of one per matrix).
@@ -116,7 +119,7 @@ void matmul_fused(Context& ctx, std::span<const Product> ps, const float* in, si
   size_t rows = 0;
   for (const Product& p : ps) rows += p.m->rows;
   MatmulJob job{&k, ps.data(), ps.size(), act.data(), ab, batch};
-  ctx.pool().run(rows, kRowGrain, matmul_task, &job);
+  ctx.pool().run(rows, kRowGrain, matmul_task, &job, kChunksPerThread);
 }
 
 }  // namespace
@@ -250,26 +253,56 @@ void attention_task(void* p, size_t begin, size_t end, int) {
 
 void attention(Batch& b, uint32_t layer, const float* q, float* out) {
   AttnCtx a{&b, layer, q, out};
-  b.ctx.pool().run(b.n_tokens * b.model.hparams().n_head, 1, attention_task, &a);
+  b.ctx.pool().run(b.n_tokens * b.model.hparams().n_head, 1, attention_task, &a, kChunksPerThread);
 }
 
 void add(float* x, const float* y, size_t n) {
   for (size_t i = 0; i < n; ++i) x[i] += y[i];
 }
 
-void silu_mul(float* gate, const float* up, size_t n) {
-  for (size_t i = 0; i < n; ++i) {
+namespace {
+
+// Element-wise activations over the pool: each element is computed exactly as the serial loop would, so the
+// split changes nothing but the time (decode would otherwise leave the other threads idle here).
+constexpr size_t kElementGrain = 1024;
+
+struct ActivationJob {
+  float* x;
+  const float* up;
+};
+
+void silu_mul_range(float* gate, const float* up, size_t b, size_t e) {
+  for (size_t i = b; i < e; ++i) {
     float g = gate[i];
     gate[i] = g * (1.0f / (1.0f + std::exp(-g))) * up[i];
   }
 }
 
-void gelu(float* x, size_t n) {
+void gelu_range(float* x, size_t b, size_t e) {
   constexpr float kSqrt2OverPi = 0.7978845608028654f;
-  for (size_t i = 0; i < n; ++i) {
+  for (size_t i = b; i < e; ++i) {
     float v = x[i];
     x[i] = 0.5f * v * (1.0f + std::tanh(kSqrt2OverPi * (v + 0.044715f * v * v * v)));
   }
+}
+
+}  // namespace
+
+void silu_mul(Context& ctx, float* gate, const float* up, size_t n) {
+  if (n <= kElementGrain) return silu_mul_range(gate, up, 0, n);
+  ActivationJob j{gate, up};
+  ctx.pool().run(n, kElementGrain, [](void* p, size_t b, size_t e, int) {
+    auto* a = static_cast<ActivationJob*>(p);
+    silu_mul_range(a->x, a->up, b, e);
+  }, &j, kChunksPerThread);
+}
+
+void gelu(Context& ctx, float* x, size_t n) {
+  if (n <= kElementGrain) return gelu_range(x, 0, n);
+  ActivationJob j{x, nullptr};
+  ctx.pool().run(n, kElementGrain, [](void* p, size_t b, size_t e, int) {
+    gelu_range(static_cast<ActivationJob*>(p)->x, b, e);
+  }, &j, kChunksPerThread);
 }
 
 }  // namespace veil::engine::ops

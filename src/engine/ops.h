@@ -27,7 +27,8 @@ void store_kv(Batch& b, uint32_t layer, const float* k, const float* v);
 // Causal multi-head attention (GQA when n_head_kv < n_head) of every token against its sequence's cache.
 void attention(Batch& b, uint32_t layer, const float* q, float* out);
 void add(float* x, const float* y, size_t n);
-void silu_mul(float* gate, const float* up, size_t n);  // gate = silu(gate) * up
-void gelu(float* x, size_t n);                           // tanh approximation (GPT-2)
+// Element-wise, split over the context's threads.
+void silu_mul(Context& ctx, float* gate, const float* up, size_t n);  // gate = silu(gate) * up
+void gelu(Context& ctx, float* x, size_t n);                           // tanh approximation (GPT-2)
 
 }  // namespace veil::engine::ops

@@ -28,7 +28,7 @@
 // engine repacks at load (docs/engine.md says when).
 //
 // Thread pool. ThreadPool keeps persistent workers that spin (bounded) between jobs and then sleep on a futex;
-// run() splits [0, n) into contiguous ranges and allocates nothing.
+// run() splits [0, n) into contiguous ranges that the threads claim from a shared counter; it allocates nothing.
 //
 // Thread-safety: every kernel is a pure function of its inputs and may run concurrently on disjoint outputs.
 // A ThreadPool's run() must be called by one thread at a time.
@@ -195,9 +195,15 @@ void matvec_repacked_x4(Isa isa, Type t, const uint8_t* packed, size_t rows, siz
 // Persistent workers for decode latency. ThreadPool(n) uses the calling thread plus n-1 workers. Between jobs a
 // worker spins for up to `spin_us` microseconds, then sleeps on a futex; the caller's wait does the same.
 // With pin=true thread i is pinned to the i-th CPU of the process's affinity mask.
+//
+// Work is handed out in ranges from a shared counter: each thread (the caller included) claims the next range
+// until none is left, so a thread the OS has descheduled (a shared, oversubscribed machine) leaves its ranges to
+// the others instead of stalling the job, and the caller never waits for a worker that has not started. A job is
+// finished when all of its ranges are, whoever ran them.
 class ThreadPool {
  public:
-  // fn(ctx, begin, end, thread_index)
+  // fn(ctx, begin, end, thread): thread is the index of the running thread (0 = the caller), unique among the
+  // threads running the job at one time.
   using TaskFn = void (*)(void* ctx, size_t begin, size_t end, int thread);
 
   explicit ThreadPool(int n_threads, bool pin = false, int spin_us = 200);
@@ -206,34 +212,43 @@ class ThreadPool {
   ThreadPool& operator=(const ThreadPool&) = delete;
 
   int size() const { return n_threads_; }
-  // Splits [0, n) into size() contiguous ranges whose boundaries are multiples of `grain` (the last range takes
-  // the remainder) and runs fn on each (empty ranges are skipped); returns when all have finished.
-  void run(size_t n, size_t grain, TaskFn fn, void* ctx);
+  // Splits [0, n) into size() * chunks_per_thread contiguous ranges (fewer when n / grain is smaller) whose
+  // boundaries are multiples of `grain` (the last range takes the remainder), runs fn on each and returns when all
+  // have finished. fn may run several ranges on one thread. Allocates nothing.
+  void run(size_t n, size_t grain, TaskFn fn, void* ctx, int chunks_per_thread = 1);
   // Convenience over run(): f(begin, end, thread) for a callable; no allocation.
   template <typename F>
-  void parallel_for(size_t n, size_t grain, F&& f) {
+  void parallel_for(size_t n, size_t grain, F&& f, int chunks_per_thread = 1) {
     run(n, grain, [](void* c, size_t b, size_t e, int t) { (*static_cast<F*>(c))(b, e, t); },
-        const_cast<void*>(static_cast<const void*>(&f)));
+        const_cast<void*>(static_cast<const void*>(&f)), chunks_per_thread);
   }
   // How many jobs have been run (for tests).
   uint64_t jobs_run() const { return jobs_; }
 
  private:
+  // A job's description, in one of four slots (job id % 4) so that a worker still looking at an older job never
+  // reads a slot being rewritten: a slot is reused only four jobs later, and a claim is valid only while the shared
+  // counter still carries that job's id.
+  struct Job {
+    std::atomic<TaskFn> fn{nullptr};
+    std::atomic<void*> ctx{nullptr};
+    std::atomic<size_t> n{0};
+    std::atomic<size_t> grain{1};
+    std::atomic<uint32_t> ranges{0};
+  };
   void worker_main(int index);
-  void run_range(int index);
+  void work(uint32_t job, int thread);
 
   int n_threads_ = 1;
   int spin_us_ = 200;
   std::vector<std::thread> workers_;
-  alignas(64) std::atomic<uint32_t> generation_{0};
-  alignas(64) std::atomic<int> pending_{0};
-  alignas(64) std::atomic<int> sleepers_{0};      // workers asleep on generation_
-  std::atomic<int> caller_sleeping_{0};             // caller asleep on pending_
+  Job jobs_desc_[4];
+  alignas(64) std::atomic<uint32_t> generation_{0};  // id of the latest job (workers sleep on it)
+  alignas(64) std::atomic<uint64_t> claim_{0};        // (job id << 32) | next range to claim
+  alignas(64) std::atomic<uint32_t> done_{0};         // ranges of the current job finished (caller sleeps on it)
+  alignas(64) std::atomic<int> sleepers_{0};          // workers asleep on generation_
+  std::atomic<int> caller_sleeping_{0};
   std::atomic<bool> stop_{false};
-  TaskFn fn_ = nullptr;
-  void* ctx_ = nullptr;
-  size_t n_ = 0;
-  size_t grain_ = 1;
   uint64_t jobs_ = 0;
 };
 
