@@ -162,6 +162,7 @@ class Context {
     std::vector<float> xb, xb2, q, k, v, att, hb, hb2, scores;
     std::vector<uint32_t> pos;           // position of each token of the batch
     std::vector<uint32_t> seq;           // request index of each token
+    std::vector<uint32_t> first;         // first token of each request (and one past the last request's tokens)
     std::vector<uint8_t> act;            // prepared (quantised) activations of one matrix product
     std::vector<uint8_t> row;            // one plain weight row (embedding lookups in a repacked matrix)
     std::vector<float> rope;             // rotary frequencies and one token's cos/sin

@@ -355,8 +355,11 @@ Status Model::forward(std::span<ForwardRequest> requests, Context& ctx) const {
     B.pos.resize(total);
     B.seq.resize(total);
   }
+  if (B.first.size() < requests.size() + 1) B.first.resize(requests.size() + 1);
   for (size_t i = 0, t = 0; i < requests.size(); ++i) {
     size_t n = first_stage() ? requests[i].tokens.size() : requests[i].n_tokens;
+    B.first[i] = static_cast<uint32_t>(t);
+    B.first[i + 1] = static_cast<uint32_t>(t + n);
     for (size_t j = 0; j < n; ++j, ++t) {
       B.pos[t] = requests[i].cache->n_past_ + static_cast<uint32_t>(j);
       B.seq[t] = static_cast<uint32_t>(i);

@@ -210,9 +210,14 @@ struct AttnCtx {
   float* out;
 };
 
-// One (token, head) per unit. Both products run on the context's F32 kernels: the scores are a matvec of the
-// head's K rows (kv_dim apart in the cache) with q, the output a matvec of the head's rows of the transposed V
-// cache with the softmax weights. The scalar table sums in element order, as a plain loop would.
+// Tokens of one request whose scores are computed together (one matmul against the head's keys); the scores of a
+// tile take kAttnTile x positions floats, so memory stays linear in the context length.
+constexpr size_t kAttnTile = 16;
+
+// One (request, head) per unit, the request's tokens in tiles. Both products run on the context's F32 kernels:
+// scores = the head's K rows (kv_dim apart in the cache) x q, output = the head's rows of the transposed V cache x
+// the softmax weights. A token's weights past its own position are zero (causal mask), so every token's sums are
+// the ones a per-token loop would make; the scalar table sums in element order.
 void attention_task(void* p, size_t begin, size_t end, int) {
   auto* a = static_cast<AttnCtx*>(p);
   Batch& b = *a->b;
@@ -222,30 +227,48 @@ void attention_task(void* p, size_t begin, size_t end, int) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   const kernels::TypeKernels& f32 = b.ctx.kernels().of(kernels::Type::kF32);
   thread_local std::vector<float> scores;
-  for (size_t i = begin; i < end; ++i) {
-    size_t t = i / nh;
-    uint32_t h = static_cast<uint32_t>(i % nh);
-    uint32_t kvh = h / group;
-    KvCache* c = b.requests[b.ctx.buf.seq[t]].cache;
-    const uint32_t n = b.ctx.buf.pos[t] + 1;
-    if (scores.size() < n) scores.resize(std::max<size_t>(n, 256));
-    const float* q = a->q + (t * nh + h) * hd;
+  for (size_t u = begin; u < end; ++u) {
+    const size_t req = u / nh;
+    const auto h = static_cast<uint32_t>(u % nh);
+    const uint32_t kvh = h / group;
+    KvCache* c = b.requests[req].cache;
     const auto* keys = reinterpret_cast<const uint8_t*>(c->k(a->layer, 0) + size_t{kvh} * hd);
-    f32.matvec(keys, kv_dim * sizeof(float), hd, reinterpret_cast<const uint8_t*>(q), scores.data(), 0, n);
-    float max = -INFINITY;
-    for (uint32_t p2 = 0; p2 < n; ++p2) {
-      scores[p2] *= scale;
-      max = std::max(max, scores[p2]);
-    }
-    float sum = 0.0f;
-    for (uint32_t p2 = 0; p2 < n; ++p2) {
-      scores[p2] = std::exp(scores[p2] - max);
-      sum += scores[p2];
-    }
-    for (uint32_t p2 = 0; p2 < n; ++p2) scores[p2] = scores[p2] / sum;
     const auto* vrows = reinterpret_cast<const uint8_t*>(c->v_rows(a->layer) + size_t{kvh} * hd * c->n_ctx());
-    f32.matvec(vrows, c->n_ctx() * sizeof(float), n, reinterpret_cast<const uint8_t*>(scores.data()),
-               a->out + (t * nh + h) * hd, 0, hd);
+    for (size_t t0 = b.ctx.buf.first[req]; t0 < b.ctx.buf.first[req + 1]; t0 += kAttnTile) {
+      const size_t m = std::min<size_t>(kAttnTile, b.ctx.buf.first[req + 1] - t0);
+      const size_t n = size_t{b.ctx.buf.pos[t0 + m - 1]} + 1;  // positions the tile's last token sees
+      if (scores.size() < m * n) scores.resize(std::max<size_t>(m * n, 4096));
+      const float* q = a->q + (t0 * nh + h) * hd;
+      float* o = a->out + (t0 * nh + h) * hd;
+      if (m == 1) {
+        f32.matvec(keys, kv_dim * sizeof(float), hd, reinterpret_cast<const uint8_t*>(q), scores.data(), 0, n);
+      } else {
+        f32.matmul(keys, kv_dim * sizeof(float), hd, reinterpret_cast<const uint8_t*>(q), size_t{nh} * hd * sizeof(float),
+                   m, scores.data(), n, 0, n);
+      }
+      for (size_t j = 0; j < m; ++j) {
+        float* s = scores.data() + j * n;
+        const size_t seen = size_t{b.ctx.buf.pos[t0 + j]} + 1;
+        float max = -INFINITY;
+        for (size_t p2 = 0; p2 < seen; ++p2) {
+          s[p2] *= scale;
+          max = std::max(max, s[p2]);
+        }
+        float sum = 0.0f;
+        for (size_t p2 = 0; p2 < seen; ++p2) {
+          s[p2] = std::exp(s[p2] - max);
+          sum += s[p2];
+        }
+        for (size_t p2 = 0; p2 < seen; ++p2) s[p2] = s[p2] / sum;
+        std::fill(s + seen, s + n, 0.0f);
+      }
+      if (m == 1) {
+        f32.matvec(vrows, c->n_ctx() * sizeof(float), n, reinterpret_cast<const uint8_t*>(scores.data()), o, 0, hd);
+      } else {
+        f32.matmul(vrows, c->n_ctx() * sizeof(float), n, reinterpret_cast<const uint8_t*>(scores.data()),
+                   n * sizeof(float), m, o, size_t{nh} * hd, 0, hd);
+      }
+    }
   }
 }
 
@@ -253,7 +276,7 @@ void attention_task(void* p, size_t begin, size_t end, int) {
 
 void attention(Batch& b, uint32_t layer, const float* q, float* out) {
   AttnCtx a{&b, layer, q, out};
-  b.ctx.pool().run(b.n_tokens * b.model.hparams().n_head, 1, attention_task, &a, kChunksPerThread);
+  b.ctx.pool().run(b.requests.size() * b.model.hparams().n_head, 1, attention_task, &a, kChunksPerThread);
 }
 
 void add(float* x, const float* y, size_t n) {
