@@ -285,46 +285,33 @@ void add(float* x, const float* y, size_t n) {
 
 namespace {
 
-// Element-wise activations over the pool: each element is computed exactly as the serial loop would, so the
+// Element-wise activations (the table's) over the pool: each element is computed as the serial loop would, so the
 // split changes nothing but the time (decode would otherwise leave the other threads idle here).
 constexpr size_t kElementGrain = 1024;
 
 struct ActivationJob {
+  const kernels::KernelTable* k;
   float* x;
   const float* up;
 };
 
-void silu_mul_range(float* gate, const float* up, size_t b, size_t e) {
-  for (size_t i = b; i < e; ++i) {
-    float g = gate[i];
-    gate[i] = g * (1.0f / (1.0f + std::exp(-g))) * up[i];
-  }
-}
-
-void gelu_range(float* x, size_t b, size_t e) {
-  constexpr float kSqrt2OverPi = 0.7978845608028654f;
-  for (size_t i = b; i < e; ++i) {
-    float v = x[i];
-    x[i] = 0.5f * v * (1.0f + std::tanh(kSqrt2OverPi * (v + 0.044715f * v * v * v)));
-  }
-}
-
 }  // namespace
 
 void silu_mul(Context& ctx, float* gate, const float* up, size_t n) {
-  if (n <= kElementGrain) return silu_mul_range(gate, up, 0, n);
-  ActivationJob j{gate, up};
+  if (n <= kElementGrain) return ctx.kernels().silu_mul(gate, up, n);
+  ActivationJob j{&ctx.kernels(), gate, up};
   ctx.pool().run(n, kElementGrain, [](void* p, size_t b, size_t e, int) {
     auto* a = static_cast<ActivationJob*>(p);
-    silu_mul_range(a->x, a->up, b, e);
+    a->k->silu_mul(a->x + b, a->up + b, e - b);
   }, &j, kChunksPerThread);
 }
 
 void gelu(Context& ctx, float* x, size_t n) {
-  if (n <= kElementGrain) return gelu_range(x, 0, n);
-  ActivationJob j{x, nullptr};
+  if (n <= kElementGrain) return ctx.kernels().gelu(x, n);
+  ActivationJob j{&ctx.kernels(), x, nullptr};
   ctx.pool().run(n, kElementGrain, [](void* p, size_t b, size_t e, int) {
-    gelu_range(static_cast<ActivationJob*>(p)->x, b, e);
+    auto* a = static_cast<ActivationJob*>(p);
+    a->k->gelu(a->x + b, e - b);
   }, &j, kChunksPerThread);
 }
 

@@ -1,6 +1,7 @@
 // AVX2 + FMA + F16C kernels (int8 dot products with maddubs/madd). Compiled for that target with function
 // attributes only, so the library still runs on CPUs without AVX2 (dispatch checks cpu_features()).
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <type_traits>
 

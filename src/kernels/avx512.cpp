@@ -8,6 +8,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <type_traits>
 

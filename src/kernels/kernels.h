@@ -96,6 +96,10 @@ struct KernelTable {
   Isa isa = Isa::kScalar;
   TypeKernels by_type[32];
   const TypeKernels& of(Type t) const { return by_type[static_cast<uint32_t>(t) & 31]; }
+  // Element-wise activations: gate[i] = silu(gate[i]) * up[i]; x[i] = gelu(x[i]) (tanh approximation). The scalar
+  // table uses libm's expf / tanhf; the SIMD tables a polynomial exp within 2 ulp of it.
+  void (*silu_mul)(float* gate, const float* up, size_t n) = nullptr;
+  void (*gelu)(float* x, size_t n) = nullptr;
 };
 
 // The table of one ISA (callable on any CPU; running a table the CPU lacks raises SIGILL: check isa_supported).

@@ -262,6 +262,21 @@ void matmul_x4_ref(const uint8_t* packed, size_t rows, size_t n, const uint8_t* 
   for (size_t c = 0; c < batch; ++c) matvec_x4_ref<T>(packed, rows, n, act + c * act_stride, y + c * y_stride, r0, r1);
 }
 
+void silu_mul_ref(float* gate, const float* up, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    float g = gate[i];
+    gate[i] = g * (1.0f / (1.0f + std::exp(-g))) * up[i];
+  }
+}
+
+void gelu_ref(float* x, size_t n) {
+  constexpr float kSqrt2OverPi = 0.7978845608028654f;
+  for (size_t i = 0; i < n; ++i) {
+    float v = x[i];
+    x[i] = 0.5f * v * (1.0f + std::tanh(kSqrt2OverPi * (v + 0.044715f * v * v * v)));
+  }
+}
+
 inline int8_t round_q(float v) {
   float r = std::nearbyint(v);
   r = std::min(127.0f, std::max(-127.0f, r));
@@ -339,6 +354,8 @@ void fill_scalar(KernelTable& t) {
   set(Type::kQ4_K, make<dot_q4_k_row>(act_bytes_q8k, prepare_q8k_scalar));
   set(Type::kQ5_K, make<dot_q5_k_row>(act_bytes_q8k, prepare_q8k_scalar));
   set(Type::kQ6_K, make<dot_q6_k_row>(act_bytes_q8k, prepare_q8k_scalar));
+  t.silu_mul = &silu_mul_ref;
+  t.gelu = &gelu_ref;
   t.by_type[static_cast<uint32_t>(Type::kQ4_0)].matvec_x4 = &matvec_x4_ref<Type::kQ4_0>;
   t.by_type[static_cast<uint32_t>(Type::kQ4_0)].matmul_x4 = &matmul_x4_ref<Type::kQ4_0>;
   t.by_type[static_cast<uint32_t>(Type::kQ8_0)].matvec_x4 = &matvec_x4_ref<Type::kQ8_0>;

@@ -176,6 +176,32 @@ TEST_P(KernelsByType, FastMatmulMatchesScalarForBatches1To17) {
 INSTANTIATE_TEST_SUITE_P(AllTypes, KernelsByType, ::testing::ValuesIn(kAllTypes),
                          [](const ::testing::TestParamInfo<Type>& i) { return std::string(type_name(i.param)); });
 
+TEST(Kernels, ActivationsMatchScalar) {
+  // Ragged lengths, and values from deep negative to large positive (exp under- and overflow ranges).
+  std::vector<float> x;
+  for (int i = -2000; i <= 2000; ++i) x.push_back(static_cast<float>(i) * 0.05f);
+  for (float v : {-120.0f, -89.0f, -87.5f, 88.0f, 89.0f, 120.0f, 0.0f, -0.0f, 1e-30f, -1e-30f}) x.push_back(v);
+  auto up = random_vec(x.size(), 3);
+  const KernelTable& ref = kernel_table(Isa::kScalar);
+  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512}) {
+    if (!isa_supported(isa)) continue;
+    const KernelTable& k = kernel_table(isa);
+    for (size_t n : {x.size(), size_t{7}, size_t{9}}) {
+      std::vector<float> g(x.begin(), x.begin() + n), gr = g;
+      k.silu_mul(g.data(), up.data(), n);
+      ref.silu_mul(gr.data(), up.data(), n);
+      std::vector<float> e(x.begin(), x.begin() + n), er = e;
+      k.gelu(e.data(), n);
+      ref.gelu(er.data(), n);
+      for (size_t i = 0; i < n; ++i) {
+        ASSERT_TRUE(std::isfinite(g[i]) && std::isfinite(e[i])) << isa_name(isa) << " x=" << x[i];
+        ASSERT_NEAR(g[i], gr[i], 1e-6f * (1.0f + std::fabs(gr[i]))) << isa_name(isa) << " silu x=" << x[i];
+        ASSERT_NEAR(e[i], er[i], 1e-6f * (1.0f + std::fabs(er[i]))) << isa_name(isa) << " gelu x=" << x[i];
+      }
+    }
+  }
+}
+
 TEST(Kernels, Avx512PathsRunOnlyWhereSupported) {
   if (!isa_supported(Isa::kAvx512)) GTEST_SKIP() << "CPU lacks AVX-512 F/BW/VL/VNNI: the avx512 table is not exercised";
   EXPECT_STREQ(kernel_table(Isa::kAvx512).name, "avx512");
