@@ -259,7 +259,16 @@ Status Model::repack(Repack mode) {
                       file_->name(), total);
   }
   ::madvise(mem, total, MADV_HUGEPAGE);
-  packed_ = std::shared_ptr<uint8_t>(static_cast<uint8_t*>(mem), [total](uint8_t* p) { ::munmap(p, total); });
+  // The copies are model weights: never in a core dump; from a model held in memory (a sealed model's plaintext)
+  // also locked where the limit allows and wiped on release, as src/sealed treats the plaintext itself.
+  ::madvise(mem, total, MADV_DONTDUMP);
+  const bool secret = !mapped;
+  const bool locked = secret && ::mlock(mem, total) == 0;
+  packed_ = std::shared_ptr<uint8_t>(static_cast<uint8_t*>(mem), [total, secret, locked](uint8_t* p) {
+    if (secret) secure_zero(p, total);
+    if (locked) ::munlock(p, total);
+    ::munmap(p, total);
+  });
   packed_bytes_ = total;
   const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
   uint8_t* dst = packed_.get();
