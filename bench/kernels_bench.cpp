@@ -82,11 +82,19 @@ void bm_matvec(benchmark::State& state, Type t, Shape s, int threads, bool repac
   state.SetLabel(std::string(active_table().name) + (repacked ? " x4" : ""));
 }
 
-void bm_matmul(benchmark::State& state, Type t, Shape s, size_t batch, int threads) {
+void bm_matmul(benchmark::State& state, Type t, Shape s, size_t batch, int threads, bool repacked) {
   const TypeKernels& k = active_table().of(t);
   const size_t rb = row_bytes(t, s.cols);
   std::vector<uint8_t> w(rb * s.rows);
   fill_random_matrix(t, s.rows, s.cols, 2, w.data());
+  if (repacked) {  // the engine's layout for Q4_0 / Q8_0
+    std::vector<uint8_t> packed(repacked_bytes(t, s.rows, s.cols));
+    if (!repack_x4(t, w.data(), rb, s.rows, s.cols, packed.data()).ok()) {
+      state.SkipWithError("repack failed");
+      return;
+    }
+    w.swap(packed);
+  }
   auto x = random_x(s.cols * batch);
   const size_t ab = k.act_bytes(s.cols);
   std::vector<uint8_t> act(ab * batch);
@@ -97,14 +105,18 @@ void bm_matmul(benchmark::State& state, Type t, Shape s, size_t batch, int threa
       for (size_t i = b; i < e; ++i) k.prepare(x.data() + i * s.cols, s.cols, act.data() + i * ab);
     });
     pool.parallel_for(s.rows, 16, [&](size_t b, size_t e, int) {
-      k.matmul(w.data(), rb, s.cols, act.data(), ab, batch, y.data() + b, s.rows, b, e);
+      if (repacked) {
+        k.matmul_x4(w.data(), s.rows, s.cols, act.data(), ab, batch, y.data() + b, s.rows, b, e);
+      } else {
+        k.matmul(w.data(), rb, s.cols, act.data(), ab, batch, y.data() + b, s.rows, b, e);
+      }
     });
     benchmark::DoNotOptimize(y.data());
   }
   const double flops = 2.0 * static_cast<double>(s.rows * s.cols * batch);
   state.counters["GFLOP/s"] = benchmark::Counter(flops * static_cast<double>(state.iterations()) / 1e9,
                                                  benchmark::Counter::kIsRate);
-  state.SetLabel(active_table().name);
+  state.SetLabel(std::string(active_table().name) + (repacked ? " x4" : ""));
 }
 
 void bm_bandwidth(benchmark::State& state, int threads) {
@@ -163,8 +175,13 @@ int main(int argc, char** argv) {
         std::string name = std::string("matmul/") + type_name(t) + "/" + std::to_string(s.rows) + "x" +
                            std::to_string(s.cols) + "/batch:128/threads:" + std::to_string(th);
         // 1 thread: CPU time (runs inline; robust on a shared machine). 2 threads: wall time.
-        auto* b = benchmark::RegisterBenchmark(name.c_str(), bm_matmul, t, s, size_t{128}, th)->Unit(benchmark::kMillisecond);
+        auto* b = benchmark::RegisterBenchmark(name.c_str(), bm_matmul, t, s, size_t{128}, th, false)->Unit(benchmark::kMillisecond);
         if (th > 1) b->UseRealTime();
+        if (has_x4_layout(t)) {
+          b = benchmark::RegisterBenchmark((name + "/x4").c_str(), bm_matmul, t, s, size_t{128}, th, true)
+                  ->Unit(benchmark::kMillisecond);
+          if (th > 1) b->UseRealTime();
+        }
       }
     }
   benchmark::RunSpecifiedBenchmarks();

@@ -96,30 +96,23 @@ Stats stats(const std::vector<double>& v) {
   return s;
 }
 
-// Bytes of weights one decode step reads: every matrix of every layer plus the output head (the token
-// embedding contributes one row, ignored).
-uint64_t weight_bytes_per_token(const engine::Model& m) {
+// Bytes of all tensors in the model file (what has to be resident to run it).
+uint64_t model_bytes(const gguf::File& f) {
   uint64_t total = 0;
-  auto add = [&](const tensor::Matrix& w) {
-    if (w.data != nullptr) total += static_cast<uint64_t>(w.rows) * w.row_stride;
-  };
-  for (const auto& l : m.weights().layers) {
-    add(l.attn_q); add(l.attn_k); add(l.attn_v); add(l.attn_qkv); add(l.attn_out);
-    add(l.ffn_gate); add(l.ffn_up); add(l.ffn_down);
-  }
-  add(m.weights().output);
+  for (const auto& t : f.tensors()) total += t.n_bytes;
   return total;
 }
 
 Status run_model(const BenchArgs& a) {
   if (a.prompt < 1 || a.n < 1 || a.reps < 1)
     return make_error(ErrorCode::kUsage, "bench: -p, -n and -r must be at least 1");
+  if (a.size_mib < 1) return make_error(ErrorCode::kUsage, "bench: --size-mib must be at least 1");
   VEIL_ASSIGN_OR_RETURN(auto path, resolve_model_path(a.model));
   VEIL_ASSIGN_OR_RETURN(auto shared, open_model(path, a.source));
   VEIL_ASSIGN_OR_RETURN(auto model, engine::Model::load(shared));
   const engine::HParams& hp = model->hparams();
   const unsigned threads = a.threads ? a.threads : default_threads();
-  engine::Context ctx(hp, {.threads = threads});
+  engine::Context ctx(hp, {.threads = threads, .pin_threads = a.pin});
   const uint32_t n_ctx = static_cast<uint32_t>(a.prompt + a.n + 1);
   engine::KvCache cache = model->new_cache(n_ctx);
 
@@ -156,8 +149,11 @@ Status run_model(const BenchArgs& a) {
     ttft_ms.push_back(prefill_s * 1000.0);
   }
   const uint64_t peak = peak_rss_bytes();
-  const uint64_t wbytes = weight_bytes_per_token(*model);
-  VEIL_ASSIGN_OR_RETURN(auto bw, bandwidth(threads, 1024, a.pin));
+  const uint64_t wbytes = model->weight_bytes_per_token();
+  const uint64_t mbytes = model_bytes(model->file());
+  const uint64_t kv_bytes = cache.bytes();
+  // After the peak was read: the probe's buffer is not the model's memory.
+  VEIL_ASSIGN_OR_RETURN(auto bw, bandwidth(threads, a.size_mib, a.pin));
   const Stats pf = stats(prefill_tps), dc = stats(decode_tps);
   double ttft_best = *std::min_element(ttft_ms.begin(), ttft_ms.end());
   const double roof_tps = bw.gbs * 1e9 / static_cast<double>(wbytes);
@@ -177,8 +173,12 @@ Status run_model(const BenchArgs& a) {
     j["decode_tps"] = {{"mean", dc.mean}, {"best", dc.best}};
     j["ttft_ms"] = ttft_best;
     j["peak_rss_bytes"] = peak;
+    j["model_bytes"] = mbytes;
+    j["kv_cache_bytes"] = kv_bytes;
+    j["repacked_bytes"] = model->repacked_bytes();
     j["weight_bytes_per_token"] = wbytes;
     j["bandwidth_gbs"] = bw.gbs;
+    j["bandwidth_buffer_mib"] = a.size_mib;
     j["roofline_tps"] = roof_tps;
     j["decode_roofline_share"] = share;
     print(j.dump() + "\n");
@@ -190,10 +190,16 @@ Status run_model(const BenchArgs& a) {
   out += fmt::format("prefill:   {} tokens  {:.1f} tok/s mean, {:.1f} best  (time to first token {:.1f} ms)\n",
                      a.prompt, pf.mean, pf.best, ttft_best);
   out += fmt::format("decode:    {} tokens  {:.1f} tok/s mean, {:.1f} best\n", a.n, dc.mean, dc.best);
-  out += fmt::format("roofline:  {:.1f} MB of weights per token, {:.2f} GB/s read bandwidth ({} threads) -> <= {:.1f} "
-                     "tok/s; decode reaches {:.0f}%\n",
-                     static_cast<double>(wbytes) / 1e6, bw.gbs, threads, roof_tps, share * 100.0);
-  out += fmt::format("memory:    peak resident {:.1f} MiB\n", static_cast<double>(peak) / (1 << 20));
+  out += fmt::format("roofline:  {:.1f} MB of weights per token, {:.2f} GB/s read bandwidth ({} threads, {} MiB "
+                     "buffer) -> <= {:.1f} tok/s; decode reaches {:.0f}%\n",
+                     static_cast<double>(wbytes) / 1e6, bw.gbs, threads, a.size_mib, roof_tps, share * 100.0);
+  const double mib = 1 << 20;
+  out += fmt::format("memory:    peak resident {:.1f} MiB = weights {:.1f} + KV cache {:.1f} + {:.1f} MiB other "
+                     "({:.1f} MiB of weights repacked)\n",
+                     static_cast<double>(peak) / mib, static_cast<double>(mbytes) / mib,
+                     static_cast<double>(kv_bytes) / mib,
+                     (static_cast<double>(peak) - static_cast<double>(mbytes) - static_cast<double>(kv_bytes)) / mib,
+                     static_cast<double>(model->repacked_bytes()) / mib);
   print(out);
   return ok_status();
 }
@@ -209,7 +215,7 @@ void setup_bench(CLI::App& app, Runner& runner) {
   sub->add_option("-r,--repetitions", args->reps, "Repetitions (after one warm-up run)")->capture_default_str();
   sub->add_option("--threads", args->threads, "Threads (default: hardware threads, at most 8)");
   sub->add_option("--size-mib", args->size_mib, "Bandwidth buffer size in MiB")->capture_default_str();
-  sub->add_flag("--pin", args->pin, "Pin the bandwidth probe's threads to CPUs");
+  sub->add_flag("--pin", args->pin, "Pin threads to CPUs (model run and bandwidth probe)");
   sub->add_flag("--json", args->json, "Print one JSON object");
   runner.on(sub, [args]() { return args->bandwidth ? run_bandwidth(*args) : run_model(*args); });
 }

@@ -168,7 +168,7 @@ Status run_quantize(const QuantizeArgs& a) {
 // ---------------- synth ----------------
 
 struct SynthArgs {
-  std::string shape, type = "F32", vocab, out;
+  std::string shape, type = "F32", output_type, vocab, out;
   uint64_t seed = 1234;
 };
 
@@ -176,8 +176,14 @@ Status run_synth(const SynthArgs& a) {
   VEIL_ASSIGN_OR_RETURN(auto shape, engine::parse_synth_shape(a.shape));
   auto type = gguf::parse_type_name(a.type);
   if (!type.ok()) return Error(ErrorCode::kUsage, type.error().message());
+  std::optional<gguf::TensorType> output_type;
+  if (!a.output_type.empty()) {
+    auto o = gguf::parse_type_name(a.output_type);
+    if (!o.ok()) return Error(ErrorCode::kUsage, o.error().message());
+    output_type = *o;
+  }
   VEIL_ASSIGN_OR_RETURN(auto vocab, engine::load_vocabulary(a.vocab));
-  VEIL_ASSIGN_OR_RETURN(gguf::Writer w, engine::synth_model(shape, *type, vocab, a.seed));
+  VEIL_ASSIGN_OR_RETURN(gguf::Writer w, engine::synth_model(shape, *type, vocab, a.seed, output_type));
   VEIL_TRY(w.write(a.out));
   print(fmt::format("wrote {} (SYNTHETIC {}, {}, seed {})\n", a.out, a.shape, gguf::type_name(*type), a.seed));
   return ok_status();
@@ -210,6 +216,7 @@ void setup_model(CLI::App& app, Runner& runner) {
   CLI::App* ss = app.add_subcommand("synth", "Write a SYNTHETIC model (fixed-seed random weights at a real shape) for benchmarks");
   ss->add_option("--shape", s->shape, "gpt2-124m, stories15m or tinyllama-1.1b")->required();
   ss->add_option("--type", s->type, "Tensor type of the weights")->capture_default_str();
+  ss->add_option("--output-type", s->output_type, "Tensor type of output.weight (default: --type; llama.cpp's Q4_0 uses Q6_K)");
   ss->add_option("--vocab", s->vocab, "Vocabulary: a GGUF with tokenizer metadata, GPT-2 encoder.json, or llama2.c tokenizer.bin")
       ->required();
   ss->add_option("-o,--output", s->out, "Output GGUF file")->required();

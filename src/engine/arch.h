@@ -15,7 +15,7 @@ class Binder {
   const gguf::File& file() const { return f_; }
   bool has(std::string_view name) const { return f_.find_tensor(name) != nullptr; }
   // A 2-D weight with GGUF dims {cols, rows} in a type the kernels support.
-  Result<tensor::Matrix> matrix(const std::string& name, uint64_t cols, uint64_t rows) const;
+  Result<Matrix> matrix(const std::string& name, uint64_t cols, uint64_t rows) const;
   // A 1-D vector of n elements, widened to f32.
   Result<Vec> vec(const std::string& name, uint64_t n) const;
 

@@ -77,7 +77,7 @@ void block(Batch& b, uint32_t l) {
 
   ops::layernorm(b.x, w.ffn_norm, w.ffn_norm_b, hp.norm_eps, T, d, B.xb.data());
   ops::linear(b, w.ffn_up, B.xb.data(), B.hb.data(), &w.b_up);
-  ops::gelu(B.hb.data(), T * hp.n_ff);
+  ops::gelu(b.ctx, B.hb.data(), T * hp.n_ff);
   ops::linear(b, w.ffn_down, B.hb.data(), B.xb2.data(), &w.b_down);
   ops::add(b.x, B.xb2.data(), T * d);
 }

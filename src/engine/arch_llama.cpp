@@ -63,20 +63,19 @@ void llama_block(Batch& b, uint32_t l) {
   const size_t T = b.n_tokens, d = hp.n_embd, nff = hp.n_ff;
 
   ops::rmsnorm(b.x, w.attn_norm, hp.norm_eps, T, d, B.xb.data());
-  ops::linear(b, w.attn_q, B.xb.data(), B.q.data(), &w.bq);
-  ops::linear(b, w.attn_k, B.xb.data(), B.k.data(), &w.bk);
-  ops::linear(b, w.attn_v, B.xb.data(), B.v.data(), &w.bv);
-  ops::rope(b, B.q.data(), hp.n_head);
-  ops::rope(b, B.k.data(), hp.n_head_kv);
+  const ops::Product qkv[] = {{&w.attn_q, B.q.data(), &w.bq}, {&w.attn_k, B.k.data(), &w.bk},
+                              {&w.attn_v, B.v.data(), &w.bv}};
+  ops::linear_many(b, qkv, B.xb.data());
+  ops::rope(b, B.q.data(), hp.n_head, B.k.data(), hp.n_head_kv);
   ops::store_kv(b, l, B.k.data(), B.v.data());
   ops::attention(b, l, B.q.data(), B.att.data());
   ops::linear(b, w.attn_out, B.att.data(), B.xb2.data());
   ops::add(b.x, B.xb2.data(), T * d);
 
   ops::rmsnorm(b.x, w.ffn_norm, hp.norm_eps, T, d, B.xb.data());
-  ops::linear(b, w.ffn_gate, B.xb.data(), B.hb.data());
-  ops::linear(b, w.ffn_up, B.xb.data(), B.hb2.data());
-  ops::silu_mul(B.hb.data(), B.hb2.data(), T * nff);
+  const ops::Product gate_up[] = {{&w.ffn_gate, B.hb.data(), nullptr}, {&w.ffn_up, B.hb2.data(), nullptr}};
+  ops::linear_many(b, gate_up, B.xb.data());
+  ops::silu_mul(b.ctx, B.hb.data(), B.hb2.data(), T * nff);
   ops::linear(b, w.ffn_down, B.hb.data(), B.xb2.data());
   ops::add(b.x, B.xb2.data(), T * d);
 }

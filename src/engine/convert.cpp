@@ -6,7 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "tensor/tensor.h"
+#include "kernels/kernels.h"
 
 namespace veil::engine {
 
@@ -216,8 +216,10 @@ Result<gguf::Writer> convert_llama2c(ByteView ckpt, std::string_view ckpt_name, 
 
 namespace {
 
+kernels::Type kt(TensorType t) { return static_cast<kernels::Type>(t); }
+
 TensorType fallback_type(TensorType want, uint64_t row) {
-  if (row % tensor::block_size(want) == 0) return want;
+  if (row % kernels::block_elems(kt(want)) == 0) return want;
   TensorType alt = TensorType::kF16;
   switch (want) {
     case TensorType::kQ4_K: alt = TensorType::kQ5_0; break;
@@ -225,7 +227,7 @@ TensorType fallback_type(TensorType want, uint64_t row) {
     case TensorType::kQ6_K: alt = TensorType::kQ8_0; break;
     default: break;
   }
-  return row % tensor::block_size(alt) == 0 ? alt : TensorType::kF16;
+  return row % kernels::block_elems(kt(alt)) == 0 ? alt : TensorType::kF16;
 }
 
 uint32_t file_type_for(TensorType t) {
@@ -255,25 +257,25 @@ Status add_quantized(gguf::Writer& w, const std::string& name, const std::vector
   }
   TensorType t = fallback_type(type, dims[0]);
   if (rep) ++(t == type ? rep->quantized : rep->fallback);
-  VEIL_ASSIGN_OR_RETURN(Bytes q, tensor::quantize(t, values, dims[0]));
+  VEIL_ASSIGN_OR_RETURN(Bytes q, kernels::quantize(kt(t), values, dims[0]));
   return w.add_tensor(name, dims, t, std::move(q));
 }
 
 }  // namespace
 
 Result<QuantizeReport> quantize_model(const gguf::File& in, TensorType type, gguf::Writer& out) {
-  if (!tensor::is_supported(type)) {
+  if (!kernels::type_supported(kt(type))) {
     return make_error(ErrorCode::kUnsupported, "quantize: type {} is not supported", gguf::type_name(type));
   }
   QuantizeReport rep;
   out.copy_metadata(in);
   out.set("general.file_type", gguf::make_u32(file_type_for(type)));
   for (const auto& t : in.tensors()) {
-    if (!tensor::is_supported(t.type)) {
+    if (!kernels::type_supported(kt(t.type))) {
       return make_error(ErrorCode::kUnsupported, "quantize: {}: tensor '{}' has type {}, which Veil cannot read",
                         in.name(), t.name, gguf::type_name(t.type));
     }
-    std::vector<float> v = tensor::dequantize(t.type, t.data, t.n_elements);
+    std::vector<float> v = kernels::dequantize(kt(t.type), t.data, t.n_elements);
     VEIL_TRY(add_quantized(out, t.name, t.dims, v, type, &rep));
   }
   return rep;
@@ -411,7 +413,8 @@ Result<Metadata> load_vocabulary(const std::filesystem::path& path) {
                     path.string());
 }
 
-Result<gguf::Writer> synth_model(SynthShape shape, TensorType type, const Metadata& vocab, uint64_t seed) {
+Result<gguf::Writer> synth_model(SynthShape shape, TensorType type, const Metadata& vocab, uint64_t seed,
+                                 std::optional<TensorType> output_type) {
   struct Shape {
     const char* arch;
     uint32_t d, L, heads, kv, ff, ctx, vocab;
@@ -455,8 +458,10 @@ Result<gguf::Writer> synth_model(SynthShape shape, TensorType type, const Metada
   for (const auto& [k, v] : vocab) w.set(k, v);
 
   const uint64_t d = s.d, kvd = uint64_t{s.d} / s.heads * s.kv, ff = s.ff, V = s.vocab;
-  auto mat = [&](const std::string& name, uint64_t cols, uint64_t rows, float scale = 0.02f) {
-    return add_quantized(w, name, {cols, rows}, random_tensor(cols * rows, seed, name, scale), type, nullptr);
+  auto mat = [&](const std::string& name, uint64_t cols, uint64_t rows, float scale = 0.02f,
+                 std::optional<TensorType> as = std::nullopt) {
+    return add_quantized(w, name, {cols, rows}, random_tensor(cols * rows, seed, name, scale), as.value_or(type),
+                         nullptr);
   };
   auto ones = [&](const std::string& name, uint64_t n) {
     return add_quantized(w, name, {n}, std::vector<float>(n, 1.0f), type, nullptr);
@@ -493,7 +498,7 @@ Result<gguf::Writer> synth_model(SynthShape shape, TensorType type, const Metada
   }
   VEIL_TRY(ones("output_norm.weight", d));
   if (a == "gpt2") VEIL_TRY(zeros("output_norm.bias", d));
-  VEIL_TRY(mat("output.weight", d, V));
+  VEIL_TRY(mat("output.weight", d, V, 0.02f, output_type));
   return w;
 }
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -42,7 +43,10 @@ Result<Metadata> load_vocabulary(const std::filesystem::path& path);
 Result<Metadata> llama2c_vocabulary(ByteView tokenizer, std::string_view name, uint32_t n_vocab);
 
 // Fixed-seed random weights at a real model's shape, with `vocab`'s tokenizer metadata; marked veil.synthetic = true.
-// gpt2 keeps a separate output matrix. The vocabulary size must match the shape's (50257 gpt2, 32000 otherwise).
-Result<gguf::Writer> synth_model(SynthShape shape, gguf::TensorType type, const Metadata& vocab, uint64_t seed = 1234);
+// The output matrix is stored separately from the token embedding (as llama.cpp's converters do), in `output_type`
+// when given (llama.cpp's Q4_0 files keep it in Q6_K). The vocabulary size must match the shape's (50257 gpt2,
+// 32000 otherwise).
+Result<gguf::Writer> synth_model(SynthShape shape, gguf::TensorType type, const Metadata& vocab, uint64_t seed = 1234,
+                                 std::optional<gguf::TensorType> output_type = std::nullopt);
 
 }  // namespace veil::engine

@@ -17,10 +17,15 @@
 // (prefill is a request with many tokens). Matrix products run once over all tokens of the batch; attention
 // runs per sequence against that sequence's cache.
 //
+// Kernels: every matrix product goes through src/kernels' dispatch table (kernels::active_table(): the best the
+// CPU supports, or VEIL_KERNELS=scalar|avx2|avx512; a Context may be given another table). Q4_0 / Q8_0 matrices are
+// repacked at load into the kernels' x4 layout (LoadOptions::repack; docs/engine.md "Repacking" says when and what
+// it costs in memory).
+//
 // Invariants: a Model is immutable after load and may be shared by threads; weights are views into the
-// gguf::File (kept alive by the Model), never copied (norm vectors and biases are widened to f32). A Context
-// (thread pool + scratch buffers) and a KvCache belong to one thread at a time. forward() allocates only when a
-// batch is larger than any before it.
+// gguf::File (kept alive by the Model) or into the Model's repacked copy (norm vectors and biases are widened to
+// f32). A Context (thread pool + scratch buffers) and a KvCache belong to one thread at a time. forward() allocates
+// only when a batch is larger than any before it.
 #pragma once
 
 #include <cstdint>
@@ -31,8 +36,7 @@
 
 #include "core/core.h"
 #include "gguf/gguf.h"
-#include "tensor/tensor.h"
-#include "tensor/thread_pool.h"
+#include "kernels/kernels.h"
 
 namespace veil::engine {
 
@@ -65,23 +69,39 @@ struct LayerRange {
 // A weight vector (norm gains, biases) widened to f32.
 using Vec = std::vector<float>;
 
+// A weight matrix [rows x cols] (GGUF dims {cols, rows}) in one kernels type: either the plain GGUF layout (row r
+// at data + r * row_stride) or the kernels' repacked x4 layout (x4 = true; kernels::repack_x4).
+struct Matrix {
+  kernels::Type type = kernels::Type::kF32;
+  const uint8_t* data = nullptr;
+  size_t rows = 0;
+  size_t cols = 0;
+  size_t row_stride = 0;  // bytes of one plain row
+  bool x4 = false;
+  // Bytes one pass over the matrix reads.
+  size_t bytes() const { return x4 ? kernels::repacked_bytes(type, rows, cols) : rows * row_stride; }
+};
+
+// Row r of m as f32 (cols values); `scratch` holds a plain copy of a repacked row.
+void dequantize_row(const Matrix& m, size_t r, float* dst, std::vector<uint8_t>& scratch);
+
 struct LayerWeights {
-  tensor::Matrix attn_q, attn_k, attn_v, attn_qkv, attn_out;
-  tensor::Matrix ffn_gate, ffn_up, ffn_down;
+  Matrix attn_q, attn_k, attn_v, attn_qkv, attn_out;
+  Matrix ffn_gate, ffn_up, ffn_down;
   Vec attn_norm, attn_norm_b, ffn_norm, ffn_norm_b;
   Vec bq, bk, bv, bqkv, bo, b_up, b_down;
 };
 
 struct Weights {
-  tensor::Matrix token_embd;  // [n_vocab x n_embd]
-  tensor::Matrix pos_embd;    // gpt2: [n_ctx x n_embd]
-  tensor::Matrix output;      // [n_vocab x n_embd]; token_embd when tied
+  Matrix token_embd;  // [n_vocab x n_embd]
+  Matrix pos_embd;    // gpt2: [n_ctx x n_embd]
+  Matrix output;      // [n_vocab x n_embd]; token_embd when tied
   bool tied_output = false;
   Vec output_norm, output_norm_b;
   std::vector<LayerWeights> layers;  // n_layer entries; only those in the loaded range are bound
 };
 
-// Key/value cache of one sequence for the layers of one range.
+// Key/value cache (f32) of one sequence for the layers of one range: K as [n_ctx x kv_dim] per layer, V transposed.
 class KvCache {
  public:
   KvCache() = default;
@@ -92,8 +112,11 @@ class KvCache {
   void truncate(uint32_t n) { if (n < n_past_) n_past_ = n; }
   void clear() { n_past_ = 0; }
   float* k(uint32_t layer, uint32_t pos) { return k_.data() + ((layer - range_.begin) * size_t{n_ctx_} + pos) * kv_dim_; }
-  float* v(uint32_t layer, uint32_t pos) { return v_.data() + ((layer - range_.begin) * size_t{n_ctx_} + pos) * kv_dim_; }
+  // V of one layer transposed, [kv_dim x n_ctx]: row d holds component d of every position, so attention's
+  // weighted sum over positions is a matrix-vector product.
+  float* v_rows(uint32_t layer) { return v_.data() + (layer - range_.begin) * size_t{n_ctx_} * kv_dim_; }
   const LayerRange& range() const { return range_; }
+  size_t bytes() const { return (k_.size() + v_.size()) * sizeof(float); }
 
  private:
   friend class Model;
@@ -114,7 +137,9 @@ struct ForwardRequest {
 };
 
 struct ContextOptions {
-  uint32_t threads = 1;
+  uint32_t threads = 1;        // the calling thread plus threads - 1 pool workers
+  bool pin_threads = false;    // pin thread i to the i-th CPU of the process's affinity mask
+  const kernels::KernelTable* kernels = nullptr;  // null: kernels::active_table()
 };
 
 // Per-thread working memory: thread pool, activations, logits. Reused across calls.
@@ -128,31 +153,42 @@ class Context {
   // Logits of the rows asked for, in request order: [rows x n_vocab].
   std::span<const float> logits() const { return {logits_.data(), n_logit_rows_ * size_t{n_vocab_}}; }
   size_t logit_rows() const { return n_logit_rows_; }
-  tensor::ThreadPool& pool() { return pool_; }
-  const tensor::KernelSet& kernels() const { return *kernels_; }
-  void set_kernels(const tensor::KernelSet& k) { kernels_ = &k; }
+  kernels::ThreadPool& pool() { return pool_; }
+  const kernels::KernelTable& kernels() const { return *kernels_; }
+  void set_kernels(const kernels::KernelTable& k) { kernels_ = &k; }
 
   // Buffers the ops use (public for the architecture files).
   struct Buffers {
     std::vector<float> xb, xb2, q, k, v, att, hb, hb2, scores;
     std::vector<uint32_t> pos;           // position of each token of the batch
     std::vector<uint32_t> seq;           // request index of each token
-    tensor::MatmulScratch mm;
+    std::vector<uint32_t> first;         // first token of each request (and one past the last request's tokens)
+    std::vector<uint8_t> act;            // prepared (quantised) activations of one matrix product
+    std::vector<uint8_t> row;            // one plain weight row (embedding lookups in a repacked matrix)
+    std::vector<float> rope;             // rotary frequencies and one token's cos/sin
   } buf;
 
  private:
   friend class Model;
   uint32_t n_embd_, n_vocab_;
-  tensor::ThreadPool pool_;
-  const tensor::KernelSet* kernels_;
+  kernels::ThreadPool pool_;
+  const kernels::KernelTable* kernels_;
   std::vector<float> x_;
   std::vector<float> logits_;
   size_t n_tokens_ = 0;
   size_t n_logit_rows_ = 0;
 };
 
+// Whether Q4_0 / Q8_0 matrices are copied into the kernels' x4 layout at load (docs/engine.md "Repacking").
+//   kAuto: when the model file is memory-mapped from disk (the file's pages are released as each matrix is
+//          copied, so the resident set stays about the size of the weights), or when the copies total at most
+//          kRepackInMemoryLimit (a model decrypted into memory cannot give its pages back).
+enum class Repack { kAuto, kNever, kAlways };
+inline constexpr size_t kRepackInMemoryLimit = size_t{32} << 20;
+
 struct LoadOptions {
   LayerRange layers;  // bind only these layers (plus embedding / head when the range touches the ends)
+  Repack repack = Repack::kAuto;
 };
 
 struct ArchSpec;
@@ -176,9 +212,18 @@ class Model {
   Status forward(std::span<ForwardRequest> requests, Context& ctx) const;
 
   const ArchSpec& arch() const { return *arch_; }
+  // Bytes of weights held in the repacked x4 layout (0 when nothing was repacked).
+  size_t repacked_bytes() const { return packed_bytes_; }
+  // Bytes of weights one decode step reads: every matrix of the loaded layers plus the output head (the token
+  // embedding contributes one row and is not counted).
+  uint64_t weight_bytes_per_token() const;
 
  private:
+  Status repack(Repack mode);
+
   std::shared_ptr<const gguf::File> file_;
+  std::shared_ptr<uint8_t> packed_;  // the repacked copies (anonymous memory), when any
+  size_t packed_bytes_ = 0;
   HParams hp_;
   Weights w_;
   LayerRange range_;

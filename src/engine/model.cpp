@@ -1,8 +1,14 @@
-// Model loading (architecture registry, hyper-parameters, tensor binding) and the batched forward pass.
+// Model loading (architecture registry, hyper-parameters, tensor binding, repacking) and the batched forward pass.
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstring>
 
+#include <spdlog/spdlog.h>
+
 #include "engine/arch.h"
+#include "engine/ops.h"
 
 namespace veil::engine {
 
@@ -29,7 +35,11 @@ std::string layer_tensor(uint32_t layer, std::string_view name) { return fmt::fo
 
 // ---------------- Binder ----------------
 
-Result<tensor::Matrix> Binder::matrix(const std::string& name, uint64_t cols, uint64_t rows) const {
+namespace {
+kernels::Type kernel_type(gguf::TensorType t) { return static_cast<kernels::Type>(t); }
+}  // namespace
+
+Result<Matrix> Binder::matrix(const std::string& name, uint64_t cols, uint64_t rows) const {
   const gguf::TensorInfo* t = f_.find_tensor(name);
   if (!t) return make_error(ErrorCode::kCorrupt, "model {}: tensor '{}' is missing", f_.name(), name);
   if (t->dims.size() != 2 || t->dims[0] != cols || t->dims[1] != rows) {
@@ -38,11 +48,12 @@ Result<tensor::Matrix> Binder::matrix(const std::string& name, uint64_t cols, ui
     return make_error(ErrorCode::kCorrupt, "model {}: tensor '{}' has shape [{}], expected [{}, {}]", f_.name(), name,
                       got, cols, rows);
   }
-  if (!tensor::is_supported(t->type)) {
+  const kernels::Type kt = kernel_type(t->type);
+  if (!kernels::type_supported(kt)) {
     return make_error(ErrorCode::kUnsupported, "model {}: tensor '{}' has type {}, which Veil cannot compute with",
                       f_.name(), name, gguf::type_name(t->type));
   }
-  return tensor::Matrix{t->type, t->data, rows, cols, tensor::row_bytes(t->type, cols)};
+  return Matrix{kt, t->data, rows, cols, kernels::row_bytes(kt, cols)};
 }
 
 Result<Vec> Binder::vec(const std::string& name, uint64_t n) const {
@@ -52,11 +63,11 @@ Result<Vec> Binder::vec(const std::string& name, uint64_t n) const {
     return make_error(ErrorCode::kCorrupt, "model {}: tensor '{}' has {} elements, expected {}", f_.name(), name,
                       t->n_elements, n);
   }
-  if (!tensor::is_supported(t->type)) {
+  if (!kernels::type_supported(kernel_type(t->type))) {
     return make_error(ErrorCode::kUnsupported, "model {}: tensor '{}' has type {}, which Veil cannot compute with",
                       f_.name(), name, gguf::type_name(t->type));
   }
-  return tensor::dequantize(t->type, t->data, n);
+  return kernels::dequantize(kernel_type(t->type), t->data, n);
 }
 
 // ---------------- hyper-parameters ----------------
@@ -135,11 +146,26 @@ KvCache::KvCache(uint32_t n_ctx, LayerRange range, uint32_t kv_dim)
 }
 
 Context::Context(const HParams& hp, ContextOptions options)
-    : n_embd_(hp.n_embd), n_vocab_(hp.n_vocab), pool_(options.threads), kernels_(&tensor::active_kernels()) {}
+    : n_embd_(hp.n_embd),
+      n_vocab_(hp.n_vocab),
+      pool_(static_cast<int>(std::clamp<uint32_t>(options.threads, 1, 1024)), options.pin_threads),
+      kernels_(options.kernels ? options.kernels : &kernels::active_table()) {}
 
 void Context::set_hidden(std::span<const float> h) {
   x_.assign(h.begin(), h.end());
   n_tokens_ = n_embd_ ? h.size() / n_embd_ : 0;
+}
+
+// ---------------- Matrix ----------------
+
+void dequantize_row(const Matrix& m, size_t r, float* dst, std::vector<uint8_t>& scratch) {
+  if (!m.x4) {
+    kernels::dequantize_row(m.type, m.data + r * m.row_stride, dst, m.cols);
+    return;
+  }
+  if (scratch.size() < m.row_stride) scratch.resize(m.row_stride);
+  kernels::extract_row_x4(m.type, m.data, m.cols, r, scratch.data());
+  kernels::dequantize_row(m.type, scratch.data(), dst, m.cols);
 }
 
 // ---------------- Model ----------------
@@ -194,7 +220,93 @@ Result<std::shared_ptr<const Model>> Model::load(std::shared_ptr<const gguf::Fil
   }
   w.layers.resize(hp.n_layer);
   for (uint32_t l = r.begin; l < r.end; ++l) VEIL_TRY(arch->bind_layer(b, hp, l, w.layers[l]));
+  VEIL_TRY(m->repack(options.repack));
   return std::shared_ptr<const Model>(std::move(m));
+}
+
+// Repacking: each Q4_0 / Q8_0 matrix the forward pass multiplies with is copied into the kernels' x4 layout, in
+// one anonymous mapping. For a file mapped from disk, the pages of each source matrix are released right after
+// its copy (MADV_DONTNEED on a read-only file mapping: the bytes stay in the file and fault back in if anyone
+// reads them again, e.g. another Model on the same gguf::File), so the resident set peaks at about the weights
+// plus one matrix. A model decrypted into memory cannot give pages back: its copies are made only when they are
+// small (kRepackInMemoryLimit) or asked for (Repack::kAlways).
+Status Model::repack(Repack mode) {
+  if (mode == Repack::kNever) return ok_status();
+  std::vector<Matrix*> targets;
+  auto consider = [&](Matrix& mat) {
+    if (mat.data == nullptr || mat.x4 || !kernels::has_x4_layout(mat.type) || mat.cols % 32 != 0) return;
+    for (Matrix* t : targets) {
+      if (t->data == mat.data) return;  // tied output: the token embedding, once
+    }
+    targets.push_back(&mat);
+  };
+  for (uint32_t l = range_.begin; l < range_.end; ++l) {
+    LayerWeights& lw = w_.layers[l];
+    for (Matrix* mat : {&lw.attn_q, &lw.attn_k, &lw.attn_v, &lw.attn_qkv, &lw.attn_out, &lw.ffn_gate, &lw.ffn_up,
+                        &lw.ffn_down}) {
+      consider(*mat);
+    }
+  }
+  if (last_stage()) consider(w_.output);
+  if (targets.empty()) return ok_status();
+
+  auto padded = [](size_t n) { return (n + 63) / 64 * 64; };
+  size_t total = 0;
+  for (const Matrix* t : targets) total += padded(kernels::repacked_bytes(t->type, t->rows, t->cols));
+  const bool mapped = file_->mapped();
+  if (mode == Repack::kAuto && !mapped && total > kRepackInMemoryLimit) {
+    spdlog::debug("model {}: {} MiB of Q4_0/Q8_0 weights held in memory: kept in the plain layout", file_->name(),
+                  total >> 20);
+    return ok_status();
+  }
+  void* mem = ::mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (mem == MAP_FAILED) {
+    return make_error(ErrorCode::kResourceExhausted, "model {}: cannot allocate {} bytes for repacked weights",
+                      file_->name(), total);
+  }
+  ::madvise(mem, total, MADV_HUGEPAGE);
+  // The copies are model weights: never in a core dump; from a model held in memory (a sealed model's plaintext)
+  // also locked where the limit allows and wiped on release, as src/sealed treats the plaintext itself.
+  ::madvise(mem, total, MADV_DONTDUMP);
+  const bool secret = !mapped;
+  const bool locked = secret && ::mlock(mem, total) == 0;
+  packed_ = std::shared_ptr<uint8_t>(static_cast<uint8_t*>(mem), [total, secret, locked](uint8_t* p) {
+    if (secret) secure_zero(p, total);
+    if (locked) ::munlock(p, total);
+    ::munmap(p, total);
+  });
+  packed_bytes_ = total;
+  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  uint8_t* dst = packed_.get();
+  for (Matrix* t : targets) {
+    const uint8_t* src = t->data;
+    VEIL_TRY(kernels::repack_x4(t->type, src, t->row_stride, t->rows, t->cols, dst));
+    if (mapped) {  // whole pages of the source only: a neighbour's first or last page stays
+      auto b = (reinterpret_cast<uintptr_t>(src) + page - 1) / page * page;
+      auto e = (reinterpret_cast<uintptr_t>(src) + t->rows * t->row_stride) / page * page;
+      if (e > b) ::madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);
+    }
+    const uint8_t* old = t->data;
+    t->data = dst;
+    t->x4 = true;
+    if (w_.output.data == old) w_.output = *t;
+    if (w_.token_embd.data == old) w_.token_embd = *t;
+    dst += padded(kernels::repacked_bytes(t->type, t->rows, t->cols));
+  }
+  return ok_status();
+}
+
+uint64_t Model::weight_bytes_per_token() const {
+  uint64_t total = 0;
+  for (uint32_t l = range_.begin; l < range_.end; ++l) {
+    const LayerWeights& lw = w_.layers[l];
+    for (const Matrix* mat : {&lw.attn_q, &lw.attn_k, &lw.attn_v, &lw.attn_qkv, &lw.attn_out, &lw.ffn_gate,
+                              &lw.ffn_up, &lw.ffn_down}) {
+      if (mat->data) total += mat->bytes();
+    }
+  }
+  if (last_stage()) total += w_.output.bytes();
+  return total;
 }
 
 KvCache Model::new_cache(uint32_t n_ctx) const {
@@ -258,8 +370,11 @@ Status Model::forward(std::span<ForwardRequest> requests, Context& ctx) const {
     B.pos.resize(total);
     B.seq.resize(total);
   }
+  if (B.first.size() < requests.size() + 1) B.first.resize(requests.size() + 1);
   for (size_t i = 0, t = 0; i < requests.size(); ++i) {
     size_t n = first_stage() ? requests[i].tokens.size() : requests[i].n_tokens;
+    B.first[i] = static_cast<uint32_t>(t);
+    B.first[i + 1] = static_cast<uint32_t>(t + n);
     for (size_t j = 0; j < n; ++j, ++t) {
       B.pos[t] = requests[i].cache->n_past_ + static_cast<uint32_t>(j);
       B.seq[t] = static_cast<uint32_t>(i);
@@ -270,10 +385,10 @@ Status Model::forward(std::span<ForwardRequest> requests, Context& ctx) const {
   if (first_stage()) {
     for (size_t i = 0, t = 0; i < requests.size(); ++i) {
       for (TokenId tok : requests[i].tokens) {
-        tensor::dequantize_row(w_.token_embd.type, w_.token_embd.data + size_t(tok) * w_.token_embd.row_stride, x + t * d, d);
+        dequantize_row(w_.token_embd, static_cast<size_t>(tok), x + t * d, B.row);
         if (w_.pos_embd.data) {
           float* tmp = B.xb.data();
-          tensor::dequantize_row(w_.pos_embd.type, w_.pos_embd.data + size_t{B.pos[t]} * w_.pos_embd.row_stride, tmp, d);
+          dequantize_row(w_.pos_embd, B.pos[t], tmp, B.row);
           for (size_t j = 0; j < d; ++j) x[t * d + j] += tmp[j];
         }
         ++t;
@@ -298,7 +413,7 @@ Status Model::forward(std::span<ForwardRequest> requests, Context& ctx) const {
   if (rows == 0) return ok_status();
   arch_->final_norm(*this, B.xb.data(), B.xb2.data(), rows);
   grow(ctx.logits_, rows * hp_.n_vocab);
-  tensor::matmul(ctx.kernels(), w_.output, B.xb2.data(), rows, ctx.logits_.data(), &ctx.pool(), B.mm);
+  ops::matmul(ctx, w_.output, B.xb2.data(), rows, ctx.logits_.data());
   ctx.n_logit_rows_ = rows;
   return ok_status();
 }

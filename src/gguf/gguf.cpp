@@ -201,7 +201,9 @@ Result<File> File::open(const std::filesystem::path& path) {
   VEIL_ASSIGN_OR_RETURN(MappedFile m, MappedFile::open(path));
   auto holder = std::make_shared<MappedFile>(std::move(m));
   ByteView view = holder->view();
-  return from_memory(std::shared_ptr<const void>(holder, holder.get()), view, path.string());
+  VEIL_ASSIGN_OR_RETURN(File f, from_memory(std::shared_ptr<const void>(holder, holder.get()), view, path.string()));
+  f.mapped_ = true;
+  return f;
 }
 
 Result<File> File::from_memory(std::shared_ptr<const void> owner, ByteView bytes, std::string name) {

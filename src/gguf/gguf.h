@@ -82,6 +82,8 @@ class File {
   uint64_t alignment() const { return alignment_; }
   uint64_t data_offset() const { return data_offset_; }  // byte offset of the tensor data section
   ByteView bytes() const { return bytes_; }
+  // True for File::open: the bytes are a read-only private map of the file, so pages can be dropped and re-read.
+  bool mapped() const { return mapped_; }
 
   const std::map<std::string, Value, std::less<>>& metadata() const { return metadata_; }
   const Value* find(std::string_view key) const;
@@ -105,6 +107,7 @@ class File {
   uint64_t alignment_ = 32;
   uint64_t data_offset_ = 0;
   ByteView bytes_;
+  bool mapped_ = false;
   std::shared_ptr<const void> owner_;
   std::map<std::string, Value, std::less<>> metadata_;
   std::vector<TensorInfo> tensors_;

@@ -1,6 +1,7 @@
 // AVX2 + FMA + F16C kernels (int8 dot products with maddubs/madd). Compiled for that target with function
 // attributes only, so the library still runs on CPUs without AVX2 (dispatch checks cpu_features()).
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <type_traits>
 
@@ -22,11 +23,6 @@ namespace veil::kernels::detail::avx2 {
 #undef VEIL_SIMD_VNNI
 
 namespace veil::kernels::detail {
-
-void matvec_x4_avx2(Type t, const uint8_t* packed, size_t n, const uint8_t* act, float* y, size_t g0, size_t g1,
-                    size_t rows) {
-  avx2::matvec_x4_impl(t, packed, n, act, y, g0, g1, rows);
-}
 
 uint64_t read_sum_avx2(const uint8_t* p, size_t bytes) { return avx2::read_sum_impl(p, bytes); }
 

@@ -123,16 +123,18 @@ const KernelTable& kernel_table(Isa isa) {
 
 // ---- repacked x4 layouts ----
 
+bool has_x4_layout(Type t) { return t == Type::kQ4_0 || t == Type::kQ8_0; }
+
 size_t repacked_group_stride(Type t, size_t n) {
-  if (t == Type::kQ4_0) return n / 32 * (4 * 18);
-  if (t == Type::kQ8_0) return n / 32 * (4 * 34);
+  if (t == Type::kQ4_0) return n / 32 * kX4BlockQ4_0;
+  if (t == Type::kQ8_0) return n / 32 * kX4BlockQ8_0;
   return 0;
 }
 
 size_t repacked_bytes(Type t, size_t rows, size_t n) { return (rows + 3) / 4 * repacked_group_stride(t, n); }
 
 Status repack_x4(Type t, const uint8_t* w, size_t row_stride, size_t rows, size_t n, uint8_t* dst) {
-  if (t != Type::kQ4_0 && t != Type::kQ8_0)
+  if (!has_x4_layout(t))
     return make_error(ErrorCode::kUnsupported, "repack_x4: type {} has no x4 layout", type_name(t));
   if (n % 32 != 0) return make_error(ErrorCode::kInvalidArgument, "repack_x4: row length {} not a multiple of 32", n);
   const size_t bb = block_bytes(t), qb = bb - 2, nb = n / 32;
@@ -157,58 +159,19 @@ Status repack_x4(Type t, const uint8_t* w, size_t row_stride, size_t rows, size_
   return ok_status();
 }
 
+void extract_row_x4(Type t, const uint8_t* packed, size_t n, size_t r, uint8_t* dst) {
+  const size_t bb = block_bytes(t), qb = bb - 2, nb = n / 32, k = r % 4;
+  const uint8_t* group = packed + (r / 4) * repacked_group_stride(t, n);
+  for (size_t j = 0; j < nb; ++j) {
+    const uint8_t* blk = group + j * 4 * bb;
+    std::memcpy(dst + j * bb, blk + 2 * k, 2);
+    std::memcpy(dst + j * bb + 2, blk + 8 + k * qb, qb);
+  }
+}
+
 void matvec_repacked_x4(Isa isa, Type t, const uint8_t* packed, size_t rows, size_t n, const uint8_t* act, float* y,
                         size_t r0, size_t r1) {
-  if (r1 <= r0) return;
-  size_t g0 = r0 / 4, g1 = (r1 + 3) / 4;
-  // y is relative to r0 (a multiple of 4); the last group may be partial (rows or r1).
-  switch (isa) {
-    case Isa::kAvx512: matvec_x4_avx512(t, packed, n, act, y, g0, g1, r1); return;
-    case Isa::kAvx2: matvec_x4_avx2(t, packed, n, act, y, g0, g1, r1); return;
-    case Isa::kScalar: matvec_x4_scalar(t, packed, n, act, y, g0, g1, r1); return;
-  }
-  (void)rows;
+  kernel_table(isa).of(t).matvec_x4(packed, rows, n, act, y, r0, r1);
 }
 
-namespace detail {
-
-void matvec_x4_scalar(Type t, const uint8_t* packed, size_t n, const uint8_t* act, float* y, size_t g0, size_t g1,
-                      size_t rows) {
-  const size_t gstride = repacked_group_stride(t, n), nb = n / 32;
-  const auto* a = reinterpret_cast<const ActQ8*>(act);
-  for (size_t g = g0; g < g1; ++g) {
-    const uint8_t* p = packed + g * gstride;
-    float acc[4] = {0, 0, 0, 0};
-    for (size_t j = 0; j < nb; ++j) {
-      if (t == Type::kQ4_0) {
-        const uint8_t* blk = p + j * 72;
-        for (int k = 0; k < 4; ++k) {
-          uint16_t dh;
-          std::memcpy(&dh, blk + 2 * k, 2);
-          const uint8_t* qs = blk + 8 + 16 * k;
-          int32_t isum = 0;
-          for (int l = 0; l < 16; ++l) isum += (qs[l] & 0xF) * a[j].qs[l] + (qs[l] >> 4) * a[j].qs[l + 16];
-          float dw = fp16_to_f32(dh);
-          acc[k] += dw * a[j].d * static_cast<float>(isum) - 8.0f * dw * a[j].s;
-        }
-      } else {
-        const uint8_t* blk = p + j * 136;
-        for (int k = 0; k < 4; ++k) {
-          uint16_t dh;
-          std::memcpy(&dh, blk + 2 * k, 2);
-          const auto* qs = reinterpret_cast<const int8_t*>(blk + 8 + 32 * k);
-          int32_t isum = 0;
-          for (int l = 0; l < 32; ++l) isum += qs[l] * a[j].qs[l];
-          acc[k] += fp16_to_f32(dh) * a[j].d * static_cast<float>(isum);
-        }
-      }
-    }
-    for (size_t k = 0; k < 4; ++k) {
-      size_t r = 4 * g + k;
-      if (r < rows) y[r - 4 * g0] = acc[k];
-    }
-  }
-}
-
-}  // namespace detail
 }  // namespace veil::kernels

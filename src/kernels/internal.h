@@ -30,67 +30,10 @@ static_assert(sizeof(BlockQ5_1) == 24 && sizeof(BlockQ8_0) == 34 && sizeof(Block
 static_assert(sizeof(BlockQ5_K) == 176 && sizeof(BlockQ6_K) == 210);
 static_assert(sizeof(ActQ8) == 40 && sizeof(ActQ8K) == 292);
 
-inline float fp16_to_f32(uint16_t h) {
-  uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
-  uint32_t exp = (h >> 10) & 0x1f;
-  uint32_t man = h & 0x3ff;
-  uint32_t bits;
-  if (exp == 0) {
-    if (man == 0) {
-      bits = sign;
-    } else {  // subnormal: normalise
-      int e = -1;
-      do { man <<= 1; ++e; } while ((man & 0x400) == 0);
-      bits = sign | (static_cast<uint32_t>(127 - 15 - e) << 23) | ((man & 0x3ff) << 13);
-    }
-  } else if (exp == 31) {
-    bits = sign | 0x7f800000u | (man << 13);
-  } else {
-    bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
-  }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
-// Round to nearest even; overflow to infinity.
-inline uint16_t f32_to_fp16(float f) {
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
-  uint32_t sign = (x >> 16) & 0x8000;
-  uint32_t ax = x & 0x7fffffff;
-  if (ax >= 0x7f800000) return static_cast<uint16_t>(sign | 0x7c00 | (ax > 0x7f800000 ? 0x200 : 0));
-  if (ax >= 0x477ff000) return static_cast<uint16_t>(sign | 0x7c00);  // rounds to >= 65520: inf
-  if (ax < 0x38800000) {  // subnormal half (or zero)
-    float af;
-    std::memcpy(&af, &ax, 4);
-    // scale so that the half subnormal unit (2^-24) becomes 1, round to nearest even via float addition
-    float r = af * 16777216.0f;  // 2^24
-    uint32_t m = static_cast<uint32_t>(__builtin_nearbyintf(r));
-    return static_cast<uint16_t>(sign | m);
-  }
-  uint32_t e = ((ax >> 23) - 127 + 15);
-  uint32_t man = ax & 0x7fffff;
-  uint32_t h = (e << 10) | (man >> 13);
-  uint32_t rest = man & 0x1fff;
-  if (rest > 0x1000 || (rest == 0x1000 && (h & 1))) ++h;
-  return static_cast<uint16_t>(sign | h);
-}
-
-inline float bf16_to_f32(uint16_t h) {
-  uint32_t bits = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
-inline uint16_t f32_to_bf16(float f) {
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
-  if ((x & 0x7fffffff) > 0x7f800000) return static_cast<uint16_t>((x >> 16) | 0x40);  // quiet NaN
-  x += 0x7fff + ((x >> 16) & 1);
-  return static_cast<uint16_t>(x >> 16);
-}
+using ::veil::kernels::bf16_to_f32;
+using ::veil::kernels::f32_to_bf16;
+using ::veil::kernels::f32_to_fp16;
+using ::veil::kernels::fp16_to_f32;
 
 // Q4_K / Q5_K 6-bit scale and min of sub-block j (0..7) from the 12 packed bytes.
 inline void k4_scale_min(int j, const uint8_t* q, uint8_t* sc, uint8_t* m) {
@@ -117,22 +60,14 @@ void fill_scalar(KernelTable& t);
 void fill_avx2(KernelTable& t);
 void fill_avx512(KernelTable& t);
 
-// Repacked x4 matvec per ISA (t is kQ4_0 or kQ8_0).
-void matvec_x4_scalar(Type t, const uint8_t* packed, size_t n, const uint8_t* act, float* y, size_t g0, size_t g1,
-                      size_t rows);
-void matvec_x4_avx2(Type t, const uint8_t* packed, size_t n, const uint8_t* act, float* y, size_t g0, size_t g1,
-                    size_t rows);
-void matvec_x4_avx512(Type t, const uint8_t* packed, size_t n, const uint8_t* act, float* y, size_t g0, size_t g1,
-                      size_t rows);
+// Repacked x4 layout: bytes per block column of a 4-row group.
+inline constexpr size_t kX4BlockQ4_0 = 4 * 18;
+inline constexpr size_t kX4BlockQ8_0 = 4 * 34;
 
 // Reads `bytes` from p with the ISA's widest loads; returns a value depending on every byte.
 uint64_t read_sum_scalar(const uint8_t* p, size_t bytes);
 uint64_t read_sum_avx2(const uint8_t* p, size_t bytes);
 uint64_t read_sum_avx512(const uint8_t* p, size_t bytes);
 
-// Generic tiled matmul driver over a per-row/per-columns dot function: processes rows in tiles and, for each
-// tile, every column group, so a tile of weights stays in cache for the whole batch.
-// dotc(w_row, n, acts[], nc, out[]) computes out[c] = dot(row, acts[c]) for c < nc (nc <= kMaxCols).
-inline constexpr int kMaxCols = 4;
 
 }  // namespace veil::kernels::detail

@@ -214,6 +214,69 @@ TypeKernels make(size_t (*ab)(size_t), void (*prep)(const float*, size_t, uint8_
   return k;
 }
 
+// ---- repacked x4 layout (Q4_0 / Q8_0): the same per-block integer arithmetic as the plain kernels ----
+
+template <Type T>
+void matvec_x4_ref(const uint8_t* packed, size_t rows, size_t n, const uint8_t* act, float* y, size_t r0,
+                   size_t r1) {
+  (void)rows;
+  const size_t gstride = repacked_group_stride(T, n), nb = n / 32;
+  const auto* a = reinterpret_cast<const ActQ8*>(act);
+  for (size_t g = r0 / 4; g < (r1 + 3) / 4; ++g) {
+    const uint8_t* p = packed + g * gstride;
+    float acc[4] = {0, 0, 0, 0};
+    for (size_t j = 0; j < nb; ++j) {
+      if constexpr (T == Type::kQ4_0) {
+        const uint8_t* blk = p + j * kX4BlockQ4_0;
+        for (int k = 0; k < 4; ++k) {
+          uint16_t dh;
+          std::memcpy(&dh, blk + 2 * k, 2);
+          const uint8_t* qs = blk + 8 + 16 * k;
+          int32_t isum = 0;
+          for (int l = 0; l < 16; ++l) isum += (qs[l] & 0xF) * a[j].qs[l] + (qs[l] >> 4) * a[j].qs[l + 16];
+          float dw = fp16_to_f32(dh);
+          acc[k] += dw * a[j].d * static_cast<float>(isum) - 8.0f * dw * a[j].s;
+        }
+      } else {
+        const uint8_t* blk = p + j * kX4BlockQ8_0;
+        for (int k = 0; k < 4; ++k) {
+          uint16_t dh;
+          std::memcpy(&dh, blk + 2 * k, 2);
+          const auto* qs = reinterpret_cast<const int8_t*>(blk + 8 + 32 * k);
+          int32_t isum = 0;
+          for (int l = 0; l < 32; ++l) isum += qs[l] * a[j].qs[l];
+          acc[k] += fp16_to_f32(dh) * a[j].d * static_cast<float>(isum);
+        }
+      }
+    }
+    for (size_t k = 0; k < 4; ++k) {
+      size_t r = 4 * g + k;
+      if (r >= r0 && r < r1) y[r - r0] = acc[k];
+    }
+  }
+}
+
+template <Type T>
+void matmul_x4_ref(const uint8_t* packed, size_t rows, size_t n, const uint8_t* act, size_t act_stride, size_t batch,
+                   float* y, size_t y_stride, size_t r0, size_t r1) {
+  for (size_t c = 0; c < batch; ++c) matvec_x4_ref<T>(packed, rows, n, act + c * act_stride, y + c * y_stride, r0, r1);
+}
+
+void silu_mul_ref(float* gate, const float* up, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    float g = gate[i];
+    gate[i] = g * (1.0f / (1.0f + std::exp(-g))) * up[i];
+  }
+}
+
+void gelu_ref(float* x, size_t n) {
+  constexpr float kSqrt2OverPi = 0.7978845608028654f;
+  for (size_t i = 0; i < n; ++i) {
+    float v = x[i];
+    x[i] = 0.5f * v * (1.0f + std::tanh(kSqrt2OverPi * (v + 0.044715f * v * v * v)));
+  }
+}
+
 inline int8_t round_q(float v) {
   float r = std::nearbyint(v);
   r = std::min(127.0f, std::max(-127.0f, r));
@@ -291,6 +354,12 @@ void fill_scalar(KernelTable& t) {
   set(Type::kQ4_K, make<dot_q4_k_row>(act_bytes_q8k, prepare_q8k_scalar));
   set(Type::kQ5_K, make<dot_q5_k_row>(act_bytes_q8k, prepare_q8k_scalar));
   set(Type::kQ6_K, make<dot_q6_k_row>(act_bytes_q8k, prepare_q8k_scalar));
+  t.silu_mul = &silu_mul_ref;
+  t.gelu = &gelu_ref;
+  t.by_type[static_cast<uint32_t>(Type::kQ4_0)].matvec_x4 = &matvec_x4_ref<Type::kQ4_0>;
+  t.by_type[static_cast<uint32_t>(Type::kQ4_0)].matmul_x4 = &matmul_x4_ref<Type::kQ4_0>;
+  t.by_type[static_cast<uint32_t>(Type::kQ8_0)].matvec_x4 = &matvec_x4_ref<Type::kQ8_0>;
+  t.by_type[static_cast<uint32_t>(Type::kQ8_0)].matmul_x4 = &matmul_x4_ref<Type::kQ8_0>;
 }
 
 uint64_t read_sum_scalar(const uint8_t* p, size_t bytes) {
@@ -309,6 +378,12 @@ uint64_t read_sum_scalar(const uint8_t* p, size_t bytes) {
 
 namespace veil::kernels {
 using namespace detail;
+
+std::vector<float> dequantize(Type t, const uint8_t* src, size_t n) {
+  std::vector<float> out(n);
+  dequantize_row(t, src, out.data(), n);
+  return out;
+}
 
 void dequantize_row(Type t, const uint8_t* src, float* dst, size_t n) {
   switch (t) {

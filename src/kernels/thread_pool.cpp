@@ -77,20 +77,33 @@ ThreadPool::ThreadPool(int n_threads, bool pin, int spin_us)
 
 ThreadPool::~ThreadPool() {
   stop_.store(true, std::memory_order_release);
-  generation_.fetch_add(1, std::memory_order_acq_rel);
+  generation_.fetch_add(1, std::memory_order_seq_cst);
   futex_wake_all(&generation_);
   for (auto& t : workers_) t.join();
 }
 
-void ThreadPool::run_range(int index) {
-  // Range `index` of n_threads_: boundaries at multiples of grain_.
-  const size_t units = (n_ + grain_ - 1) / grain_;
-  const size_t per = units / static_cast<size_t>(n_threads_), extra = units % static_cast<size_t>(n_threads_);
-  const size_t i = static_cast<size_t>(index);
-  size_t ub = i * per + std::min(i, extra);
-  size_t ue = ub + per + (i < extra ? 1 : 0);
-  size_t b = std::min(n_, ub * grain_), e = std::min(n_, ue * grain_);
-  if (b < e) fn_(ctx_, b, e, index);
+// Claims ranges of job `job` until none is left (or a newer job has replaced it).
+void ThreadPool::work(uint32_t job, int thread) {
+  const Job& j = jobs_desc_[job & 3];
+  for (;;) {
+    uint64_t c = claim_.load(std::memory_order_acquire);
+    if (static_cast<uint32_t>(c >> 32) != job) return;
+    const auto r = static_cast<uint32_t>(c);
+    // While the counter carries this job's id, slot job & 3 holds this job (it is rewritten only for job + 4).
+    const uint32_t ranges = j.ranges.load(std::memory_order_relaxed);
+    if (r >= ranges) return;
+    if (!claim_.compare_exchange_weak(c, c + 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
+    const size_t n = j.n.load(std::memory_order_relaxed), grain = j.grain.load(std::memory_order_relaxed);
+    const size_t units = (n + grain - 1) / grain;
+    const size_t per = units / ranges, extra = units % ranges;
+    const size_t ub = r * per + std::min<size_t>(r, extra);
+    const size_t ue = ub + per + (r < extra ? 1 : 0);
+    const size_t b = std::min(n, ub * grain), e = std::min(n, ue * grain);
+    if (b < e) j.fn.load(std::memory_order_relaxed)(j.ctx.load(std::memory_order_relaxed), b, e, thread);
+    if (done_.fetch_add(1, std::memory_order_seq_cst) + 1 == ranges) {
+      if (caller_sleeping_.load(std::memory_order_seq_cst)) futex_wake_all(&done_);
+    }
+  }
 }
 
 void ThreadPool::worker_main(int index) {
@@ -104,35 +117,40 @@ void ThreadPool::worker_main(int index) {
     }
     seen = generation_.load(std::memory_order_acquire);
     if (stop_.load(std::memory_order_acquire)) return;
-    run_range(index);
-    if (pending_.fetch_sub(1, std::memory_order_seq_cst) == 1) {
-      if (caller_sleeping_.load(std::memory_order_seq_cst)) futex_wake_all(&pending_);
-    }
+    work(seen, index);
   }
 }
 
-void ThreadPool::run(size_t n, size_t grain, TaskFn fn, void* ctx) {
+void ThreadPool::run(size_t n, size_t grain, TaskFn fn, void* ctx, int chunks_per_thread) {
   if (n == 0) return;
   ++jobs_;
   if (n_threads_ == 1) {
     fn(ctx, 0, n, 0);
     return;
   }
-  fn_ = fn;
-  ctx_ = ctx;
-  n_ = n;
-  grain_ = grain ? grain : 1;
-  pending_.store(n_threads_ - 1, std::memory_order_relaxed);
-  generation_.fetch_add(1, std::memory_order_seq_cst);
+  if (grain == 0) grain = 1;
+  const size_t units = (n + grain - 1) / grain;
+  const auto ranges = static_cast<uint32_t>(
+      std::min<size_t>(units, static_cast<size_t>(n_threads_) * static_cast<size_t>(std::max(chunks_per_thread, 1))));
+  const uint32_t job = generation_.load(std::memory_order_relaxed) + 1;
+  Job& j = jobs_desc_[job & 3];
+  j.fn.store(fn, std::memory_order_relaxed);
+  j.ctx.store(ctx, std::memory_order_relaxed);
+  j.n.store(n, std::memory_order_relaxed);
+  j.grain.store(grain, std::memory_order_relaxed);
+  j.ranges.store(ranges, std::memory_order_relaxed);
+  done_.store(0, std::memory_order_relaxed);
+  claim_.store(static_cast<uint64_t>(job) << 32, std::memory_order_release);
+  generation_.store(job, std::memory_order_seq_cst);
   if (sleepers_.load(std::memory_order_seq_cst) > 0) futex_wake_all(&generation_);
-  run_range(0);
-  auto done = [&] { return pending_.load(std::memory_order_acquire) == 0; };
+  work(job, 0);
+  auto done = [&] { return done_.load(std::memory_order_acquire) == ranges; };
   if (!spin_until(done, spin_us_)) {
     caller_sleeping_.store(1, std::memory_order_seq_cst);
     for (;;) {
-      int p = pending_.load(std::memory_order_seq_cst);
-      if (p == 0) break;
-      futex_wait(&pending_, static_cast<uint32_t>(p));
+      const uint32_t d = done_.load(std::memory_order_seq_cst);
+      if (d == ranges) break;
+      futex_wait(&done_, d);
     }
     caller_sleeping_.store(0, std::memory_order_relaxed);
   }

@@ -298,5 +298,37 @@ TEST_F(ModelTest, BenchBandwidthSmallBuffer) {
   expect_one_line_error(veil({"bench", "--bandwidth", "--size-mib", "0"}), 2);
 }
 
+TEST_F(ModelTest, BenchModelReportsEveryFigureAndHonoursSizeMib) {
+  // stories260K is F32 (no repacking); the Q8_0 re-quantisation is repacked into the x4 layout at load.
+  RunResult q = veil({"quantize", (kStories / "stories260K.gguf").string(), path("q8.gguf").string(), "Q8_0"});
+  expect_ok(q);
+  for (const fs::path& model : {kStories / "stories260K.gguf", path("q8.gguf")}) {
+    RunResult r = veil({"bench", "-m", model.string(), "-p", "8", "-n", "8", "-r", "1", "--threads", "2",
+                        "--size-mib", "8", "--json"},
+                       120s);
+    expect_ok(r);
+    json j = json::parse(r.out, nullptr, false);
+    ASSERT_FALSE(j.is_discarded()) << r.describe();
+    for (const char* key : {"prefill_tps", "decode_tps"}) {
+      EXPECT_GT(j[key]["best"].get<double>(), 0.0) << key;
+      EXPECT_GT(j[key]["mean"].get<double>(), 0.0) << key;
+    }
+    EXPECT_GT(j["ttft_ms"].get<double>(), 0.0);
+    EXPECT_GT(j["peak_rss_bytes"].get<uint64_t>(), j["model_bytes"].get<uint64_t>());
+    EXPECT_GT(j["kv_cache_bytes"].get<uint64_t>(), 0u);
+    EXPECT_GT(j["decode_roofline_share"].get<double>(), 0.0);
+    EXPECT_EQ(j["bandwidth_buffer_mib"], 8) << "--size-mib sizes the roofline's bandwidth probe";
+    EXPECT_EQ(j["threads"], 2);
+    EXPECT_EQ(j["repacked_bytes"].get<uint64_t>() > 0, model == path("q8.gguf")) << model;
+  }
+  RunResult text = veil({"bench", "-m", (kStories / "stories260K.gguf").string(), "-p", "4", "-n", "4", "-r", "1",
+                         "--threads", "1", "--size-mib", "4"},
+                        120s);
+  expect_ok(text);
+  for (const char* want : {"prefill:", "time to first token", "decode:", "roofline:", "4 MiB buffer", "peak resident"}) {
+    EXPECT_NE(text.out.find(want), std::string::npos) << want << "\n" << text.out;
+  }
+}
+
 }  // namespace
 }  // namespace veil::clitest

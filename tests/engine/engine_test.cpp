@@ -1,10 +1,12 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cmath>
 #include <fstream>
 #include <sstream>
 
+#include "engine/convert.h"
 #include "engine/engine.h"
 #include "gguf/writer.h"
 
@@ -35,7 +37,20 @@ TokenId argmax(std::span<const float> v) {
 
 }  // namespace
 
-TEST(Engine, Stories260KGreedyMatchesGolden) {
+// The golden ids with every kernel table this CPU can run (the avx512 instance is skipped, with the reason, on a
+// CPU without AVX-512 VNNI).
+class EngineByIsa : public ::testing::TestWithParam<kernels::Isa> {
+ protected:
+  void SetUp() override {
+    if (!kernels::isa_supported(GetParam())) {
+      GTEST_SKIP() << "this CPU lacks " << kernels::isa_name(GetParam())
+                   << " (AVX2+FMA+F16C; AVX-512 F/BW/VL+VNNI): that kernel table cannot run here";
+    }
+  }
+  const kernels::KernelTable* table() const { return &kernels::kernel_table(GetParam()); }
+};
+
+TEST_P(EngineByIsa, Stories260KGreedyMatchesGolden) {
   auto model = Model::load(open_file(kModel));
   ASSERT_TRUE(model.ok()) << model.error().message();
   const HParams& hp = (*model)->hparams();
@@ -47,22 +62,121 @@ TEST(Engine, Stories260KGreedyMatchesGolden) {
   auto expect = expected_ids();
   ASSERT_EQ(expect.size(), 201u);
   ASSERT_EQ(expect[0], 1);
-  for (const char* kset : {"scalar", "avx2"}) {
-    auto ks = tensor::kernels_by_name(kset);
-    if (!ks.ok()) continue;
-    Context ctx(hp, {.threads = 2});
-    ctx.set_kernels(**ks);
-    KvCache cache = (*model)->new_cache(256);
-    TokenId tok = 1;
-    std::vector<TokenId> got;
-    for (int step = 0; step < 199; ++step) {
-      ForwardRequest r{&cache, {&tok, 1}, LogitsMode::kLast};
-      ASSERT_TRUE((*model)->forward({&r, 1}, ctx).ok());
-      tok = argmax(ctx.logits());
-      got.push_back(tok);
-    }
-    EXPECT_EQ(got, std::vector<TokenId>(expect.begin() + 1, expect.begin() + 200)) << kset;
+  Context ctx(hp, {.threads = 2, .kernels = table()});
+  EXPECT_STREQ(ctx.kernels().name, kernels::isa_name(GetParam()));
+  KvCache cache = (*model)->new_cache(256);
+  TokenId tok = 1;
+  std::vector<TokenId> got;
+  for (int step = 0; step < 199; ++step) {
+    ForwardRequest r{&cache, {&tok, 1}, LogitsMode::kLast};
+    ASSERT_TRUE((*model)->forward({&r, 1}, ctx).ok());
+    tok = argmax(ctx.logits());
+    got.push_back(tok);
   }
+  EXPECT_EQ(got, std::vector<TokenId>(expect.begin() + 1, expect.begin() + 200));
+}
+
+namespace {
+
+std::shared_ptr<const gguf::File> in_memory(gguf::Writer& w, const std::string& name) {
+  auto bytes = std::make_shared<Bytes>(w.finish());
+  auto f = gguf::File::from_memory(bytes, *bytes, name);
+  EXPECT_TRUE(f.ok());
+  return std::make_shared<const gguf::File>(std::move(f).value());
+}
+
+// stories260K re-quantised in memory (rows of 172 fall back to F16), or written to a file and mapped; `tied`
+// drops output.weight so the token embedding is also the output matrix.
+std::shared_ptr<const gguf::File> quantized_stories(gguf::TensorType type, bool tied = false,
+                                                    const std::string& path = "") {
+  auto src = open_file(kModel);
+  if (tied) {
+    gguf::Writer t;
+    t.copy_metadata(*src);
+    for (const auto& ti : src->tensors()) {
+      if (ti.name == "output.weight") continue;
+      EXPECT_TRUE(t.add_tensor(ti.name, ti.dims, ti.type, Bytes(ti.data, ti.data + ti.n_bytes)).ok());
+    }
+    src = in_memory(t, "tied.gguf");
+  }
+  gguf::Writer w;
+  EXPECT_TRUE(quantize_model(*src, type, w).ok());
+  if (!path.empty()) {
+    EXPECT_TRUE(w.write(path).ok());
+    return open_file(path);
+  }
+  return in_memory(w, "quantized.gguf");
+}
+
+// Logits of a 7-token prefill (every row: matmul) then 5 decode steps (matvec).
+std::vector<float> prefill_then_decode(const Model& m, const kernels::KernelTable* table, unsigned threads) {
+  Context ctx(m.hparams(), {.threads = threads, .kernels = table});
+  KvCache c = m.new_cache(64);
+  std::vector<TokenId> prompt = {1, 403, 407, 261, 378, 432, 30};
+  ForwardRequest all{&c, prompt, LogitsMode::kAll};
+  EXPECT_TRUE(m.forward({&all, 1}, ctx).ok());
+  std::vector<float> out(ctx.logits().begin(), ctx.logits().end());
+  TokenId tok = argmax(ctx.logits().subspan(ctx.logits().size() - m.hparams().n_vocab));
+  for (int i = 0; i < 5; ++i) {
+    ForwardRequest r{&c, {&tok, 1}, LogitsMode::kLast};
+    EXPECT_TRUE(m.forward({&r, 1}, ctx).ok());
+    out.insert(out.end(), ctx.logits().begin(), ctx.logits().end());
+    tok = argmax(ctx.logits());
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_P(EngineByIsa, RepackedQuantizedWeightsMatchThePlainLayout) {
+  for (auto [type, tied] : {std::pair{gguf::TensorType::kQ8_0, false}, std::pair{gguf::TensorType::kQ4_0, true}}) {
+    auto file = quantized_stories(type, tied);
+    auto plain = Model::load(file, {.layers = {}, .repack = Repack::kNever});
+    auto packed = Model::load(file, {.layers = {}, .repack = Repack::kAlways});
+    ASSERT_TRUE(plain.ok() && packed.ok());
+    EXPECT_EQ((*plain)->repacked_bytes(), 0u);
+    EXPECT_GT((*packed)->repacked_bytes(), 0u);
+    EXPECT_TRUE((*packed)->weights().layers[0].attn_q.x4);
+    EXPECT_TRUE((*packed)->weights().output.x4);
+    EXPECT_EQ((*packed)->weights().tied_output, tied);
+    // Tied: the embedding is looked up in the x4 copy; separate: the embedding stays plain (lookups only).
+    EXPECT_EQ((*packed)->weights().token_embd.x4, tied);
+    EXPECT_FALSE((*packed)->weights().layers[0].ffn_down.x4) << "rows of 172 were stored as F16";
+    auto want = prefill_then_decode(**plain, table(), 1);
+    for (unsigned threads : {1u, 3u}) {
+      auto got = prefill_then_decode(**packed, table(), threads);
+      ASSERT_EQ(got.size(), want.size());
+      for (size_t i = 0; i < want.size(); ++i) {
+        ASSERT_NEAR(got[i], want[i], 1e-3f * (1.0f + std::fabs(want[i])))
+            << gguf::type_name(type) << " logit " << i << " threads " << threads;
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(EveryTable, EngineByIsa,
+                         ::testing::Values(kernels::Isa::kScalar, kernels::Isa::kAvx2, kernels::Isa::kAvx512),
+                         [](const ::testing::TestParamInfo<kernels::Isa>& i) {
+                           return std::string(kernels::isa_name(i.param));
+                         });
+
+TEST(Engine, MappedModelRepacksAndReleasesItsFilePages) {
+  const std::string path = ::testing::TempDir() + "/veil_engine_q8.gguf";
+  auto file = quantized_stories(gguf::TensorType::kQ8_0, false, path);
+  ASSERT_TRUE(file->mapped());
+  auto a = Model::load(file);  // kAuto: mapped -> repacked, source pages released
+  ASSERT_TRUE(a.ok()) << a.error().message();
+  EXPECT_GT((*a)->repacked_bytes(), 0u);
+  // The released pages fault back in from the file: a second model on the same File reads the plain bytes.
+  auto b = Model::load(file, {.layers = {}, .repack = Repack::kNever});
+  ASSERT_TRUE(b.ok());
+  auto la = prefill_then_decode(**a, nullptr, 2), lb = prefill_then_decode(**b, nullptr, 2);
+  for (size_t i = 0; i < la.size(); ++i) ASSERT_NEAR(la[i], lb[i], 1e-3f * (1.0f + std::fabs(lb[i]))) << i;
+  // In memory and larger than kRepackInMemoryLimit would stay plain; this one is small, so kAuto repacks it.
+  auto mem = Model::load(quantized_stories(gguf::TensorType::kQ8_0));
+  ASSERT_TRUE(mem.ok());
+  EXPECT_GT((*mem)->repacked_bytes(), 0u);
+  std::remove(path.c_str());
 }
 
 TEST(Engine, PrefillBatchingAndLayerRangesAgree) {

@@ -34,9 +34,9 @@ std::vector<TokenId> golden_ids() {
   return ids;
 }
 
-// Greedy from BOS for `steps` tokens; returns the generated ids.
-std::vector<TokenId> greedy(const Model& m, int steps) {
-  Context ctx(m.hparams(), {.threads = 2});
+// Greedy from BOS for `steps` tokens on `table` (null: the active table); returns the generated ids.
+std::vector<TokenId> greedy(const Model& m, int steps, const kernels::KernelTable* table = nullptr) {
+  Context ctx(m.hparams(), {.threads = 2, .kernels = table});
   KvCache cache = m.new_cache(256);
   TokenId tok = 1;
   std::vector<TokenId> out;
@@ -60,23 +60,70 @@ std::string decode_text(const gguf::File& f, const std::vector<TokenId>& ids) {
   return text + dec.flush();
 }
 
-void check_golden(std::shared_ptr<const gguf::File> file) {
+void check_golden(std::shared_ptr<const gguf::File> file, const kernels::KernelTable* table = nullptr) {
   auto model = Model::load(file);
   ASSERT_TRUE(model.ok()) << model.error().message();
-  auto ids = greedy(**model, 200);
+  auto ids = greedy(**model, 200, table);
   auto want = golden_ids();
   ASSERT_EQ(want.size(), 201u);
   EXPECT_EQ(std::vector<TokenId>(ids.begin(), ids.begin() + 199), std::vector<TokenId>(want.begin() + 1, want.begin() + 200));
   EXPECT_EQ(decode_text(*file, ids), slurp(kDir + "expected_greedy_200steps.txt"));
 }
 
+std::string run_command(const std::string& cmd, int* status) {
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (p == nullptr) return "";
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
+  *status = ::pclose(p);
+  return out;
+}
+
+// One instance per kernel table; a table this CPU cannot run is skipped with the reason.
+class GoldenByIsa : public ::testing::TestWithParam<kernels::Isa> {
+ protected:
+  void SetUp() override {
+    if (!kernels::isa_supported(GetParam())) {
+      GTEST_SKIP() << "this CPU lacks " << kernels::isa_name(GetParam())
+                   << " (AVX2+FMA+F16C; AVX-512 F/BW/VL+VNNI): that kernel table cannot run here";
+    }
+  }
+};
+
 }  // namespace
 
-TEST(Golden, Stories260KGgufText) {
+TEST_P(GoldenByIsa, Stories260KGgufText) {
   auto f = gguf::File::open(kDir + "stories260K.gguf");
   ASSERT_TRUE(f.ok());
-  check_golden(std::make_shared<const gguf::File>(std::move(f).value()));
+  check_golden(std::make_shared<const gguf::File>(std::move(f).value()), &kernels::kernel_table(GetParam()));
 }
+
+// `veil generate` with the table forced through the environment, as a user would.
+TEST_P(GoldenByIsa, VeilGenerateCommand) {
+  std::filesystem::path veil = std::filesystem::path(VEIL_BINARY_DIR) / "src" / "cli" / "veil";
+  if (!std::filesystem::exists(veil)) GTEST_SKIP() << "the veil binary is not built in " << VEIL_BINARY_DIR;
+  for (unsigned threads : {1u, 2u}) {
+    std::string cmd = std::string("VEIL_KERNELS=") + kernels::isa_name(GetParam()) + " " + veil.string() +
+                      " generate -m " + kDir + "stories260K.gguf --threads " + std::to_string(threads) + " --json";
+    int status = -1;
+    std::string out = run_command(cmd, &status);
+    EXPECT_EQ(status, 0) << cmd;
+    EXPECT_NE(out.find(std::string("\"kernels\":\"") + kernels::isa_name(GetParam()) + "\""), std::string::npos)
+        << "the forced table was not used: " << out.substr(0, 300);
+    cmd = std::string("VEIL_KERNELS=") + kernels::isa_name(GetParam()) + " " + veil.string() + " generate -m " + kDir +
+          "stories260K.gguf --threads " + std::to_string(threads);
+    EXPECT_EQ(run_command(cmd, &status), slurp(kDir + "expected_greedy_200steps.txt")) << cmd;
+    EXPECT_EQ(status, 0);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(EveryTable, GoldenByIsa,
+                         ::testing::Values(kernels::Isa::kScalar, kernels::Isa::kAvx2, kernels::Isa::kAvx512),
+                         [](const ::testing::TestParamInfo<kernels::Isa>& i) {
+                           return std::string(kernels::isa_name(i.param));
+                         });
 
 TEST(Golden, ConvertedLlama2cCheckpoint) {
   auto ck = MappedFile::open(kDir + "stories260K.bin");
@@ -154,18 +201,4 @@ TEST(Golden, Llama2cV1HeaderWithSeparateClassifier) {
   ASSERT_TRUE(f.ok());
   EXPECT_NE(f->find_tensor("output.weight"), nullptr);
   check_golden(std::make_shared<const gguf::File>(std::move(f).value()));
-}
-
-TEST(Golden, VeilGenerateCommand) {
-  std::filesystem::path veil = std::filesystem::path(VEIL_BINARY_DIR) / "src" / "cli" / "veil";
-  if (!std::filesystem::exists(veil)) GTEST_SKIP() << "the veil binary is not built in " << VEIL_BINARY_DIR;
-  std::string cmd = veil.string() + " generate -m " + kDir + "stories260K.gguf --threads 2";
-  FILE* p = ::popen(cmd.c_str(), "r");
-  ASSERT_NE(p, nullptr);
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
-  EXPECT_EQ(::pclose(p), 0);
-  EXPECT_EQ(out, slurp(kDir + "expected_greedy_200steps.txt"));
 }

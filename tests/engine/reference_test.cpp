@@ -242,7 +242,7 @@ void check(Tiny& tiny) {
   for (float v : ref) scale = std::max(scale, std::fabs(static_cast<double>(v)));
   for (unsigned threads : {1u, 3u}) {
     Context ctx((*model)->hparams(), {.threads = threads});
-    ctx.set_kernels(tensor::scalar_kernels());
+    ctx.set_kernels(kernels::kernel_table(kernels::Isa::kScalar));
     // A prefill of the first 7 tokens, then the rest one by one.
     KvCache cache = (*model)->new_cache(0);
     std::vector<float> got;

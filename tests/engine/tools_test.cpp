@@ -39,7 +39,8 @@ TEST(Tools, QuantizeEveryTypeKeepsTheModelWorking) {
   ASSERT_TRUE(ref_model.ok());
   std::vector<TokenId> prompt = {1, 403, 407, 261, 378};
   auto ref = logits_after(**ref_model, prompt);
-  for (TensorType t : tensor::kAllTypes) {
+  for (kernels::Type kt : kernels::kAllTypes) {
+    const auto t = static_cast<TensorType>(kt);
     gguf::Writer w;
     auto rep = quantize_model(*src, t, w);
     ASSERT_TRUE(rep.ok()) << rep.error().message();
@@ -49,7 +50,7 @@ TEST(Tools, QuantizeEveryTypeKeepsTheModelWorking) {
     EXPECT_EQ(f->find_tensor("blk.0.attn_norm.weight")->type, TensorType::kF32);
     // Rows of 64 are too short for the 256-blocks of K-quants: those fall back to a 32-block type.
     TensorType got = f->find_tensor("blk.0.attn_q.weight")->type;
-    if (tensor::block_size(t) == 256) {
+    if (kernels::block_elems(kt) == 256) {
       EXPECT_NE(got, t);
       EXPECT_GT(rep->fallback, 0u);
     } else {
@@ -105,6 +106,7 @@ TEST(Tools, SynthGpt2SeparateOutputAndVocabularyChecks) {
   ASSERT_TRUE(m.ok()) << m.error().message();
   EXPECT_FALSE((*m)->weights().tied_output);
   EXPECT_EQ((*m)->hparams().n_vocab, 50257u);
+  EXPECT_EQ(f->find_tensor("output.weight")->type, TensorType::kQ4_0);
   EXPECT_EQ(*f->get_string("tokenizer.ggml.model"), "gpt2");
   EXPECT_EQ(f->get_string_array("tokenizer.ggml.merges")->size(), 50000u);
   auto l = logits_after(**m, {50256, 15496});
@@ -116,4 +118,21 @@ TEST(Tools, SynthGpt2SeparateOutputAndVocabularyChecks) {
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.error().message().find("50257"), std::string::npos);
   EXPECT_FALSE(parse_synth_shape("llama-70b").ok());
+}
+
+TEST(Tools, SynthOutputTypeLikeLlamaCppQ4_0) {
+  auto vocab = load_vocabulary(kShared + "/models/llama2c-tokenizer/tokenizer.bin");
+  ASSERT_TRUE(vocab.ok()) << vocab.error().message();
+  auto w = synth_model(SynthShape::kStories15m, TensorType::kQ4_0, *vocab, 1234, TensorType::kQ6_K);
+  ASSERT_TRUE(w.ok()) << w.error().message();
+  auto f = in_memory(*w, "q4_0-q6_k.gguf");
+  // 288-wide rows are not a multiple of Q6_K's 256-element blocks: the output falls back to Q8_0 (TinyLlama's
+  // 2048-wide rows keep Q6_K); the other matrices stay Q4_0.
+  EXPECT_EQ(f->find_tensor("output.weight")->type, TensorType::kQ8_0);
+  EXPECT_EQ(f->find_tensor("token_embd.weight")->type, TensorType::kQ4_0);
+  EXPECT_EQ(f->find_tensor("blk.5.ffn_down.weight")->type, TensorType::kQ4_0);
+  auto m = Model::load(f);
+  ASSERT_TRUE(m.ok()) << m.error().message();
+  auto l = logits_after(**m, {1, 100, 200});
+  for (float v : l) ASSERT_TRUE(std::isfinite(v));
 }

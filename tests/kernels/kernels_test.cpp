@@ -176,6 +176,32 @@ TEST_P(KernelsByType, FastMatmulMatchesScalarForBatches1To17) {
 INSTANTIATE_TEST_SUITE_P(AllTypes, KernelsByType, ::testing::ValuesIn(kAllTypes),
                          [](const ::testing::TestParamInfo<Type>& i) { return std::string(type_name(i.param)); });
 
+TEST(Kernels, ActivationsMatchScalar) {
+  // Ragged lengths, and values from deep negative to large positive (exp under- and overflow ranges).
+  std::vector<float> x;
+  for (int i = -2000; i <= 2000; ++i) x.push_back(static_cast<float>(i) * 0.05f);
+  for (float v : {-120.0f, -89.0f, -87.5f, 88.0f, 89.0f, 120.0f, 0.0f, -0.0f, 1e-30f, -1e-30f}) x.push_back(v);
+  auto up = random_vec(x.size(), 3);
+  const KernelTable& ref = kernel_table(Isa::kScalar);
+  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512}) {
+    if (!isa_supported(isa)) continue;
+    const KernelTable& k = kernel_table(isa);
+    for (size_t n : {x.size(), size_t{7}, size_t{9}}) {
+      std::vector<float> g(x.begin(), x.begin() + n), gr = g;
+      k.silu_mul(g.data(), up.data(), n);
+      ref.silu_mul(gr.data(), up.data(), n);
+      std::vector<float> e(x.begin(), x.begin() + n), er = e;
+      k.gelu(e.data(), n);
+      ref.gelu(er.data(), n);
+      for (size_t i = 0; i < n; ++i) {
+        ASSERT_TRUE(std::isfinite(g[i]) && std::isfinite(e[i])) << isa_name(isa) << " x=" << x[i];
+        ASSERT_NEAR(g[i], gr[i], 1e-6f * (1.0f + std::fabs(gr[i]))) << isa_name(isa) << " silu x=" << x[i];
+        ASSERT_NEAR(e[i], er[i], 1e-6f * (1.0f + std::fabs(er[i]))) << isa_name(isa) << " gelu x=" << x[i];
+      }
+    }
+  }
+}
+
 TEST(Kernels, Avx512PathsRunOnlyWhereSupported) {
   if (!isa_supported(Isa::kAvx512)) GTEST_SKIP() << "CPU lacks AVX-512 F/BW/VL/VNNI: the avx512 table is not exercised";
   EXPECT_STREQ(kernel_table(Isa::kAvx512).name, "avx512");
@@ -191,6 +217,8 @@ TEST(Kernels, IsaParsingAndTables) {
     for (Type t : kAllTypes) {
       const TypeKernels& k = kernel_table(isa).of(t);
       EXPECT_TRUE(k.act_bytes && k.prepare && k.matvec && k.matmul) << isa_name(isa) << " " << type_name(t);
+      EXPECT_EQ(k.matvec_x4 != nullptr, has_x4_layout(t)) << isa_name(isa) << " " << type_name(t);
+      EXPECT_EQ(k.matmul_x4 != nullptr, has_x4_layout(t)) << isa_name(isa) << " " << type_name(t);
       if (isa != Isa::kScalar) {  // every type has its own SIMD kernel, not the scalar fallback
         EXPECT_NE(k.matvec, kernel_table(Isa::kScalar).of(t).matvec) << isa_name(isa) << " " << type_name(t);
         EXPECT_NE(k.matmul, kernel_table(Isa::kScalar).of(t).matmul) << isa_name(isa) << " " << type_name(t);
@@ -372,6 +400,63 @@ TEST(Repack, X4MatchesPlainKernelsOnEveryIsa) {
     }
   }
   EXPECT_FALSE(repack_x4(Type::kQ6_K, nullptr, 0, 1, 256, nullptr).ok());
+}
+
+TEST(Repack, X4MatmulMatchesPlainForBatches1To9AndRaggedRows) {
+  for (Type t : {Type::kQ4_0, Type::kQ8_0}) {
+    for (size_t rows : {1u, 5u, 11u, 32u}) {
+      for (size_t n : {32u, 96u, 2048u}) {
+        Case c = make_case(t, rows, n, rows * 7 + n, 2);
+        std::vector<uint8_t> packed(repacked_bytes(t, rows, n));
+        ASSERT_TRUE(repack_x4(t, c.w.data(), c.stride, rows, n, packed.data()).ok());
+        const TypeKernels& ref = kernel_table(Isa::kScalar).of(t);
+        const size_t ab = ref.act_bytes(n);
+        for (size_t batch : {1u, 2u, 3u, 4u, 5u, 9u}) {
+          std::vector<uint8_t> acts(batch * ab);
+          for (size_t b = 0; b < batch; ++b) {
+            auto x = random_vec(n, 77 + batch * 13 + b);
+            ref.prepare(x.data(), n, acts.data() + b * ab);
+          }
+          for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512}) {
+            if (!isa_supported(isa)) continue;
+            const TypeKernels& k = kernel_table(isa).of(t);
+            for (size_t r0 : {size_t{0}, size_t{4}}) {
+              if (r0 >= rows) continue;
+              const size_t ys = rows + 3;
+              std::vector<float> y(batch * ys, 1234.0f);
+              k.matmul_x4(packed.data(), rows, n, acts.data(), ab, batch, y.data(), ys, r0, rows);
+              for (size_t b = 0; b < batch; ++b) {
+                std::vector<float> want(rows - r0);
+                ref.matvec(c.w.data(), c.stride, n, acts.data() + b * ab, want.data(), r0, rows);
+                for (size_t r = r0; r < rows; ++r) {
+                  const float w = want[r - r0];
+                  ASSERT_NEAR(y[b * ys + (r - r0)], w, 1e-4f * (1 + std::fabs(w)) * std::sqrt(float(n)))
+                      << isa_name(isa) << " " << type_name(t) << " rows=" << rows << " n=" << n << " batch=" << batch
+                      << " r=" << r << " col=" << b;
+                }
+                EXPECT_EQ(y[b * ys + (rows - r0)], 1234.0f) << "wrote past r1";
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(Repack, ExtractRowGivesThePlainRowBack) {
+  for (Type t : {Type::kQ4_0, Type::kQ8_0}) {
+    const size_t rows = 7, n = 96;
+    Case c = make_case(t, rows, n, 5, 1);
+    std::vector<uint8_t> packed(repacked_bytes(t, rows, n));
+    ASSERT_TRUE(repack_x4(t, c.w.data(), c.stride, rows, n, packed.data()).ok());
+    EXPECT_EQ(repacked_bytes(t, 8, n), 8 * row_bytes(t, n)) << "same size as the plain layout for whole groups";
+    std::vector<uint8_t> row(row_bytes(t, n));
+    for (size_t r = 0; r < rows; ++r) {
+      extract_row_x4(t, packed.data(), n, r, row.data());
+      EXPECT_EQ(0, std::memcmp(row.data(), c.w.data() + r * c.stride, row.size())) << type_name(t) << " r=" << r;
+    }
+  }
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <thread>
 #include <vector>
 
 #include "kernels/kernels.h"
@@ -50,14 +51,38 @@ TEST(ThreadPool, RepeatedDispatchThroughFutexSleep) {
   // spin_us = 0: every wait goes to the futex, exercising the sleep / wake handshake on both sides.
   ThreadPool pool(4, false, 0);
   std::vector<uint64_t> per(4 * 16, 0);
-  for (int j = 0; j < 3000; ++j)
-    pool.parallel_for(4, 1, [&](size_t b, size_t e, int t) { per[static_cast<size_t>(t) * 16] += e - b; });
-  uint64_t sum = 0;
-  for (int t = 0; t < 4; ++t) {
-    EXPECT_EQ(per[static_cast<size_t>(t) * 16], 3000u) << "thread " << t;
-    sum += per[static_cast<size_t>(t) * 16];
+  for (int j = 0; j < 3000; ++j) {
+    std::vector<int> hit(4, 0);
+    pool.parallel_for(4, 1, [&](size_t b, size_t e, int t) {
+      per[static_cast<size_t>(t) * 16] += e - b;
+      for (size_t i = b; i < e; ++i) ++hit[i];
+    });
+    ASSERT_EQ(hit, std::vector<int>(4, 1)) << "job " << j;
   }
+  uint64_t sum = 0;
+  for (int t = 0; t < 4; ++t) sum += per[static_cast<size_t>(t) * 16];
   EXPECT_EQ(sum, 12000u);
+}
+
+TEST(ThreadPool, RangesOfAStalledThreadGoToTheOthers) {
+  // Thread 1 stalls in its first range (as if descheduled): with 8 ranges per thread, the caller runs the rest
+  // instead of waiting for it, and every index is still covered once.
+  ThreadPool pool(2, false, 50);
+  for (int rep = 0; rep < 3; ++rep) {
+    std::vector<int> hits(1600, 0);
+    std::atomic<int> by_caller{0}, by_worker{0};
+    std::atomic<bool> stalled{false};
+    pool.parallel_for(1600, 1, [&](size_t b, size_t e, int t) {
+      if (t == 1 && !stalled.exchange(true)) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      for (size_t i = b; i < e; ++i) ++hits[i];
+      (t == 0 ? by_caller : by_worker) += 1;
+    }, 8);
+    for (int h : hits) ASSERT_EQ(h, 1);
+    EXPECT_EQ(by_caller + by_worker, 16);
+    if (by_worker > 0) {
+      EXPECT_GE(by_caller.load(), 14) << "the caller should have taken the stalled thread's share";
+    }
+  }
 }
 
 TEST(ThreadPool, WorkersAsleepWakeForNextJobAndShutDown) {
