@@ -47,6 +47,7 @@ struct X4Q4Group512 {
     }
     for (size_t j = 0; j < nb; ++j) {
       const uint8_t* blk = p + j * kBlock;
+      prefetch(blk + kX4Prefetch);
       const __m128 d4 = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk)));
       const __m512 d16 = _mm512_permutexvar_ps(rep, _mm512_castps128_ps512(d4));
       const __m512i q = _mm512_loadu_si512(blk + 8);
