@@ -2,12 +2,15 @@
 // channels) driven by the front's PipelineStepModel, against one engine in-process, on a SYNTHETIC model.
 //   VEIL_BENCH_MODEL=/tmp/gpt2-124m-q8.gguf veil_bench_pipeline     (veil synth --shape gpt2-124m --type Q8_0 ...)
 // Threads: 1 stage gets 2, each of 2 or 3 stages gets 1 (the "all on the same 2 cores").
-// Counters: ttft_ms (prefill of a 32-token prompt), decode_ms_p50 / p95 per step, tok_s (decode tokens per second
-// over all sequences). Also the wire micro-benchmarks: encode/decode of a 128 KiB activation message.
+// Counters: lanes (concurrent forward passes: one per stage when several sequences are in flight), ttft_ms
+// (prefill of a 32-token prompt), decode_ms_p50 / p95 per step, tok_s (decode tokens per second over all
+// sequences). Also the wire micro-benchmarks: encode/decode of a 128 KiB activation message.
 #include <benchmark/benchmark.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <barrier>
+#include <thread>
 #include <cstdlib>
 #include <filesystem>
 
@@ -103,7 +106,47 @@ double percentile(std::vector<double> v, double p) {
   return v[std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size())))];
 }
 
-// args: stages, sequences in flight.
+// One lane's sequences (slots [first, first + n)): a prefill of the prompt, then kDecode decode steps.
+struct LaneRun {
+  double ttft_ms = 0;
+  std::vector<double> step_ms;
+  std::string error;
+};
+
+constexpr int kPrompt = 32, kDecode = 32;
+
+void run_lane(server::StepModel& m, uint32_t first, uint32_t n, std::barrier<>& decode_start, LaneRun& r) {
+  std::vector<int32_t> prompt(kPrompt);
+  for (int i = 0; i < kPrompt; ++i) prompt[i] = 100 + i;
+  std::vector<float> logits;
+  std::vector<server::StepInput> batch;
+  for (uint32_t s = 0; s < n; ++s) m.reset_slot(first + s);
+  for (uint32_t s = 0; s < n; ++s) batch.push_back({first + s, prompt, 0, true});
+  auto t0 = Clock::now();
+  Status st = m.forward(batch, logits);
+  r.ttft_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+  decode_start.arrive_and_wait();
+  if (!st.ok()) {
+    r.error = "prefill failed: " + st.error().message();
+    return;
+  }
+  std::vector<int32_t> next(n, 7);
+  for (int t = 0; t < kDecode; ++t) {
+    batch.clear();
+    for (uint32_t s = 0; s < n; ++s) batch.push_back({first + s, std::span<const int32_t>(&next[s], 1), uint32_t(kPrompt + t), true});
+    auto t1 = Clock::now();
+    st = m.forward(batch, logits);
+    if (!st.ok()) {
+      r.error = "decode failed: " + st.error().message();
+      return;
+    }
+    r.step_ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t1).count());
+  }
+}
+
+// args: stages, sequences in flight, most lanes (0: as many as the front allows). The sequences are split over as many lanes (threads with their own forward
+// passes, as the serving scheduler runs them) as the front allows: one per stage, so each stage works on one
+// lane's batch while the next stage works on another's.
 void BM_PipelineDecode(benchmark::State& state) {
   if (!bench_model()) {
     state.SkipWithError("set VEIL_BENCH_MODEL to a GGUF (veil synth --shape gpt2-124m --type Q8_0)");
@@ -117,45 +160,43 @@ void BM_PipelineDecode(benchmark::State& state) {
     return;
   }
   server::StepModel& m = *(*cluster)->front;
-  const int kPrompt = 32, kDecode = 32;
-  std::vector<int32_t> prompt(kPrompt);
-  for (int i = 0; i < kPrompt; ++i) prompt[i] = 100 + i;
+  const uint32_t lanes = std::min({n_seq, m.max_concurrent_forwards(), state.range(2) > 0 ? uint32_t(state.range(2)) : n_seq});
   std::vector<double> ttft, steps;
   double decode_s = 0;
-  std::vector<float> logits;
   for (auto _ : state) {
-    for (uint32_t s = 0; s < n_seq; ++s) m.reset_slot(s);
-    std::vector<server::StepInput> batch;
-    for (uint32_t s = 0; s < n_seq; ++s) batch.push_back({s, prompt, 0, true});
-    auto t0 = Clock::now();
-    if (!m.forward(batch, logits).ok()) {
-      state.SkipWithError("prefill failed");
-      return;
+    std::vector<LaneRun> runs(lanes);
+    std::barrier<> decode_start(static_cast<std::ptrdiff_t>(lanes) + 1);
+    std::vector<std::thread> threads;
+    for (uint32_t l = 0, first = 0; l < lanes; ++l) {
+      const uint32_t n = n_seq / lanes + (l < n_seq % lanes ? 1 : 0);
+      threads.emplace_back(run_lane, std::ref(m), first, n, std::ref(decode_start), std::ref(runs[l]));
+      first += n;
     }
-    ttft.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
-    std::vector<int32_t> next(n_seq, 7);
-    for (int t = 0; t < kDecode; ++t) {
-      batch.clear();
-      for (uint32_t s = 0; s < n_seq; ++s) batch.push_back({s, std::span<const int32_t>(&next[s], 1), uint32_t(kPrompt + t), true});
-      auto t1 = Clock::now();
-      if (!m.forward(batch, logits).ok()) {
-        state.SkipWithError("decode failed");
+    decode_start.arrive_and_wait();
+    auto t0 = Clock::now();
+    for (auto& t : threads) t.join();
+    decode_s += std::chrono::duration<double>(Clock::now() - t0).count();
+    double first_token = 0;
+    for (const LaneRun& r : runs) {
+      if (!r.error.empty()) {
+        state.SkipWithError(r.error.c_str());
         return;
       }
-      double ms = std::chrono::duration<double, std::milli>(Clock::now() - t1).count();
-      steps.push_back(ms);
-      decode_s += ms / 1000;
+      first_token = std::max(first_token, r.ttft_ms);
+      steps.insert(steps.end(), r.step_ms.begin(), r.step_ms.end());
     }
+    ttft.push_back(first_token);
   }
+  state.counters["lanes"] = lanes;
   state.counters["ttft_ms"] = percentile(ttft, 0.5);
   state.counters["decode_ms_p50"] = percentile(steps, 0.5);
   state.counters["decode_ms_p95"] = percentile(steps, 0.95);
-  state.counters["tok_s"] = decode_s > 0 ? static_cast<double>(steps.size() * n_seq) / decode_s : 0;
+  state.counters["tok_s"] = decode_s > 0 ? static_cast<double>(state.iterations()) * kDecode * n_seq / decode_s : 0;
 }
 BENCHMARK(BM_PipelineDecode)
-    ->ArgNames({"stages", "seqs"})
-    ->Args({1, 1})->Args({2, 1})->Args({3, 1})
-    ->Args({1, 4})->Args({2, 4})->Args({3, 4})
+    ->ArgNames({"stages", "seqs", "lanes"})
+    ->Args({1, 1, 0})->Args({2, 1, 0})->Args({3, 1, 0})
+    ->Args({1, 4, 0})->Args({2, 4, 1})->Args({2, 4, 0})->Args({3, 4, 1})->Args({3, 4, 0})
     ->Iterations(3)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 Message activation_message(size_t bytes) {

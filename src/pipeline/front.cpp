@@ -109,23 +109,33 @@ struct PipelineStepModel::Impl {
     return ok_status();
   }
 
-  // Sends `m` to a stage and returns its reply (not an error sentinel). Any failure drops the channel: the
-  // next use reconnects, and the new session starts with empty caches.
+  // Sends `m` to a stage and returns its reply (not an error sentinel), holding the link for the whole exchange so
+  // that concurrent users of the link (lanes, the health thread) never read each other's replies. Any failure
+  // drops the channel: the next use reconnects, and the new session starts with empty caches.
   Result<Message> exchange(StageLink& l, const Message& m, Deadline deadline) {
-    VEIL_TRY(send_to(l, m, deadline));
-    return receive_from(l, m.request_id, deadline);
+    std::lock_guard lock(l.mu);
+    VEIL_TRY(send_locked(l, m, deadline));
+    return receive_locked(l, m.request_id, deadline);
   }
 
   Status send_to(StageLink& l, const Message& m, Deadline deadline) {
     std::lock_guard lock(l.mu);
+    return send_locked(l, m, deadline);
+  }
+
+  Result<Message> receive_from(StageLink& l, uint64_t request_id, Deadline deadline) {
+    std::lock_guard lock(l.mu);
+    return receive_locked(l, request_id, deadline);
+  }
+
+  Status send_locked(StageLink& l, const Message& m, Deadline deadline) {
     if (!l.ch) VEIL_TRY(connect_link(l, deadline));
     Status st = send_message(*l.ch, m, deadline);
     if (!st.ok()) return failed(l, st.error());
     return ok_status();
   }
 
-  Result<Message> receive_from(StageLink& l, uint64_t request_id, Deadline deadline) {
-    std::lock_guard lock(l.mu);
+  Result<Message> receive_locked(StageLink& l, uint64_t request_id, Deadline deadline) {
     if (!l.ch) return l.named(make_error(ErrorCode::kUnavailable, "the connection was dropped"));
     Result<Message> reply = recv_message(*l.ch, deadline);
     if (!reply.ok()) return failed(l, reply.error());
@@ -175,10 +185,44 @@ struct PipelineStepModel::Impl {
       m.segments.push_back({in.slot, in.pos0, static_cast<uint32_t>(in.tokens.size()), in.want_logits});
       m.tokens.insert(m.tokens.end(), in.tokens.begin(), in.tokens.end());
     }
-    std::vector<Message> mbs = split_batch(m, links.size() > 1 ? options.micro_batches : 1);
     logits.clear();
-    Status st = fill_drain(mbs, logits, deadline);
+    Status st = ok_status();
+    if (links.size() > 1 && options.micro_batches > 1) {
+      std::vector<Message> mbs = split_batch(m, options.micro_batches);
+      st = fill_drain(mbs, logits, deadline);
+    } else {
+      m.request_id = next_request++;
+      st = chain(m, logits, deadline);
+    }
     return st.ok() ? st : as_stage_failure(st.error());
+  }
+
+  // Whole batch through the stages in order, one link held at a time: several lanes may run this at once, each
+  // in a different stage (lane A in stage 1 while lane B is in stage 0), so every stage stays busy.
+  Status chain(Message& m, std::vector<float>& logits, Deadline deadline) {
+    size_t rows = 0, tokens = 0;
+    for (const Segment& seg : m.segments) {
+      rows += seg.want_logits;
+      tokens += seg.n_tokens;
+    }
+    for (size_t s = 0; s < links.size(); ++s) {
+      const bool last = s + 1 == links.size();
+      Result<Message> out = exchange(*links[s], m, deadline);
+      if (!out.ok()) return out.error();
+      VEIL_TRY(check_output(*links[s], *out, last, tokens, rows));
+      if (last) {
+        logits = std::move(out->values);
+      } else {
+        m.tokens.clear();
+        m.values = std::move(out->values);
+        m.request_id = next_request++;
+      }
+    }
+    return ok_status();
+  }
+
+  uint32_t max_concurrent_forwards() const {
+    return options.micro_batches > 1 ? 1u : static_cast<uint32_t>(links.size());
   }
 
   // Splits the batch's token stream into at most `k` contiguous micro-batches (split_micro_batches). A segment cut
@@ -365,6 +409,8 @@ Status PipelineStepModel::forward(std::span<const server::StepInput> batch, std:
 }
 
 void PipelineStepModel::reset_slot(uint32_t slot) { impl_->reset_slot(slot); }
+
+uint32_t PipelineStepModel::max_concurrent_forwards() const { return impl_->max_concurrent_forwards(); }
 
 void PipelineStepModel::check_health() { impl_->check_health(); }
 

@@ -22,8 +22,9 @@
 // (health_interval, default 10 s) and reconnects stages that came back. Errors name the stage index and
 // its endpoint; a new session with a stage starts with empty KV caches.
 //
-// Thread-safety: StageServer's methods are safe from any thread. PipelineStepModel follows StepModel
-// (forward/reset_slot from one thread); health() and the health thread are safe alongside.
+// Thread-safety: StageServer's methods are safe from any thread. PipelineStepModel follows StepModel:
+// forward/reset_slot from up to max_concurrent_forwards() threads at once, on disjoint slots (each exchange
+// holds its stage's link, so replies never cross); health() and the health thread are safe alongside.
 #pragma once
 
 #include <atomic>
@@ -155,7 +156,9 @@ struct FrontOptions {
   std::chrono::milliseconds health_interval{10000};  // 0: no health thread
   channel::RetryPolicy retry;                        // reconnection: backoff with jitter
   // Fill-drain: a forward pass's tokens are split into this many micro-batches so stages work concurrently
-  // (pipeline.h fill_drain_schedule); 1 visits the stages one after the other.
+  // (pipeline.h fill_drain_schedule). 1 (the default): each forward pass visits the stages one after the other,
+  // and up to one forward pass per stage may be in flight at once (max_concurrent_forwards(): the serving
+  // scheduler's lanes keep every stage busy with a different batch of sequences).
   uint32_t micro_batches = 1;
 };
 
@@ -179,6 +182,8 @@ class PipelineStepModel final : public server::StepModel {
   uint32_t max_slots() const override;
   Status forward(std::span<const server::StepInput> batch, std::vector<float>& logits) override;
   void reset_slot(uint32_t slot) override;
+  // The number of stages with micro_batches == 1 (each forward pass holds one stage at a time), else 1.
+  uint32_t max_concurrent_forwards() const override;
 
   std::vector<StageHealth> health() const;
   // Pings every stage now (what the health thread does each interval); reconnects stages that are down.

@@ -108,6 +108,16 @@ struct Sequence {
   bool done = false;
 };
 
+// One worker thread with its share of the slots and the sequences admitted into them. `active` is the lane's
+// own; `free_slots` and `running` are guarded by Impl::mu (admission compares the lanes).
+struct Lane {
+  uint32_t index = 0;
+  std::vector<std::unique_ptr<Sequence>> active;
+  std::vector<uint32_t> free_slots;
+  size_t running = 0;
+  std::thread thread;
+};
+
 }  // namespace
 
 struct BatchingBackend::Impl {
@@ -120,7 +130,7 @@ struct BatchingBackend::Impl {
   uint32_t vocab = 0;
 
   mutable std::mutex mu;
-  std::condition_variable cv;       // wakes the worker
+  std::condition_variable cv;       // wakes the lanes
   std::condition_variable idle_cv;  // signals shutdown() when everything has drained
   std::map<std::string, std::deque<std::unique_ptr<Sequence>>> queued_by_client;
   std::deque<std::string> rotation;  // clients with queued requests, in round-robin order
@@ -128,15 +138,12 @@ struct BatchingBackend::Impl {
   size_t running = 0;
   bool stopping = false;
   bool force_stop = false;
-  bool woken = false;  // a handle was cancelled or resumed
+  uint64_t wakes = 0;  // bumped when a handle is cancelled or resumed
   uint64_t next_id = 1;
   std::atomic<uint64_t> steps{0};
   std::atomic<uint32_t> max_batch{0};
   std::atomic<uint64_t> batched_sequences{0};
-
-  std::vector<std::unique_ptr<Sequence>> active;  // worker thread only
-  std::vector<uint32_t> free_slots;                // worker thread only
-  std::thread worker;
+  std::vector<std::unique_ptr<Lane>> lanes;
 
   void finish(Sequence& s, FinishReason reason, std::string error = {}) {
     GenerationEvent ev;
@@ -178,8 +185,20 @@ struct BatchingBackend::Impl {
     s.last_token = tok;
   }
 
-  void admit_locked() {
-    while (!free_slots.empty() && !rotation.empty()) {
+  // A lane takes the next queued request only while no other lane with a free slot runs fewer sequences, so
+  // concurrent requests spread over the lanes (and so over the stages of a pipeline).
+  bool may_admit_locked(const Lane& lane) const {
+    if (lane.free_slots.empty() || rotation.empty()) return false;
+    for (const auto& other : lanes) {
+      if (other.get() != &lane && !other->free_slots.empty() && other->running < lane.running) return false;
+    }
+    return true;
+  }
+
+  // Moves queued requests into the lane's free slots; returns the slots to reset before their first step.
+  std::vector<uint32_t> admit_locked(Lane& lane) {
+    std::vector<uint32_t> fresh;
+    while (may_admit_locked(lane)) {
       std::string client = std::move(rotation.front());
       rotation.pop_front();
       auto it = queued_by_client.find(client);
@@ -191,29 +210,33 @@ struct BatchingBackend::Impl {
         rotation.push_back(client);
       }
       --queued;
-      seq->slot = free_slots.back();
-      free_slots.pop_back();
-      model->reset_slot(seq->slot);
+      seq->slot = lane.free_slots.back();
+      lane.free_slots.pop_back();
+      fresh.push_back(seq->slot);
       ++running;
-      active.push_back(std::move(seq));
+      ++lane.running;
+      lane.active.push_back(std::move(seq));
     }
+    return fresh;
   }
 
-  // Removes finished sequences, frees their slots. Takes the lock.
-  void reap() {
-    size_t removed = 0;
-    for (auto& s : active) {
+  // Removes the lane's finished sequences, frees their slots. Takes the lock.
+  void reap(Lane& lane) {
+    std::vector<uint32_t> freed;
+    for (auto& s : lane.active) {
       if (s->done) {
-        free_slots.push_back(s->slot);
+        freed.push_back(s->slot);
         s.reset();
-        ++removed;
       }
     }
-    if (removed == 0) return;
-    active.erase(std::remove(active.begin(), active.end(), nullptr), active.end());
+    if (freed.empty()) return;
+    lane.active.erase(std::remove(lane.active.begin(), lane.active.end(), nullptr), lane.active.end());
     std::lock_guard<std::mutex> lock(mu);
-    running -= removed;
+    lane.free_slots.insert(lane.free_slots.end(), freed.begin(), freed.end());
+    running -= freed.size();
+    lane.running -= freed.size();
     if (running == 0 && queued == 0) idle_cv.notify_all();
+    if (queued > 0) cv.notify_all();  // another lane may now be the one to admit
   }
 
   void cancel_queued_locked(bool all) {
@@ -237,114 +260,139 @@ struct BatchingBackend::Impl {
     }
   }
 
-  void run() {
-    std::vector<StepInput> batch;
-    std::vector<Sequence*> batch_seqs;
+  // One step's batch: a decode token for every generating sequence, then prompt chunks within the budget.
+  struct Batch {
+    std::vector<StepInput> inputs;
+    std::vector<Sequence*> seqs;
     std::vector<int32_t> decode_tokens;
+  };
+
+  void build_batch(Lane& lane, Batch& b) {
+    b.inputs.clear();
+    b.seqs.clear();
+    b.decode_tokens.assign(lane.active.size(), 0);
+    size_t n_decode = 0;
+    for (auto& s : lane.active) {
+      if (s->prefilled < s->prompt.size() || s->handle->paused()) continue;
+      b.decode_tokens[n_decode] = s->last_token;
+      StepInput in;
+      in.slot = s->slot;
+      in.tokens = std::span<const int32_t>(&b.decode_tokens[n_decode], 1);
+      in.pos0 = static_cast<uint32_t>(s->prompt.size()) + s->generated - 1;
+      in.want_logits = true;
+      b.inputs.push_back(in);
+      b.seqs.push_back(s.get());
+      ++n_decode;
+    }
+    size_t budget = options.step_token_budget > n_decode ? options.step_token_budget - n_decode : 0;
+    for (auto& s : lane.active) {
+      if (s->prefilled >= s->prompt.size() || s->handle->paused()) continue;
+      size_t left = s->prompt.size() - s->prefilled;
+      size_t n = std::min<size_t>({left, options.prefill_chunk, budget});
+      if (n == 0) {
+        if (!b.inputs.empty()) break;
+        n = std::min<size_t>(left, std::max<uint32_t>(1, options.prefill_chunk));  // always make progress
+      }
+      StepInput in;
+      in.slot = s->slot;
+      in.tokens = std::span<const int32_t>(s->prompt.data() + s->prefilled, n);
+      in.pos0 = s->prefilled;
+      in.want_logits = (n == left);
+      b.inputs.push_back(in);
+      b.seqs.push_back(s.get());
+      budget -= std::min(budget, n);
+    }
+  }
+
+  // Runs the forward pass, samples and emits; a failed pass finishes every sequence of the batch with an error.
+  void step(Batch& b, std::vector<float>& logits) {
+    Status st = ok_status();
+    try {
+      st = model->forward(b.inputs, logits);
+    } catch (const std::exception& e) {
+      st = make_error(ErrorCode::kInternal, "forward pass threw: {}", e.what());
+    }
+    steps.fetch_add(1, std::memory_order_relaxed);
+    uint32_t nseq = static_cast<uint32_t>(b.inputs.size());
+    batched_sequences.fetch_add(nseq, std::memory_order_relaxed);
+    uint32_t seen = max_batch.load(std::memory_order_relaxed);
+    while (nseq > seen && !max_batch.compare_exchange_weak(seen, nseq, std::memory_order_relaxed)) {
+    }
+    if (!st.ok()) {
+      spdlog::error("scheduler: forward pass over {} sequences failed: {}", b.inputs.size(), st.error().message());
+      // A pipeline stage that timed out or went away is named to the client (content-free); other failures stay generic.
+      ErrorCode code = st.error().code();
+      std::string why = code == ErrorCode::kUnavailable || code == ErrorCode::kTimeout
+                            ? "inference failed: " + st.error().message()
+                            : "inference failed";
+      for (auto* s : b.seqs) finish(*s, FinishReason::kError, why);
+      return;
+    }
+    size_t li = 0;
+    for (size_t i = 0; i < b.inputs.size(); ++i) {
+      Sequence& s = *b.seqs[i];
+      bool prefill = s.prefilled < s.prompt.size();
+      if (prefill) s.prefilled += static_cast<uint32_t>(b.inputs[i].tokens.size());
+      if (!b.inputs[i].want_logits) continue;
+      std::span<float> row(logits.data() + li * vocab, vocab);
+      ++li;
+      if (s.handle->cancelled()) {
+        finish(s, FinishReason::kCancelled);
+        continue;
+      }
+      on_token(s, s.sampler->sample(row));
+    }
+  }
+
+  void run(Lane& lane) {
+    Batch batch;
     std::vector<float> logits;
     for (;;) {
+      uint64_t seen_wakes = 0;
+      std::vector<uint32_t> fresh;
       {
         std::unique_lock<std::mutex> lock(mu);
-        cv.wait(lock, [&] { return force_stop || !active.empty() || (queued > 0 && !free_slots.empty()) ||
-                                   (stopping && queued == 0 && active.empty()); });
-        woken = false;
+        cv.wait(lock, [&] {
+          return force_stop || !lane.active.empty() || (queued > 0 && may_admit_locked(lane)) ||
+                 (stopping && queued == 0);
+        });
+        seen_wakes = wakes;
         cancel_queued_locked(force_stop);
         if (force_stop) {
-          for (auto& s : active) finish(*s, FinishReason::kCancelled);
+          for (auto& s : lane.active) finish(*s, FinishReason::kCancelled);
         } else {
-          admit_locked();
+          fresh = admit_locked(lane);
         }
-        if (queued == 0 && active.empty()) idle_cv.notify_all();
+        if (queued == 0 && running == 0) idle_cv.notify_all();
       }
-      for (auto& s : active) {
+      for (uint32_t slot : fresh) model->reset_slot(slot);
+      for (auto& s : lane.active) {
         if (!s->done && s->handle->cancelled()) finish(*s, FinishReason::kCancelled);
       }
-      reap();
-      if (active.empty()) {
+      reap(lane);
+      if (lane.active.empty()) {
         std::lock_guard<std::mutex> lock(mu);
         if (force_stop || (stopping && queued == 0)) return;
         continue;
       }
-
-      // Build the batch: decode tokens first, then prompt chunks within the budget.
-      batch.clear();
-      batch_seqs.clear();
-      decode_tokens.assign(active.size(), 0);
-      size_t n_decode = 0;
-      for (auto& s : active) {
-        if (s->prefilled < s->prompt.size() || s->handle->paused()) continue;
-        decode_tokens[n_decode] = s->last_token;
-        StepInput in;
-        in.slot = s->slot;
-        in.tokens = std::span<const int32_t>(&decode_tokens[n_decode], 1);
-        in.pos0 = static_cast<uint32_t>(s->prompt.size()) + s->generated - 1;
-        in.want_logits = true;
-        batch.push_back(in);
-        batch_seqs.push_back(s.get());
-        ++n_decode;
-      }
-      size_t budget = options.step_token_budget > n_decode ? options.step_token_budget - n_decode : 0;
-      for (auto& s : active) {
-        if (s->prefilled >= s->prompt.size() || s->handle->paused()) continue;
-        size_t left = s->prompt.size() - s->prefilled;
-        size_t n = std::min<size_t>({left, options.prefill_chunk, budget});
-        if (n == 0) {
-          if (!batch.empty()) break;
-          n = std::min<size_t>(left, std::max<uint32_t>(1, options.prefill_chunk));  // always make progress
-        }
-        StepInput in;
-        in.slot = s->slot;
-        in.tokens = std::span<const int32_t>(s->prompt.data() + s->prefilled, n);
-        in.pos0 = s->prefilled;
-        in.want_logits = (n == left);
-        batch.push_back(in);
-        batch_seqs.push_back(s.get());
-        budget -= std::min(budget, n);
-      }
-
-      if (batch.empty()) {
+      build_batch(lane, batch);
+      if (batch.inputs.empty()) {
         // Every sequence is paused by its connection: wait for a resume, a cancel or new work.
         std::unique_lock<std::mutex> lock(mu);
-        cv.wait(lock, [&] { return woken || force_stop || (queued > 0 && !free_slots.empty()); });
+        cv.wait(lock, [&] { return wakes != seen_wakes || force_stop || (queued > 0 && may_admit_locked(lane)); });
         continue;
       }
-      Status st = ok_status();
-      try {
-        st = model->forward(batch, logits);
-      } catch (const std::exception& e) {
-        st = make_error(ErrorCode::kInternal, "forward pass threw: {}", e.what());
-      }
-      steps.fetch_add(1, std::memory_order_relaxed);
-      uint32_t nseq = static_cast<uint32_t>(batch.size());
-      batched_sequences.fetch_add(nseq, std::memory_order_relaxed);
-      if (nseq > max_batch.load(std::memory_order_relaxed)) max_batch.store(nseq, std::memory_order_relaxed);
-      if (!st.ok()) {
-        spdlog::error("scheduler: forward pass over {} sequences failed: {}", batch.size(), st.error().message());
-        // A pipeline stage that timed out or went away is named to the client (content-free); other failures stay generic.
-        ErrorCode code = st.error().code();
-        std::string why = code == ErrorCode::kUnavailable || code == ErrorCode::kTimeout
-                              ? "inference failed: " + st.error().message()
-                              : "inference failed";
-        for (auto* s : batch_seqs) finish(*s, FinishReason::kError, why);
-        reap();
-        continue;
-      }
-      size_t li = 0;
-      for (size_t i = 0; i < batch.size(); ++i) {
-        Sequence& s = *batch_seqs[i];
-        bool prefill = s.prefilled < s.prompt.size();
-        if (prefill) s.prefilled += static_cast<uint32_t>(batch[i].tokens.size());
-        if (!batch[i].want_logits) continue;
-        std::span<float> row(logits.data() + li * vocab, vocab);
-        ++li;
-        if (s.handle->cancelled()) {
-          finish(s, FinishReason::kCancelled);
-          continue;
-        }
-        on_token(s, s.sampler->sample(row));
-      }
-      reap();
+      step(batch, logits);
+      reap(lane);
     }
+  }
+
+  void wake() {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      ++wakes;
+    }
+    cv.notify_all();
   }
 };
 
@@ -359,9 +407,24 @@ BatchingBackend::BatchingBackend(std::string model_id, std::unique_ptr<StepModel
   impl_->vocab = impl_->model->vocab_size();
   options.max_slots = std::max<uint32_t>(1, std::min(options.max_slots, impl_->model->max_slots()));
   options.prefill_chunk = std::max<uint32_t>(1, options.prefill_chunk);
+  uint32_t lanes = options.lanes == 0 ? impl_->model->max_concurrent_forwards() : options.lanes;
+  lanes = std::clamp<uint32_t>(lanes, 1, std::min(std::max<uint32_t>(1, impl_->model->max_concurrent_forwards()),
+                                                  options.max_slots));
+  options.lanes = lanes;
   impl_->options = options;
-  for (uint32_t i = options.max_slots; i > 0; --i) impl_->free_slots.push_back(i - 1);
-  impl_->worker = std::thread([this] { impl_->run(); });
+  for (uint32_t i = 0; i < lanes; ++i) {
+    auto lane = std::make_unique<Lane>();
+    lane->index = i;
+    // Lane i owns the slots congruent to i; the lowest are handed out first.
+    for (uint32_t slot = options.max_slots; slot-- > 0;) {
+      if (slot % lanes == i) lane->free_slots.push_back(slot);
+    }
+    impl_->lanes.push_back(std::move(lane));
+  }
+  for (auto& lane : impl_->lanes) {
+    Lane* l = lane.get();
+    l->thread = std::thread([this, l] { impl_->run(*l); });
+  }
 }
 
 BatchingBackend::~BatchingBackend() { shutdown(std::chrono::milliseconds(0)); }
@@ -407,20 +470,14 @@ Result<std::shared_ptr<GenerationHandle>> BatchingBackend::submit(const Generati
     }
     seq->id = impl_->next_id++;
     Impl* im = impl_.get();
-    handle = std::make_shared<Handle>(seq->id, [im] {
-      {
-        std::lock_guard<std::mutex> lock(im->mu);
-        im->woken = true;
-      }
-      im->cv.notify_one();
-    });
+    handle = std::make_shared<Handle>(seq->id, [im] { im->wake(); });
     seq->handle = handle;
     auto& q = impl_->queued_by_client[seq->client];
     if (q.empty()) impl_->rotation.push_back(seq->client);
     q.push_back(std::move(seq));
     ++impl_->queued;
   }
-  impl_->cv.notify_one();
+  impl_->cv.notify_all();
   return std::shared_ptr<GenerationHandle>(handle);
 }
 
@@ -435,12 +492,14 @@ void BatchingBackend::shutdown(std::chrono::milliseconds grace) {
   {
     std::unique_lock<std::mutex> lock(impl_->mu);
     impl_->stopping = true;
-    impl_->cv.notify_one();
+    impl_->cv.notify_all();
     impl_->idle_cv.wait_for(lock, grace, [&] { return impl_->running == 0 && impl_->queued == 0; });
     impl_->force_stop = true;
   }
-  impl_->cv.notify_one();
-  if (impl_->worker.joinable()) impl_->worker.join();
+  impl_->cv.notify_all();
+  for (auto& lane : impl_->lanes) {
+    if (lane->thread.joinable()) lane->thread.join();
+  }
 }
 
 bool BatchingBackend::wait_idle(std::chrono::milliseconds timeout) const {
@@ -450,5 +509,6 @@ bool BatchingBackend::wait_idle(std::chrono::milliseconds timeout) const {
 
 uint64_t BatchingBackend::steps() const { return impl_->steps.load(); }
 uint32_t BatchingBackend::max_batch_sequences() const { return impl_->max_batch.load(); }
+uint32_t BatchingBackend::lanes() const { return impl_->options.lanes; }
 
 }  // namespace veil::server

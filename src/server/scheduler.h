@@ -1,6 +1,9 @@
 // BatchingBackend: the continuous-batching scheduler behind the HTTP API.
 //
-// One worker thread runs scheduler steps. Each step:
+// Worker threads ("lanes") run scheduler steps; each lane owns a share of the KV-cache slots and its own
+// sequences, and runs its own forward passes. A model that can overlap forward passes (a pipeline front, where
+// lane A's batch is in stage 1 while lane B's is in stage 0) gets several lanes; a model that cannot gets one.
+// Each step of a lane:
 //   1. drops cancelled sequences (their slots are free for this very step) and admits queued requests
 //      into free slots, round-robin across client ids so one client cannot starve the others;
 //   2. builds one batch: one decode token for every sequence that is generating, then prompt chunks
@@ -12,9 +15,10 @@
 //      emits events. Streamed pieces concatenate to exactly the non-streamed text.
 // The queue is bounded: submit() refuses with kResourceExhausted when it is full (HTTP 503).
 //
-// Thread-safety: BatchingBackend's public methods are safe from any thread. The StepModel, TextCodec
-// and samplers are used from the worker thread only, except that TextCodec's encode_* and stream_decoder
-// are called from submitting threads (they must be safe concurrently with the worker's decoding).
+// Thread-safety: BatchingBackend's public methods are safe from any thread. The StepModel is called from the
+// lanes (concurrently only up to its max_concurrent_forwards(), always on disjoint slots); a sequence's sampler
+// and detokeniser are used by its lane only; TextCodec's encode_* and stream_decoder are called from submitting
+// threads (they must be safe concurrently with the lanes' decoding).
 #pragma once
 
 #include <memory>
@@ -46,6 +50,8 @@ class StepModel {
   virtual Status forward(std::span<const StepInput> batch, std::vector<float>& logits) = 0;
   // Forget a slot's KV cache (called before the slot is reused).
   virtual void reset_slot(uint32_t slot) = 0;
+  // How many threads may call forward() / reset_slot() at once (on disjoint slots). 1: one thread at a time.
+  virtual uint32_t max_concurrent_forwards() const { return 1; }
 };
 
 class TextCodec {
@@ -73,6 +79,8 @@ struct BatchingOptions {
   uint32_t max_queue = 256;         // accepted requests waiting for a slot
   uint32_t prefill_chunk = 64;      // prompt tokens per sequence per step
   uint32_t step_token_budget = 256; // tokens per forward pass (decode tokens always fit)
+  uint32_t lanes = 0;               // worker threads; 0 = the model's max_concurrent_forwards() (clamped to it
+                                    // and to max_slots)
 };
 
 class BatchingBackend final : public GenerationBackend {
@@ -95,6 +103,8 @@ class BatchingBackend final : public GenerationBackend {
   // Counters for tests and /metrics: forward passes run, and the most sequences seen in one pass.
   uint64_t steps() const;
   uint32_t max_batch_sequences() const;
+  // Worker threads in use (BatchingOptions::lanes after clamping).
+  uint32_t lanes() const;
   // Waits (bounded) until no sequence holds a slot and none is queued; false on timeout.
   bool wait_idle(std::chrono::milliseconds timeout) const;
 

@@ -234,6 +234,35 @@ TEST_F(PipelineRuntime, OneTwoAndThreeStagesMatchOneProcess) {
   }
 }
 
+// Lanes: without micro-batching the front lets one forward pass per stage run at once (the scheduler's lanes),
+// each holding one stage at a time. Two threads stepping disjoint slots through the same front at once both get
+// the one-process tokens: replies never cross between the concurrent passes.
+TEST_F(PipelineRuntime, ConcurrentForwardPassesOnDisjointSlotsMatchOneProcess) {
+  const int n = 16;
+  auto want = reference_greedy(kPrompt, n);
+  ShardManifest m = make_manifest({0, 2, 4, 5});
+  start_stages(m);
+  auto front = PipelineStepModel::connect(m, front_options());
+  ASSERT_TRUE(front.ok()) << front.error().message();
+  EXPECT_EQ((*front)->max_concurrent_forwards(), 3u);
+  auto lane = [&](uint32_t first_slot) { return step_greedy(**front, kPrompt, n, /*n_seq=*/2, first_slot); };
+  auto a = std::async(std::launch::async, lane, 0u);
+  auto b = std::async(std::launch::async, lane, 2u);
+  for (auto* f : {&a, &b}) {
+    ASSERT_EQ(f->wait_for(60s), std::future_status::ready);
+    auto got = f->get();
+    ASSERT_TRUE(got.ok()) << got.error().message();
+    EXPECT_EQ((*got)[0], want);
+    EXPECT_EQ((*got)[1], want);
+  }
+  front->reset();  // a stage serves one front at a time
+  FrontOptions fo = front_options();
+  fo.micro_batches = 2;
+  auto fill_drain = PipelineStepModel::connect(m, fo);
+  ASSERT_TRUE(fill_drain.ok()) << fill_drain.error().message();
+  EXPECT_EQ((*fill_drain)->max_concurrent_forwards(), 1u);  // fill-drain holds every stage of a pass
+}
+
 // Fill-drain: the prompt (and, in decode, the sequences of a step) split into micro-batches that overlap across
 // stages give the same tokens; 5 micro-batches cut the 8-token prompts of 3 sequences mid-sequence.
 TEST_F(PipelineRuntime, MicroBatchedStagesMatchOneProcess) {

@@ -41,6 +41,12 @@ struct FakeModelStats {
   size_t steps_mixing_prefill_and_decode = 0;
   std::string violation;  // first invariant violation seen
   std::condition_variable cv;  // notified after every forward pass
+  // Concurrency (models made with concurrent > 1): forward passes inside the model at once, the most seen, and a
+  // rendezvous: until `rendezvous` passes have been inside together, each pass waits (bounded) for the others,
+  // so a test can prove that lanes overlap without timing assumptions.
+  size_t inside = 0;
+  size_t max_inside = 0;
+  size_t rendezvous = 0;
   // Waits (bounded) until at least `n` forward passes have run.
   bool wait_forwards(size_t n, std::chrono::seconds timeout = std::chrono::seconds(30)) {
     std::unique_lock<std::mutex> lock(mu);
@@ -50,8 +56,9 @@ struct FakeModelStats {
 
 class FakeModel final : public StepModel {
  public:
-  FakeModel(uint32_t ctx, uint32_t slots, std::shared_ptr<FakeModelStats> stats)
-      : ctx_(ctx), lengths_(slots, 0), stats_(std::move(stats)) {}
+  FakeModel(uint32_t ctx, uint32_t slots, std::shared_ptr<FakeModelStats> stats, uint32_t concurrent = 1)
+      : ctx_(ctx), lengths_(slots, 0), stats_(std::move(stats)), concurrent_(concurrent) {}
+  uint32_t max_concurrent_forwards() const override { return concurrent_; }
   uint32_t context_length() const override { return ctx_; }
   uint32_t vocab_size() const override { return kVocab; }
   uint32_t max_slots() const override { return static_cast<uint32_t>(lengths_.size()); }
@@ -60,7 +67,16 @@ class FakeModel final : public StepModel {
   Status forward(std::span<const StepInput> batch, std::vector<float>& logits) override {
     std::set<uint32_t> seen;
     size_t n_logits = 0, decode = 0, prefill = 0;
-    std::lock_guard<std::mutex> lock(stats_->mu);
+    std::unique_lock<std::mutex> lock(stats_->mu);
+    ++stats_->inside;
+    stats_->max_inside = std::max(stats_->max_inside, stats_->inside);
+    stats_->cv.notify_all();
+    stats_->cv.wait_for(lock, std::chrono::seconds(10),
+                        [&] { return stats_->max_inside >= stats_->rendezvous; });
+    struct Leave {
+      FakeModelStats& s;
+      ~Leave() { --s.inside; }
+    } leave{*stats_};
     for (const auto& in : batch) {
       std::string bad;
       if (in.slot >= lengths_.size()) bad = "slot out of range";
@@ -95,6 +111,7 @@ class FakeModel final : public StepModel {
   uint32_t ctx_;
   std::vector<uint32_t> lengths_;
   std::shared_ptr<FakeModelStats> stats_;
+  uint32_t concurrent_ = 1;
 };
 
 inline tokenizer::Tokenizer byte_tokenizer() {
@@ -146,10 +163,12 @@ class ArgmaxSampler final : public TokenSampler {
 };
 
 inline std::unique_ptr<BatchingBackend> make_fake_backend(uint32_t ctx, uint32_t slots, BatchingOptions options,
-                                                          std::shared_ptr<FakeModelStats> stats) {
+                                                          std::shared_ptr<FakeModelStats> stats,
+                                                          uint32_t concurrent = 1) {
   options.max_slots = slots;
   return std::make_unique<BatchingBackend>(
-      "veil-test-synthetic", std::make_unique<FakeModel>(ctx, slots, std::move(stats)), std::make_unique<FakeCodec>(),
+      "veil-test-synthetic", std::make_unique<FakeModel>(ctx, slots, std::move(stats), concurrent),
+      std::make_unique<FakeCodec>(),
       [](const SamplingOptions&) { return std::make_unique<ArgmaxSampler>(); }, options);
 }
 

@@ -129,6 +129,41 @@ TEST(Scheduler, BatchesSequencesAndChunksLongPrompts) {
   EXPECT_GT(stats->steps_mixing_prefill_and_decode, 0u); // running streams keep decoding during prefill
 }
 
+// A model that can overlap forward passes (a pipeline front) gets one lane per concurrent pass: two lanes are
+// inside the model at once (the rendezvous would time out otherwise), requests spread over both, and every
+// sequence still gets exactly its own greedy text.
+TEST(Scheduler, LanesRunForwardPassesConcurrentlyOnDisjointSlots) {
+  auto stats = std::make_shared<FakeModelStats>();
+  stats->rendezvous = 2;
+  auto backend = make_fake_backend(4096, 8, {}, stats, /*concurrent=*/2);
+  EXPECT_EQ(backend->lanes(), 2u);
+  std::vector<std::unique_ptr<Collected>> outs;
+  for (size_t i = 0; i < 4; ++i) {
+    outs.push_back(std::make_unique<Collected>());
+    GenerationRequest req;
+    req.max_tokens = 24;
+    req.client_id = "c" + std::to_string(i);
+    ASSERT_TRUE(backend->submit(req, prompt_ids(3 + i), outs.back()->sink()).ok());
+  }
+  for (size_t i = 0; i < outs.size(); ++i) {
+    ASSERT_TRUE(outs[i]->wait());
+    EXPECT_EQ(outs[i]->last.finish, FinishReason::kLength);
+    EXPECT_EQ(outs[i]->text, expected_text(3 + i, 24)) << i;
+  }
+  EXPECT_TRUE(backend->wait_idle(std::chrono::seconds(10)));
+  std::lock_guard<std::mutex> lock(stats->mu);
+  EXPECT_EQ(stats->violation, "");
+  EXPECT_EQ(stats->max_inside, 2u);
+}
+
+TEST(Scheduler, LanesAreClampedToWhatTheModelAllows) {
+  BatchingOptions opt;
+  opt.lanes = 4;
+  EXPECT_EQ(make_fake_backend(4096, 8, opt, std::make_shared<FakeModelStats>())->lanes(), 1u);
+  EXPECT_EQ(make_fake_backend(4096, 2, opt, std::make_shared<FakeModelStats>(), 3)->lanes(), 2u);  // max_slots
+  EXPECT_EQ(make_fake_backend(4096, 8, {}, std::make_shared<FakeModelStats>(), 3)->lanes(), 3u);
+}
+
 TEST(Scheduler, StopStringEndsGeneration) {
   auto backend = make_fake_backend(4096, 2, {}, std::make_shared<FakeModelStats>());
   Collected out;
