@@ -31,6 +31,7 @@ struct BenchArgs {
   unsigned threads = 0;
   size_t size_mib = 1024;
   bool pin = false;
+  engine::KvType kv_type = engine::KvType::kF32;
   bool json = false;
   ModelSourceOptions source;
 };
@@ -114,7 +115,7 @@ Status run_model(const BenchArgs& a) {
   const unsigned threads = a.threads ? a.threads : default_threads();
   engine::Context ctx(hp, {.threads = threads, .pin_threads = a.pin});
   const uint32_t n_ctx = static_cast<uint32_t>(a.prompt + a.n + 1);
-  engine::KvCache cache = model->new_cache(n_ctx);
+  engine::KvCache cache = model->new_cache(n_ctx, a.kv_type);
 
   // A fixed pseudo-random prompt (the same every run, so runs compare).
   std::vector<engine::TokenId> prompt(static_cast<size_t>(a.prompt));
@@ -175,6 +176,7 @@ Status run_model(const BenchArgs& a) {
     j["peak_rss_bytes"] = peak;
     j["model_bytes"] = mbytes;
     j["kv_cache_bytes"] = kv_bytes;
+    j["kv_type"] = engine::kv_type_name(a.kv_type);
     j["repacked_bytes"] = model->repacked_bytes();
     j["weight_bytes_per_token"] = wbytes;
     j["bandwidth_gbs"] = bw.gbs;
@@ -216,6 +218,7 @@ void setup_bench(CLI::App& app, Runner& runner) {
   sub->add_option("--threads", args->threads, "Threads (default: hardware threads, at most 8)");
   sub->add_option("--size-mib", args->size_mib, "Bandwidth buffer size in MiB")->capture_default_str();
   sub->add_flag("--pin", args->pin, "Pin threads to CPUs (model run and bandwidth probe)");
+  add_kv_type_option(sub, args->kv_type);
   sub->add_flag("--json", args->json, "Print one JSON object");
   runner.on(sub, [args]() { return args->bandwidth ? run_bandwidth(*args) : run_model(*args); });
 }

@@ -32,6 +32,7 @@ struct GenerateArgs {
   uint64_t seed = 0;
   unsigned threads = 0;
   uint32_t ctx = 0;
+  engine::KvType kv_type = engine::KvType::kF32;
   bool json = false;
   ModelSourceOptions source;
 };
@@ -69,7 +70,7 @@ Status run_generate(const GenerateArgs& a) {
   unsigned threads = a.threads ? a.threads : std::clamp(std::thread::hardware_concurrency(), 1u, 8u);
   engine::Context ctx(hp, {.threads = threads});
   uint32_t n_ctx = a.ctx ? a.ctx : std::min<uint32_t>(hp.n_ctx_train, 4096);
-  engine::KvCache cache = model->new_cache(n_ctx);
+  engine::KvCache cache = model->new_cache(n_ctx, a.kv_type);
   double load_ms = ms_since(t_load);
 
   std::vector<engine::TokenId> prompt_ids = tok.encode(a.prompt, {.add_special = true, .parse_special = false});
@@ -166,6 +167,7 @@ void setup_generate(CLI::App& app, Runner& runner) {
   sub->add_option("--seed", args->seed, "Random seed (same seed, same output)")->capture_default_str();
   sub->add_option("-t,--threads", args->threads, "Worker threads (default: CPU count, at most 8)");
   sub->add_option("-c,--ctx", args->ctx, "Context length (default: the model's, at most 4096)");
+  add_kv_type_option(sub, args->kv_type);
   sub->add_flag("--json", args->json, "Print one JSON object: prompt ids, generated ids, text, timings");
   runner.on(sub, [args]() { return run_generate(*args); });
 }

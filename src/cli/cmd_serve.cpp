@@ -37,6 +37,7 @@ struct ServeArgs {
   uint32_t queue = 256;
   uint32_t threads = 0;
   uint32_t ctx = 0;
+  engine::KvType kv_type = engine::KvType::kF32;
   uint32_t prefill_chunk = 64;
   size_t max_body = 1 << 20;
   uint32_t grace_seconds = 30;
@@ -117,6 +118,7 @@ Status run_serve(const ServeArgs& a) {
   VEIL_ASSIGN_OR_RETURN(eo.model_id, served_model_id(a, path));
   eo.threads = a.threads;
   eo.context = a.ctx;
+  eo.kv_type = a.kv_type;
   eo.batching.max_slots = a.slots;
   eo.batching.max_queue = a.queue;
   eo.batching.prefill_chunk = a.prefill_chunk;
@@ -177,6 +179,7 @@ void setup_serve(CLI::App& app, Runner& runner) {
   sub->add_option("--slots", a->slots, "Concurrent sequences (continuous batching)")->capture_default_str();
   sub->add_option("--queue", a->queue, "Requests that may wait for a slot before 503")->capture_default_str();
   sub->add_option("-t,--threads", a->threads, "Inference threads (default: CPU count, at most 8)");
+  add_kv_type_option(sub, a->kv_type);
   sub->add_option("-c,--ctx", a->ctx, "Context per sequence (default: the model's, at most 2048)");
   sub->add_option("--prefill-chunk", a->prefill_chunk, "Prompt tokens per sequence per step")->capture_default_str();
   sub->add_option("--max-body", a->max_body, "Largest request body in bytes (413 above)")->capture_default_str();

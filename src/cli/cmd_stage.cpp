@@ -28,6 +28,7 @@ struct StageArgs {
   uint32_t threads = 1;
   uint32_t slots = 16;
   uint32_t ctx = 0;
+  engine::KvType kv_type = engine::KvType::kF32;
 };
 
 // A sealed model must be the manifest's file, and this stage's range must hash to the manifest's value,
@@ -74,6 +75,7 @@ Status run_stage(StageArgs a) {
   so.threads = a.threads;
   so.max_slots = a.slots;
   so.n_ctx = a.ctx;
+  so.kv_type = a.kv_type;
   so.listen = a.listen;
   so.channel.attester = channel::attester_from_provider(provider);
   if (!a.front_policy.empty()) {
@@ -119,6 +121,7 @@ void setup_stage(CLI::App& app, Runner& runner) {
       ->check(CLI::ExistingFile);
   add_model_source_options(sub, a->source);
   sub->add_option("-t,--threads", a->threads, "Inference threads")->capture_default_str();
+  add_kv_type_option(sub, a->kv_type);
   sub->add_option("--slots", a->slots, "Sequences in flight (KV caches)")->capture_default_str();
   sub->add_option("-c,--ctx", a->ctx, "Context per sequence (default: the model's, at most 2048)");
   sub->footer("Example: veil stage --manifest cluster.json --index 1 -m model.vsm --kbs tcp:10.0.0.5:7100 "

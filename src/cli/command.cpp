@@ -27,6 +27,20 @@ CLI::Option* add_model_option(CLI::App* sub, std::string& value) {
                          "~/.cache/veil/models/");
 }
 
+CLI::Option* add_kv_type_option(CLI::App* sub, engine::KvType& value) {
+  CLI::Validator kv_type(
+      [](std::string& in) -> std::string {
+        auto t = engine::parse_kv_type(in);
+        if (!t.ok()) return t.error().message();
+        in = std::to_string(static_cast<int>(*t));  // the enum's value, which CLI11 then stores
+        return {};
+      },
+      "f32|f16", "KV type");
+  return sub->add_option("--kv-type", value, "KV cache element type: f32 (exact) or f16 (half the memory and attention traffic)")
+      ->transform(kv_type)
+      ->default_str("f32");
+}
+
 int exit_code_for(const Error& error) {
   switch (error.code()) {
     case ErrorCode::kUsage: return kExitUsage;

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "core/core.h"
+#include "engine/engine.h"
 
 namespace veil::cli {
 
@@ -47,6 +48,8 @@ CLI::App* subcommand_group(CLI::App& app, const std::string& name, const std::st
 // -m/--model with the shared resolution rules (core/model_path.h). Resolve in the action with
 // resolve_model_path(value).
 CLI::Option* add_model_option(CLI::App* sub, std::string& value);
+// --kv-type f32|f16: the KV cache's element type (engine::KvType).
+CLI::Option* add_kv_type_option(CLI::App* sub, engine::KvType& value);
 
 // Exit codes.
 inline constexpr int kExitOk = 0;

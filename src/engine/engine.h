@@ -101,30 +101,46 @@ struct Weights {
   std::vector<LayerWeights> layers;  // n_layer entries; only those in the loaded range are bound
 };
 
-// Key/value cache (f32) of one sequence for the layers of one range: K as [n_ctx x kv_dim] per layer, V transposed.
+// Element type of a KV cache: f32 (exact), or f16 (half the bytes attention streams per token and half the memory
+// per slot; keys and values are rounded to nearest-even fp16 when stored, scores and sums stay f32).
+enum class KvType { kF32, kF16 };
+const char* kv_type_name(KvType t);
+Result<KvType> parse_kv_type(std::string_view name);  // "f32" | "f16"
+
+// Key/value cache of one sequence for the layers of one range: K as [n_ctx x kv_dim] per layer, V transposed.
 class KvCache {
  public:
   KvCache() = default;
-  KvCache(uint32_t n_ctx, LayerRange range, uint32_t kv_dim);
+  KvCache(uint32_t n_ctx, LayerRange range, uint32_t kv_dim, KvType type = KvType::kF32);
   uint32_t n_ctx() const { return n_ctx_; }
   uint32_t n_past() const { return n_past_; }
+  KvType type() const { return type_; }
+  // The kernels' weight type of the cache's rows (attention runs the F32 or F16 matvec over them).
+  kernels::Type kernel_type() const { return type_ == KvType::kF16 ? kernels::Type::kF16 : kernels::Type::kF32; }
+  size_t elem_bytes() const { return type_ == KvType::kF16 ? 2 : 4; }
   // Forgets tokens from position `n` on (n <= n_past): e.g. to reuse a shared prompt prefix.
   void truncate(uint32_t n) { if (n < n_past_) n_past_ = n; }
   void clear() { n_past_ = 0; }
-  float* k(uint32_t layer, uint32_t pos) { return k_.data() + ((layer - range_.begin) * size_t{n_ctx_} + pos) * kv_dim_; }
+  // K row of `pos` (kv_dim elements of elem_bytes()).
+  uint8_t* k(uint32_t layer, uint32_t pos) {
+    return k_.data() + ((layer - range_.begin) * size_t{n_ctx_} + pos) * kv_dim_ * elem_bytes();
+  }
   // V of one layer transposed, [kv_dim x n_ctx]: row d holds component d of every position, so attention's
   // weighted sum over positions is a matrix-vector product.
-  float* v_rows(uint32_t layer) { return v_.data() + (layer - range_.begin) * size_t{n_ctx_} * kv_dim_; }
+  uint8_t* v_rows(uint32_t layer) { return v_.data() + (layer - range_.begin) * size_t{n_ctx_} * kv_dim_ * elem_bytes(); }
+  // Stores one position's K and V (kv_dim floats each), converted to the cache's type.
+  void store(uint32_t layer, uint32_t pos, const float* k, const float* v);
   const LayerRange& range() const { return range_; }
-  size_t bytes() const { return (k_.size() + v_.size()) * sizeof(float); }
+  size_t bytes() const { return k_.size() + v_.size(); }
 
  private:
   friend class Model;
   uint32_t n_ctx_ = 0;
   uint32_t n_past_ = 0;
   uint32_t kv_dim_ = 0;
+  KvType type_ = KvType::kF32;
   LayerRange range_;
-  std::vector<float> k_, v_;
+  std::vector<uint8_t> k_, v_;
 };
 
 enum class LogitsMode { kNone, kLast, kAll };
@@ -205,7 +221,7 @@ class Model {
   bool last_stage() const { return range_.end == hp_.n_layer; }
 
   // A cache for this model's layer range. n_ctx = 0 means the training context length.
-  KvCache new_cache(uint32_t n_ctx) const;
+  KvCache new_cache(uint32_t n_ctx, KvType type = KvType::kF32) const;
 
   // Runs this model's layer range over the batch. Errors: kInvalidArgument for a token id out of range or an
   // empty request, kResourceExhausted when a sequence would exceed its cache. On error no cache is advanced.

@@ -138,11 +138,35 @@ Status read_common_hparams(const gguf::File& f, HParams& hp, bool needs_ff) {
 
 // ---------------- KvCache / Context ----------------
 
-KvCache::KvCache(uint32_t n_ctx, LayerRange range, uint32_t kv_dim)
-    : n_ctx_(n_ctx), kv_dim_(kv_dim), range_(range) {
-  size_t n = size_t{range.end - range.begin} * n_ctx * kv_dim;
-  k_.assign(n, 0.0f);
-  v_.assign(n, 0.0f);
+const char* kv_type_name(KvType t) { return t == KvType::kF16 ? "f16" : "f32"; }
+
+Result<KvType> parse_kv_type(std::string_view name) {
+  if (name == "f32") return KvType::kF32;
+  if (name == "f16") return KvType::kF16;
+  return make_error(ErrorCode::kInvalidArgument, "unknown KV cache type '{}' (f32 or f16)", name);
+}
+
+KvCache::KvCache(uint32_t n_ctx, LayerRange range, uint32_t kv_dim, KvType type)
+    : n_ctx_(n_ctx), kv_dim_(kv_dim), type_(type), range_(range) {
+  size_t n = size_t{range.end - range.begin} * n_ctx * kv_dim * elem_bytes();
+  k_.assign(n, 0);
+  v_.assign(n, 0);
+}
+
+void KvCache::store(uint32_t layer, uint32_t pos, const float* k, const float* v) {
+  uint8_t* kr = this->k(layer, pos);
+  uint8_t* vt = v_rows(layer);
+  const size_t stride = size_t{n_ctx_} * elem_bytes();  // between V rows
+  if (type_ == KvType::kF32) {
+    std::memcpy(kr, k, kv_dim_ * sizeof(float));
+    for (size_t d = 0; d < kv_dim_; ++d) std::memcpy(vt + d * stride + pos * sizeof(float), v + d, sizeof(float));
+    return;
+  }
+  for (size_t d = 0; d < kv_dim_; ++d) {
+    const uint16_t kh = kernels::f32_to_fp16(k[d]), vh = kernels::f32_to_fp16(v[d]);
+    std::memcpy(kr + 2 * d, &kh, 2);
+    std::memcpy(vt + d * stride + pos * 2, &vh, 2);
+  }
 }
 
 Context::Context(const HParams& hp, ContextOptions options)
@@ -309,10 +333,10 @@ uint64_t Model::weight_bytes_per_token() const {
   return total;
 }
 
-KvCache Model::new_cache(uint32_t n_ctx) const {
+KvCache Model::new_cache(uint32_t n_ctx, KvType type) const {
   if (n_ctx == 0) n_ctx = hp_.n_ctx_train;
   if (w_.pos_embd.data) n_ctx = std::min<uint32_t>(n_ctx, static_cast<uint32_t>(w_.pos_embd.rows));
-  return KvCache(n_ctx, range_, hp_.n_head_kv * hp_.head_dim);
+  return KvCache(n_ctx, range_, hp_.n_head_kv * hp_.head_dim, type);
 }
 
 Status Model::forward(std::span<ForwardRequest> requests, Context& ctx) const {

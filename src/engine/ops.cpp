@@ -193,11 +193,7 @@ void store_kv(Batch& b, uint32_t layer, const float* k, const float* v) {
   const size_t kv_dim = size_t{hp.n_head_kv} * hp.head_dim;
   for (size_t t = 0; t < b.n_tokens; ++t) {
     KvCache* c = b.requests[b.ctx.buf.seq[t]].cache;
-    const uint32_t pos = b.ctx.buf.pos[t];
-    std::memcpy(c->k(layer, pos), k + t * kv_dim, kv_dim * sizeof(float));
-    float* vt = c->v_rows(layer);
-    const size_t n_ctx = c->n_ctx();
-    for (size_t d = 0; d < kv_dim; ++d) vt[d * n_ctx + pos] = v[t * kv_dim + d];
+    c->store(layer, b.ctx.buf.pos[t], k + t * kv_dim, v + t * kv_dim);
   }
 }
 
@@ -225,15 +221,17 @@ void attention_task(void* p, size_t begin, size_t end, int) {
   const uint32_t hd = hp.head_dim, nh = hp.n_head, group = hp.n_head / hp.n_head_kv;
   const size_t kv_dim = size_t{hp.n_head_kv} * hd;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  const kernels::TypeKernels& f32 = b.ctx.kernels().of(kernels::Type::kF32);
   thread_local std::vector<float> scores;
   for (size_t u = begin; u < end; ++u) {
     const size_t req = u / nh;
     const auto h = static_cast<uint32_t>(u % nh);
     const uint32_t kvh = h / group;
     KvCache* c = b.requests[req].cache;
-    const auto* keys = reinterpret_cast<const uint8_t*>(c->k(a->layer, 0) + size_t{kvh} * hd);
-    const auto* vrows = reinterpret_cast<const uint8_t*>(c->v_rows(a->layer) + size_t{kvh} * hd * c->n_ctx());
+    // F32 and F16 rows take the same f32 activations (kernels.h), so q and the softmax weights go in as they are.
+    const kernels::TypeKernels& kv = b.ctx.kernels().of(c->kernel_type());
+    const size_t eb = c->elem_bytes();
+    const uint8_t* keys = c->k(a->layer, 0) + size_t{kvh} * hd * eb;
+    const uint8_t* vrows = c->v_rows(a->layer) + size_t{kvh} * hd * c->n_ctx() * eb;
     for (size_t t0 = b.ctx.buf.first[req]; t0 < b.ctx.buf.first[req + 1]; t0 += kAttnTile) {
       const size_t m = std::min<size_t>(kAttnTile, b.ctx.buf.first[req + 1] - t0);
       const size_t n = size_t{b.ctx.buf.pos[t0 + m - 1]} + 1;  // positions the tile's last token sees
@@ -241,9 +239,9 @@ void attention_task(void* p, size_t begin, size_t end, int) {
       const float* q = a->q + (t0 * nh + h) * hd;
       float* o = a->out + (t0 * nh + h) * hd;
       if (m == 1) {
-        f32.matvec(keys, kv_dim * sizeof(float), hd, reinterpret_cast<const uint8_t*>(q), scores.data(), 0, n);
+        kv.matvec(keys, kv_dim * eb, hd, reinterpret_cast<const uint8_t*>(q), scores.data(), 0, n);
       } else {
-        f32.matmul(keys, kv_dim * sizeof(float), hd, reinterpret_cast<const uint8_t*>(q), size_t{nh} * hd * sizeof(float),
+        kv.matmul(keys, kv_dim * eb, hd, reinterpret_cast<const uint8_t*>(q), size_t{nh} * hd * sizeof(float),
                    m, scores.data(), n, 0, n);
       }
       for (size_t j = 0; j < m; ++j) {
@@ -263,9 +261,9 @@ void attention_task(void* p, size_t begin, size_t end, int) {
         std::fill(s + seen, s + n, 0.0f);
       }
       if (m == 1) {
-        f32.matvec(vrows, c->n_ctx() * sizeof(float), n, reinterpret_cast<const uint8_t*>(scores.data()), o, 0, hd);
+        kv.matvec(vrows, c->n_ctx() * eb, n, reinterpret_cast<const uint8_t*>(scores.data()), o, 0, hd);
       } else {
-        f32.matmul(vrows, c->n_ctx() * sizeof(float), n, reinterpret_cast<const uint8_t*>(scores.data()),
+        kv.matmul(vrows, c->n_ctx() * eb, n, reinterpret_cast<const uint8_t*>(scores.data()),
                    n * sizeof(float), m, o, size_t{nh} * hd, 0, hd);
       }
     }

@@ -117,6 +117,7 @@ struct StageOptions {
   uint32_t threads = 1;
   uint32_t n_ctx = 0;       // per-slot context; 0: the model's, at most 2048
   uint32_t max_slots = 16;  // KV caches (sequences in flight)
+  engine::KvType kv_type = engine::KvType::kF32;
   std::string listen;       // endpoint to listen on; empty: the manifest's endpoint for this stage
   channel::ChannelOptions channel;  // server side: attester required
   // Test hook, called before every forward pass (e.g. to hold a stage mid-request).

@@ -237,7 +237,7 @@ Result<std::unique_ptr<StageServer>> StageServer::start(const ShardManifest& man
   impl->n_layers = manifest.n_layers;
   impl->model = std::move(model);
   uint32_t n_ctx = options.n_ctx ? options.n_ctx : std::min<uint32_t>(hp.n_ctx_train ? hp.n_ctx_train : 2048, 2048);
-  for (uint32_t i = 0; i < options.max_slots; ++i) impl->caches.push_back(impl->model->new_cache(n_ctx));
+  for (uint32_t i = 0; i < options.max_slots; ++i) impl->caches.push_back(impl->model->new_cache(n_ctx, options.kv_type));
   impl->n_ctx = impl->caches.front().n_ctx();
   impl->options = std::move(options);
   impl->listener = std::move(listener);

@@ -16,9 +16,10 @@ namespace {
 
 class EngineStepModel final : public StepModel {
  public:
-  EngineStepModel(std::shared_ptr<const engine::Model> model, uint32_t threads, uint32_t n_ctx, uint32_t slots)
+  EngineStepModel(std::shared_ptr<const engine::Model> model, uint32_t threads, uint32_t n_ctx, uint32_t slots,
+                  engine::KvType kv_type)
       : model_(std::move(model)), ctx_(model_->hparams(), {.threads = threads}), n_ctx_(n_ctx) {
-    for (uint32_t i = 0; i < slots; ++i) caches_.push_back(model_->new_cache(n_ctx));
+    for (uint32_t i = 0; i < slots; ++i) caches_.push_back(model_->new_cache(n_ctx, kv_type));
   }
   uint32_t context_length() const override { return n_ctx_; }
   uint32_t vocab_size() const override { return model_->hparams().n_vocab; }
@@ -155,7 +156,7 @@ Result<std::unique_ptr<BatchingBackend>> make_engine_backend(std::shared_ptr<con
   uint32_t threads = options.threads ? options.threads : std::clamp(std::thread::hardware_concurrency(), 1u, 8u);
   uint32_t n_ctx = options.context ? options.context : std::min<uint32_t>(hp.n_ctx_train ? hp.n_ctx_train : 2048, 2048);
   uint32_t slots = std::max<uint32_t>(1, options.batching.max_slots);
-  return make_step_backend(*file, std::make_unique<EngineStepModel>(model, threads, n_ctx, slots), options);
+  return make_step_backend(*file, std::make_unique<EngineStepModel>(model, threads, n_ctx, slots, options.kv_type), options);
 }
 
 }  // namespace veil::server

@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 
+#include "engine/engine.h"
 #include "server/scheduler.h"
 
 namespace veil::gguf {
@@ -23,6 +24,7 @@ struct EngineBackendOptions {
   std::string model_id;       // the id clients name; empty: the file name without extension (e.g. "stories260K")
   uint32_t threads = 0;       // 0: hardware concurrency (at most 8)
   uint32_t context = 0;       // per-sequence context; 0: the model's, at most 2048
+  engine::KvType kv_type = engine::KvType::kF32;  // every slot's KV cache
   BatchingOptions batching;
 };
 

@@ -45,6 +45,15 @@ TEST_F(ModelTest, GenerateWithExplicitModelAndThreadsIsTheSame) {
   EXPECT_EQ(r.out, golden_text()) << r.describe();
 }
 
+TEST_F(ModelTest, GenerateWithAnF16KvCacheIsTheSameAndABadTypeIsAUsageError) {
+  RunResult r = veil({"generate", "-n", "200", "--kv-type", "f16"});
+  expect_ok(r);
+  EXPECT_EQ(r.out, golden_text()) << r.describe();
+  RunResult bad = veil({"generate", "-n", "5", "--kv-type", "q3"});
+  expect_one_line_error(bad, 2);
+  EXPECT_NE(bad.err.find("f32 or f16"), std::string::npos) << bad.err;
+}
+
 TEST_F(ModelTest, GenerateJsonHasTheGoldenIds) {
   RunResult r = veil({"generate", "-n", "200", "--json"});
   expect_ok(r);

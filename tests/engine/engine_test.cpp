@@ -76,6 +76,38 @@ TEST_P(EngineByIsa, Stories260KGreedyMatchesGolden) {
   EXPECT_EQ(got, std::vector<TokenId>(expect.begin() + 1, expect.begin() + 200));
 }
 
+// An f16 KV cache: half the bytes, logits within fp16 rounding of the f32 cache's, and the same golden greedy ids
+// (prefill of a tile of tokens, then decode) with every kernel table.
+TEST_P(EngineByIsa, F16KvCacheKeepsTheGoldenIdsAndCloseLogits) {
+  auto model = Model::load(open_file(kModel));
+  ASSERT_TRUE(model.ok()) << model.error().message();
+  const HParams& hp = (*model)->hparams();
+  auto expect = expected_ids();
+  ASSERT_EQ(expect.size(), 201u);
+  Context c32(hp, {.threads = 2, .kernels = table()}), c16(hp, {.threads = 2, .kernels = table()});
+  KvCache k32 = (*model)->new_cache(256), k16 = (*model)->new_cache(256, KvType::kF16);
+  EXPECT_EQ(k16.type(), KvType::kF16);
+  EXPECT_EQ(k16.bytes() * 2, k32.bytes());
+  std::vector<TokenId> prompt(expect.begin(), expect.begin() + 20);  // a 20-token prefill (two attention tiles)
+  ForwardRequest p32{&k32, prompt, LogitsMode::kLast}, p16{&k16, prompt, LogitsMode::kLast};
+  ASSERT_TRUE((*model)->forward({&p32, 1}, c32).ok());
+  ASSERT_TRUE((*model)->forward({&p16, 1}, c16).ok());
+  std::vector<TokenId> got(prompt.begin() + 1, prompt.end());
+  float worst = 0.0f;
+  for (int step = 0; step < 180; ++step) {
+    for (size_t i = 0; i < hp.n_vocab; ++i) worst = std::max(worst, std::fabs(c32.logits()[i] - c16.logits()[i]));
+    TokenId tok = argmax(c16.logits());
+    got.push_back(tok);
+    ForwardRequest r32{&k32, {&tok, 1}, LogitsMode::kLast}, r16{&k16, {&tok, 1}, LogitsMode::kLast};
+    ASSERT_TRUE((*model)->forward({&r32, 1}, c32).ok());
+    ASSERT_TRUE((*model)->forward({&r16, 1}, c16).ok());
+  }
+  EXPECT_EQ(got, std::vector<TokenId>(expect.begin() + 1, expect.begin() + 1 + got.size()));
+  EXPECT_LT(worst, 0.05f);  // logits span ~[-10, 20]; fp16 keeps ~3 decimal digits of each K and V
+  EXPECT_GT(worst, 0.0f);   // the f16 path really ran
+  std::printf("f16 KV cache: largest logit difference from f32 over 180 steps: %.5f\n", worst);
+}
+
 namespace {
 
 std::shared_ptr<const gguf::File> in_memory(gguf::Writer& w, const std::string& name) {
