@@ -14,6 +14,7 @@ struct ManifestCreateOptions {
   uint32_t stages = 2;
   std::vector<std::string> endpoints;
   std::string policy;
+  std::string front_policy;
   std::string output;
 };
 
@@ -37,6 +38,12 @@ Status manifest_create(const ManifestCreateOptions& o) {
   p.n_stages = o.stages;
   p.endpoints = o.endpoints;
   p.policy_json = policy;
+  if (!o.front_policy.empty()) {
+    VEIL_ASSIGN_OR_RETURN(p.front_policy_json, read_text_file(o.front_policy, 1u << 20));
+    if (auto parsed = attest::parse_policy(p.front_policy_json); !parsed.ok()) {
+      return std::move(parsed).error().wrap("--front-policy " + o.front_policy);
+    }
+  }
   auto digest = crypto::sha256(file.view());
   VEIL_ASSIGN_OR_RETURN(auto manifest, pipeline::propose_manifest(*header, digest, p));
   std::string json = pipeline::manifest_to_json(manifest);
@@ -59,6 +66,10 @@ void setup(CLI::App& app, Runner& runner) {
       ->required();
   create->add_option("--policy", o->policy, "Attestation policy (JSON) every stage's evidence must satisfy")
       ->required()
+      ->check(CLI::ExistingFile);
+  create->add_option("--front-policy", o->front_policy,
+                     "Attestation policy (JSON) the front's evidence must satisfy: every stage then accepts only "
+                     "such a front (mutual attestation)")
       ->check(CLI::ExistingFile);
   create->add_option("-o,--output", o->output, "Write the manifest here (atomically) instead of stdout");
   create->footer("Example: veil manifest create model.vsm --stages 3 --endpoints 10.0.0.1:7400,10.0.0.2:7400,"

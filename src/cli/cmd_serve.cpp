@@ -67,7 +67,7 @@ Result<std::unique_ptr<server::BatchingBackend>> make_backend(const ServeArgs& a
   fo.request_timeout = std::chrono::seconds(a.stage_timeout_s);
   fo.health_interval = std::chrono::seconds(a.health_interval_s);
   fo.micro_batches = a.micro_batches;
-  if (a.attest_to_stages) {
+  if (a.attest_to_stages || manifest.front_policy) {  // stages that demand an attested front get this node's evidence
     fo.channel.mode = channel::Mode::kMutual;
     fo.channel.attester = channel::attester_from_provider(provider);
   }
@@ -194,7 +194,8 @@ void setup_serve(CLI::App& app, Runner& runner) {
                   "Pipeline front: split each forward pass into N micro-batches that overlap across stages")
       ->capture_default_str()->check(CLI::Range(1, 64));
   sub->add_flag("--attest-to-stages", a->attest_to_stages,
-                "Pipeline front: present this node's evidence to every stage (stages started with --front-policy)");
+                "Pipeline front: present this node's evidence to every stage (stages started with --front-policy; "
+                "implied when the manifest has a front_policy)");
   runner.on(sub, [a]() { return run_serve(*a); });
 }
 

@@ -78,14 +78,22 @@ Status run_stage(StageArgs a) {
   so.kv_type = a.kv_type;
   so.listen = a.listen;
   so.channel.attester = channel::attester_from_provider(provider);
-  if (!a.front_policy.empty()) {
+  if (!a.front_policy.empty() && manifest.front_policy) {
+    return make_error(ErrorCode::kUsage, "stage: --front-policy and the manifest's front_policy are both given: keep one");
+  }
+  if (!a.front_policy.empty() || manifest.front_policy) {
     // Mutual attestation: only a front whose evidence satisfies this policy may drive the stage.
-    VEIL_ASSIGN_OR_RETURN(attest::Policy front_policy, attest::load_policy(a.front_policy));
+    attest::Policy front_policy;
+    if (manifest.front_policy) {
+      front_policy = *manifest.front_policy;
+    } else {
+      VEIL_ASSIGN_OR_RETURN(front_policy, attest::load_policy(a.front_policy));
+    }
     VEIL_ASSIGN_OR_RETURN(attest::Collateral collateral, peer_collateral(a.source));
     so.channel.mode = channel::Mode::kMutual;
     so.channel.verifier = channel::verifier_from_policy(std::move(front_policy), std::move(collateral));
   } else {
-    spdlog::warn("stage: no --front-policy: the front is not attested, any client that reaches {} may drive this stage",
+    spdlog::warn("stage: no front policy (manifest front_policy or --front-policy): the front is not attested, any client that reaches {} may drive this stage",
                  a.listen.empty() ? spec.endpoint : a.listen);
   }
 
@@ -117,7 +125,7 @@ void setup_stage(CLI::App& app, Runner& runner) {
   sub->add_option("--listen", a->listen, "Endpoint to listen on (default: the manifest's, e.g. tcp:0.0.0.0:7400)");
   sub->add_option("--front-policy", a->front_policy,
                   "Attestation policy (JSON) the front's evidence must satisfy (mutual attestation; the front runs "
-                  "'veil serve --manifest ... --attest-to-stages')")
+                  "'veil serve --manifest ... --attest-to-stages'); prefer the manifest's front_policy")
       ->check(CLI::ExistingFile);
   add_model_source_options(sub, a->source);
   sub->add_option("-t,--threads", a->threads, "Inference threads")->capture_default_str();

@@ -92,7 +92,8 @@ Result<ShardManifest> parse_manifest(std::string_view text, std::string_view sou
   json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return make_error(ErrorCode::kCorrupt, "{}: not valid JSON", source);
   Reader r(source, "manifest");
-  VEIL_TRY(r.check_keys(j, {"format", "model_id", "model_version", "sealed_model_sha256", "n_layers", "stages"}));
+  VEIL_TRY(r.check_keys(j, {"format", "model_id", "model_version", "sealed_model_sha256", "n_layers", "stages",
+                            "front_policy"}));
   VEIL_ASSIGN_OR_RETURN(std::string format, r.string(j, "format"));
   if (format != kManifestFormat) return r.error("format", fmt::format("expected \"{}\"", kManifestFormat));
   ShardManifest m;
@@ -102,6 +103,12 @@ Result<ShardManifest> parse_manifest(std::string_view text, std::string_view sou
   VEIL_ASSIGN_OR_RETURN(uint64_t n_layers, r.uint(j, "n_layers"));
   if (n_layers == 0 || n_layers > 100000) return r.error("n_layers", "expected 1..100000");
   m.n_layers = static_cast<uint32_t>(n_layers);
+  if (const json* fp = r.field(j, "front_policy")) {
+    auto parsed = attest::parse_policy(fp->dump());
+    if (!parsed.ok()) return r.error("front_policy", parsed.error().message());
+    m.front_policy_json = *fp;
+    m.front_policy = std::move(parsed).value();
+  }
   const json* stages = r.field(j, "stages");
   if (!stages || !stages->is_array() || stages->empty()) return r.error("stages", "expected a non-empty array");
   std::set<std::string> endpoints;
@@ -151,6 +158,7 @@ std::string manifest_to_json(const ShardManifest& m) {
             {"sealed_model_sha256", to_hex(m.sealed_model_sha256)},
             {"n_layers", m.n_layers},
             {"stages", stages}};
+  if (m.front_policy) j["front_policy"] = m.front_policy_json;
   return j.dump(2) + "\n";
 }
 

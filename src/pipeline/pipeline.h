@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -45,6 +46,10 @@ struct ShardManifest {
   Bytes sealed_model_sha256;  // SHA-256 of the sealed model file the stages load
   uint32_t n_layers = 0;
   std::vector<StageSpec> stages;
+  // Optional: the policy the front's evidence must satisfy. When present every stage runs its channels in mutual
+  // mode and accepts only such a front, and the front presents its evidence (docs/pipeline.md).
+  nlohmann::json front_policy_json;           // null when absent
+  std::optional<attest::Policy> front_policy;
 };
 
 Result<ShardManifest> parse_manifest(std::string_view json, std::string_view source_name = "manifest");
@@ -66,6 +71,7 @@ struct ProposeOptions {
   uint32_t n_stages = 1;
   std::vector<std::string> endpoints;  // exactly n_stages entries, host:port
   std::string policy_json;             // an attest::Policy document
+  std::string front_policy_json;       // optional: the policy the front must satisfy (empty: none)
 };
 Result<ShardManifest> propose_manifest(const sealed::Header& header, ByteView sealed_file_sha256,
                                        const ProposeOptions& options);

@@ -40,6 +40,11 @@ Result<ShardManifest> propose_manifest(const sealed::Header& header, ByteView se
   nlohmann::json policy = nlohmann::json::parse(options.policy_json, nullptr, false);
   if (policy.is_discarded()) return make_error(ErrorCode::kCorrupt, "--policy: not valid JSON");
   ShardManifest m;
+  if (!options.front_policy_json.empty()) {
+    m.front_policy_json = nlohmann::json::parse(options.front_policy_json, nullptr, false);
+    if (m.front_policy_json.is_discarded()) return make_error(ErrorCode::kCorrupt, "--front-policy: not valid JSON");
+    m.front_policy = attest::Policy{};  // parsed and checked by parse_manifest below
+  }
   m.model_id = header.model_id;
   m.model_version = header.model_version;
   m.sealed_model_sha256.assign(sealed_file_sha256.begin(), sealed_file_sha256.end());

@@ -141,7 +141,7 @@ TEST_F(PipelineCliTest, TwoStageProcessesServeGreedyTextAndSurviveKillNine) {
 
 // Sealed weights: `veil manifest create` proposes three ranges with their hashes; each stage checks its range's
 // hash and decrypts only its chunks (a middle stage holds neither embeddings nor head); front and stages attest
-// each other.
+// each other, as the manifest's front_policy asks.
 TEST_F(PipelineCliTest, ThreeSealedStagesServeTheSameGreedyText) {
   std::string meas = measurement();
   ASSERT_FALSE(meas.empty());
@@ -153,9 +153,11 @@ TEST_F(PipelineCliTest, ThreeSealedStagesServeTheSameGreedyText) {
                  {"expected_measurements", {{"sim", {{"measurement", {meas}}}}}}};
   write_text(path("policy.json"), policy.dump());
   // Placeholder endpoints: the stages listen on ephemeral ports, the front's manifest names them.
+  // The manifest carries the front's policy too: every stage accepts only an attested front, and the front,
+  // reading the same manifest, presents its evidence without being told.
   expect_ok(veil({"manifest", "create", path("m.vsm").string(), "--stages", "3", "--endpoints",
-                  "127.0.0.1:1,127.0.0.1:2,127.0.0.1:3", "--policy", path("policy.json").string(), "-o",
-                  path("sealed.json").string()}));
+                  "127.0.0.1:1,127.0.0.1:2,127.0.0.1:3", "--policy", path("policy.json").string(), "--front-policy",
+                  path("policy.json").string(), "-o", path("sealed.json").string()}));
   json m = json::parse(read_text(path("sealed.json")), nullptr, false);
   ASSERT_FALSE(m.is_discarded());
   std::vector<std::string> sealed_model = {"-m", path("m.vsm").string(), "--insecure-local-key",
@@ -168,17 +170,23 @@ TEST_F(PipelineCliTest, ThreeSealedStagesServeTheSameGreedyText) {
                             path("m.vsm").string(), "--insecure-local-key", path("model.key").string()});
   expect_one_line_error(refused, 3, /*logs_before=*/true);
   EXPECT_NE(refused.err.find("weights_sha256"), std::string::npos) << refused.describe();
-  // Mutual attestation: the stages accept only a front running the same (measured) executable.
-  std::vector<std::string> stage_args = sealed_model;
-  stage_args.insert(stage_args.end(), {"--front-policy", path("policy.json").string()});
+  ASSERT_TRUE(m.contains("front_policy")) << m.dump();
+  // A second front policy on the command line is ambiguous: a usage error.
+  std::vector<std::string> both = {"stage", "--manifest", path("sealed.json").string(), "--index", "0",
+                                   "--front-policy", path("policy.json").string()};
+  both.insert(both.end(), sealed_model.begin(), sealed_model.end());
+  RunResult twice = veil(both);
+  expect_one_line_error(twice, 2, /*logs_before=*/true);
+  EXPECT_NE(twice.err.find("front_policy"), std::string::npos) << twice.describe();
+  // Mutual attestation from the manifest: the stages accept only a front running the same (measured) executable.
   for (int i = 0; i < 3; ++i) {
-    std::string ep = start_stage(i, "tcp:127.0.0.1:0", "sealed.json", stage_args);
+    std::string ep = start_stage(i, "tcp:127.0.0.1:0", "sealed.json", sealed_model);
     ASSERT_FALSE(ep.empty());
     m["stages"][i]["endpoint"] = ep;
   }
   write_text(path("front.json"), m.dump(2));
   std::vector<std::string> args = {"serve", "--manifest", path("front.json").string(), "--insecure-http", "--no-auth",
-                                   "--listen", "127.0.0.1:0", "-t", "1", "--grace", "1", "--attest-to-stages"};
+                                   "--listen", "127.0.0.1:0", "-t", "1", "--grace", "1"};
   args.insert(args.end(), sealed_model.begin(), sealed_model.end());
   auto front = start(args);
   auto line = front->wait_for_stdout_line("veil serve: model stories260K", 60s);  // the manifest's model id

@@ -39,6 +39,30 @@ TEST(Manifest, ParsesAndRoundTrips) {
   EXPECT_EQ(again->model_version, 3u);
 }
 
+// The optional front policy: absent by default, kept through a round trip when given, and a bad one is refused
+// naming the field.
+TEST(Manifest, OptionalFrontPolicyRoundTripsAndIsValidated) {
+  auto plain = parse_manifest(manifest(stage(0, 0, 5)));
+  ASSERT_TRUE(plain.ok()) << plain.error().message();
+  EXPECT_FALSE(plain->front_policy.has_value());
+  EXPECT_EQ(manifest_to_json(*plain).find("front_policy"), std::string::npos);
+  std::string with = manifest(stage(0, 0, 5));
+  with.insert(with.size() - 1, std::string(R"(, "front_policy": )") + kPolicy);
+  auto m = parse_manifest(with);
+  ASSERT_TRUE(m.ok()) << m.error().message();
+  ASSERT_TRUE(m->front_policy.has_value());
+  EXPECT_TRUE(m->front_policy->allow_simulated);
+  auto again = parse_manifest(manifest_to_json(*m));
+  ASSERT_TRUE(again.ok()) << again.error().message();
+  ASSERT_TRUE(again->front_policy.has_value());
+  EXPECT_EQ(again->front_policy_json, m->front_policy_json);
+  std::string bad = manifest(stage(0, 0, 5));
+  bad.insert(bad.size() - 1, R"(, "front_policy": {"allowed_types": ["nonsense"]})");
+  auto refused = parse_manifest(bad);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.error().message().find("manifest.front_policy"), std::string::npos) << refused.error().message();
+}
+
 void expect_error(const std::string& json, const std::string& needle) {
   auto m = parse_manifest(json);
   ASSERT_FALSE(m.ok()) << "accepted: " << json;
