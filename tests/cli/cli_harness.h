@@ -87,7 +87,8 @@ class Process {
   ~Process() { kill_and_reap(); }
 
   // Returns an empty string on success, else why it could not start.
-  std::string start(const std::vector<std::string>& args, const EnvOverrides& env) {
+  // Starts `program` (default: the veil binary under test) with `args`.
+  std::string start(const std::vector<std::string>& args, const EnvOverrides& env, const std::string& program = kVeil) {
     cmdline_ = "veil";
     for (const auto& a : args) cmdline_ += " " + a;
     int out_pipe[2], err_pipe[2];
@@ -107,7 +108,7 @@ class Process {
     posix_spawnattr_setsigdefault(&attr, &all);
     posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
 
-    std::vector<std::string> argv_s{kVeil};
+    std::vector<std::string> argv_s{program};
     argv_s.insert(argv_s.end(), args.begin(), args.end());
     std::vector<char*> argv;
     for (auto& a : argv_s) argv.push_back(a.data());
@@ -117,7 +118,7 @@ class Process {
     for (auto& e : env_s) envp.push_back(e.data());
     envp.push_back(nullptr);
 
-    int rc = ::posix_spawn(&pid_, kVeil.c_str(), &fa, &attr, argv.data(), envp.data());
+    int rc = ::posix_spawn(&pid_, program.c_str(), &fa, &attr, argv.data(), envp.data());
     posix_spawn_file_actions_destroy(&fa);
     posix_spawnattr_destroy(&attr);
     ::close(out_pipe[1]);
@@ -315,6 +316,19 @@ class CliTest : public ::testing::Test {
     for (const auto& [k, v] : extra_env) env[k] = v;
     Process p;
     std::string err = p.start(args, env);
+    if (!err.empty()) {
+      RunResult r;
+      r.err = err;
+      return r;
+    }
+    return p.finish(timeout);
+  }
+
+  // Runs another program (an absolute path) the same way, e.g. a client script against a veil server.
+  RunResult run_program(const std::string& program, const std::vector<std::string>& args,
+                        std::chrono::milliseconds timeout = 60s) {
+    Process p;
+    std::string err = p.start(args, env_, program);
     if (!err.empty()) {
       RunResult r;
       r.err = err;

@@ -106,6 +106,40 @@ TEST_F(ServeTest, ServeHealthModelsAndAGreedyCompletion) {
   EXPECT_NE(r.err.find("insecure-http"), std::string::npos) << r.err;
 }
 
+// The quickstart's client (scripts/quickstart-client.py, the README's first command) against a TLS server: it
+// verifies the attestation before sending the prompt, prints the golden story and checks both signatures.
+TEST_F(ServeTest, QuickstartClientVerifiesTheNodeThenGetsTheGoldenStory) {
+  const std::string key_file = path("platform.key").string();
+  expect_ok(veil({"attest", "quote", "--provider", "sim", "--create-key", "--platform-key", key_file, "--report-data",
+                  "00", "--out", path("ev.json").string(), "--collateral-out", path("col.json").string()}));
+  RunResult add = veil({"keys", "add", "--models", "*", "--db", path("server.db").string()});
+  expect_ok(add);
+  std::string key = add.out.substr(0, add.out.find('\n'));
+  auto srv = start({"serve", "--listen", "127.0.0.1:0", "--db", path("server.db").string(), "--cert-out",
+                    path("cert.pem").string(), "--sim-platform-key", key_file, "--grace", "1", "-t", "1"});
+  auto line = srv->wait_for_stdout_line("veil serve: model ", 60s);
+  ASSERT_TRUE(line.has_value()) << srv->finish(1s).describe();
+  RunResult client = run_program("/usr/bin/python3",
+                                 {std::string(VEIL_SOURCE_DIR) + "/scripts/quickstart-client.py", "--port",
+                                  std::to_string(port_of(*line)), "--cert", path("cert.pem").string(), "--key", key,
+                                  "--model", "stories260K", "--collateral", path("col.json").string(), "--max-tokens", "30"});
+  EXPECT_EQ(client.exit_code, 0) << client.describe();
+  EXPECT_NE(client.out.find("attestation: sim evidence (SIMULATED TEE"), std::string::npos) << client.out;
+  EXPECT_NE(client.out.find("Once upon a time, there was a little girl named Lily."), std::string::npos) << client.out;
+  EXPECT_NE(client.out.find("signatures: ed25519 and ecdsa-secp256k1"), std::string::npos) << client.out;
+  // Another platform key: the evidence is refused before any prompt is sent.
+  write_text(path("other.json"), R"({"sim_platform_public_key": "ERERERERERERERERERERERERERERERERERERERERERE="})");
+  RunResult wrong = run_program("/usr/bin/python3",
+                                {std::string(VEIL_SOURCE_DIR) + "/scripts/quickstart-client.py", "--port",
+                                 std::to_string(port_of(*line)), "--cert", path("cert.pem").string(), "--key", key,
+                                 "--model", "stories260K", "--collateral", path("other.json").string()});
+  EXPECT_EQ(wrong.exit_code, 1) << wrong.describe();
+  EXPECT_NE(wrong.out.find("FAIL"), std::string::npos) << wrong.out;
+  EXPECT_EQ(wrong.out.find("Once upon a time"), std::string::npos) << wrong.out;
+  srv->signal(SIGTERM);
+  EXPECT_EQ(srv->finish(30s).exit_code, 0);
+}
+
 // A new user's first `veil serve` on a machine without ~/.veil: the default simulated platform key is created
 // there (docs/api.md: state lives in $VEIL_DATA_DIR or ~/.veil).
 TEST_F(ServeTest, ServeOnAFreshHomeCreatesItsDataFolder) {
