@@ -217,7 +217,7 @@ struct RelayOptions {
   std::string target;  // HOST:PORT or tcp:HOST:PORT; HOST an IP address or a name (resolved per connection)
   std::chrono::milliseconds connect_timeout{5000};
   uint32_t max_connections = 64;   // open at the same time
-  size_t buffer_bytes = 64u << 10;  // per direction per connection (4 KiB .. 16 MiB)
+  size_t buffer_bytes = 128u << 10;  // per direction per connection (4 KiB .. 16 MiB)
   // Test hook, called on the I/O thread with every chunk before it is forwarded; it may change the bytes (tests
   // flip one to check that the channel refuses it). Empty in production.
   std::function<void(RelayDirection, std::span<uint8_t>)> on_chunk_for_tests;
