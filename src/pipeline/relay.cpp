@@ -160,11 +160,12 @@ class Connection : public std::enable_shared_from_this<Connection> {
         self->relay_.options.on_chunk_for_tests(p.dir, std::span<uint8_t>(p.buf.data(), n));
       }
       asio::async_write(*p.to, asio::buffer(p.buf.data(), n), [self, &p](error_code ec, size_t written) {
-        if (self->closed_) return;
-        if (ec) return self->close(fmt::format("{}: {}", side(p, false), ec.message()));
+        // Counted first: a write that completed just before the connection was closed still reached its peer.
         p.bytes += written;
         auto& total = p.dir == RelayDirection::kToTarget ? self->relay_.to_target : self->relay_.to_client;
         total.fetch_add(written, std::memory_order_relaxed);
+        if (self->closed_) return;
+        if (ec) return self->close(fmt::format("{}: {}", side(p, false), ec.message()));
         self->pump(p);
       });
     });
