@@ -4,15 +4,17 @@
 // Threads: 1 stage gets 2, each of 2 or 3 stages gets 1 (the "all on the same 2 cores").
 // Counters: lanes (concurrent forward passes: one per stage when several sequences are in flight), ttft_ms
 // (prefill of a 32-token prompt), decode_ms_p50 / p95 per step, tok_s (decode tokens per second over all
-// sequences). Also the wire micro-benchmarks: encode/decode of a 128 KiB activation message.
+// sequences). Also the wire micro-benchmarks: encode/decode of a 128 KiB activation message, and the relay
+// forwarding one (BM_Relay128K).
 #include <benchmark/benchmark.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <barrier>
-#include <thread>
 #include <cstdlib>
 #include <filesystem>
+#include <thread>
 
 #include "attest/sim.h"
 #include "pipeline/runtime.h"
@@ -220,6 +222,60 @@ void BM_WireDecode128K(benchmark::State& state) {
   state.SetBytesProcessed(int64_t(state.iterations()) * (128 << 10));
 }
 BENCHMARK(BM_WireDecode128K);
+
+// Relay mode: a 128 KiB message through the host relay (client -> relay -> sink on 127.0.0.1), the sink answering
+// one byte when it has the whole message. Arg relay=0 is the same exchange straight to the sink, for comparison.
+constexpr size_t kMessage = 128 << 10;
+
+void BM_Relay128K(benchmark::State& state) {
+  auto listener = channel::listen(*channel::parse_endpoint("tcp:127.0.0.1:0"));
+  if (!listener.ok()) return state.SkipWithError(listener.error().message().c_str());
+  std::thread sink([&l = **listener] {
+    auto t = l.accept(channel::deadline_in(30s));
+    if (!t.ok()) return;
+    Bytes buf(kMessage);
+    const uint8_t ack = 1;
+    while ((*t)->read_exact(buf, channel::Deadline::max()).ok() &&
+           (*t)->write_all(std::array{ByteView(&ack, 1)}, channel::Deadline::max()).ok()) {
+    }
+  });
+  std::unique_ptr<Relay> relay;
+  std::string to = (*listener)->address();
+  if (state.range(0)) {
+    RelayOptions ro;
+    ro.listen = "127.0.0.1:0";
+    ro.target = to;
+    auto r = Relay::start(std::move(ro));
+    if (!r.ok()) {
+      (*listener)->close();
+      sink.join();
+      return state.SkipWithError(r.error().message().c_str());
+    }
+    relay = std::move(*r);
+    to = relay->address();
+  }
+  auto ep = channel::parse_endpoint(to);
+  auto client = channel::connect(*ep, channel::deadline_in(5s));
+  if (!client.ok()) {
+    (*listener)->close();
+    sink.join();
+    return state.SkipWithError(client.error().message().c_str());
+  }
+  Bytes message(kMessage, 0x5a);
+  uint8_t ack = 0;
+  for (auto _ : state) {
+    auto deadline = channel::deadline_in(5s);
+    if (!(*client)->write_all(std::array{ByteView(message)}, deadline).ok() ||
+        !(*client)->read_exact(std::span<uint8_t>(&ack, 1), deadline).ok()) {
+      state.SkipWithError("relay exchange failed");
+      break;
+    }
+  }
+  state.SetBytesProcessed(int64_t(state.iterations()) * int64_t(kMessage));
+  client->reset();  // the sink sees the end of the stream and returns
+  sink.join();
+}
+BENCHMARK(BM_Relay128K)->ArgName("relay")->Arg(0)->Arg(1)->Unit(benchmark::kMicrosecond)->UseRealTime();
 
 }  // namespace
 }  // namespace veil::pipeline

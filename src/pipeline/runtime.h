@@ -6,7 +6,8 @@
 // before it sends a byte) and relays the activations: tokens -> stage 0 -> hidden states -> stage 1 ...
 // -> the last stage returns the logits of the rows asked for. Stage 0 runs the token embedding and the
 // last stage the output head (the engine binds them with the range); the front holds the tokenizer and
-// sampling and never a weight.
+// sampling and never a weight. A stage only its host can reach sits behind a Relay (below): a TCP forwarder on the
+// host that carries the channel's ciphertext and cannot read it.
 //
 // Messages (a small versioned binary format, little-endian): Hello/Info (the front checks each stage's
 // index, layer range and shapes), Forward (sequence segments: slot, first position, token count, whether
@@ -31,6 +32,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -194,6 +196,67 @@ class PipelineStepModel final : public server::StepModel {
 
  private:
   explicit PipelineStepModel(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+// Relay: host-forwarded ciphertext (docs/pipeline.md "Relay mode")
+//
+// For stages that only the host can reach: a TCP forwarder on the host accepts connections on `listen` and, for
+// each, opens a connection to the fixed `target` (the stage) and copies bytes both ways. The attested channel runs
+// end to end between the front and the stage, so the relay only ever holds channel ciphertext: it cannot read an
+// activation, and a byte it changes makes the channel refuse the record (kSecurity at the receiver). A manifest
+// stage's endpoint simply names the relay.
+//
+// Per connection: one bounded buffer per direction (a read waits until the previous chunk is written, so a slow
+// side slows the other instead of filling memory); a half-close (FIN) is passed on and the other direction keeps
+// flowing; when either side fails, or both have finished, both sockets are closed. Connecting to the target has a
+// timeout; connections beyond max_connections are closed at once. Logs name connection ids, peers and byte counts,
+// never payload.
+//
+// Thread-safety: one I/O thread per relay; address(), stats() and stop() are safe from any thread.
+
+enum class RelayDirection : uint8_t { kToTarget, kToClient };
+
+struct RelayOptions {
+  std::string listen;  // HOST:PORT or tcp:HOST:PORT; HOST an IP address (port 0: any free port)
+  std::string target;  // HOST:PORT or tcp:HOST:PORT; HOST an IP address or a name (resolved per connection)
+  std::chrono::milliseconds connect_timeout{5000};
+  uint32_t max_connections = 64;   // open at the same time
+  size_t buffer_bytes = 128u << 10;  // per direction per connection (4 KiB .. 16 MiB)
+  // Test hook, called on the I/O thread with every chunk before it is forwarded; it may change the bytes (tests
+  // flip one to check that the channel refuses it). Empty in production.
+  std::function<void(RelayDirection, std::span<uint8_t>)> on_chunk_for_tests;
+};
+
+struct RelayStats {
+  uint64_t accepted = 0;         // connections taken on
+  uint64_t refused = 0;          // closed at once: max_connections were open
+  uint64_t failed_connects = 0;  // the target could not be reached within connect_timeout
+  uint64_t active = 0;           // open now
+  uint64_t bytes_to_target = 0;
+  uint64_t bytes_to_client = 0;
+};
+
+class Relay {
+ public:
+  // Binds `listen` and starts forwarding. kInvalidArgument for a malformed address or option, kIo when the
+  // address cannot be bound.
+  static Result<std::unique_ptr<Relay>> start(RelayOptions options);
+  ~Relay();
+  Relay(const Relay&) = delete;
+  Relay& operator=(const Relay&) = delete;
+
+  std::string address() const;  // the bound endpoint, "tcp:HOST:PORT" (actual port)
+  std::string target() const;   // "tcp:HOST:PORT"
+  RelayStats stats() const;
+  // Stops accepting, closes every connection, joins the I/O thread. Idempotent.
+  void stop();
+
+  struct Impl;
+
+ private:
+  explicit Relay(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
 

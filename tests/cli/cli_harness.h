@@ -86,11 +86,21 @@ class Process {
   Process& operator=(const Process&) = delete;
   ~Process() { kill_and_reap(); }
 
-  // Returns an empty string on success, else why it could not start.
-  // Starts `program` (default: the veil binary under test) with `args`.
-  std::string start(const std::vector<std::string>& args, const EnvOverrides& env, const std::string& program = kVeil) {
-    cmdline_ = "veil";
-    for (const auto& a : args) cmdline_ += " " + a;
+  // Starts veil with `args`, behind `launcher` when given (e.g. {"ip", "netns", "exec", NAME}: the launcher's
+  // program is looked up in $PATH and must exec veil in place). Returns an empty string on success, else why it
+  // could not start.
+  std::string start(const std::vector<std::string>& args, const EnvOverrides& env,
+                    const std::vector<std::string>& launcher = {}) {
+    std::vector<std::string> argv = launcher;
+    argv.push_back(kVeil);
+    argv.insert(argv.end(), args.begin(), args.end());
+    return start_program(argv, env);
+  }
+
+  // Starts argv[0] (looked up in $PATH) with argv.
+  std::string start_program(std::vector<std::string> argv_s, const EnvOverrides& env) {
+    cmdline_.clear();
+    for (const auto& a : argv_s) cmdline_ += (cmdline_.empty() ? "" : " ") + (a == kVeil ? std::string("veil") : a);
     int out_pipe[2], err_pipe[2];
     if (::pipe2(out_pipe, O_CLOEXEC) != 0) return "pipe failed";
     if (::pipe2(err_pipe, O_CLOEXEC) != 0) return "pipe failed";
@@ -108,8 +118,6 @@ class Process {
     posix_spawnattr_setsigdefault(&attr, &all);
     posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
 
-    std::vector<std::string> argv_s{program};
-    argv_s.insert(argv_s.end(), args.begin(), args.end());
     std::vector<char*> argv;
     for (auto& a : argv_s) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -118,7 +126,7 @@ class Process {
     for (auto& e : env_s) envp.push_back(e.data());
     envp.push_back(nullptr);
 
-    int rc = ::posix_spawn(&pid_, program.c_str(), &fa, &attr, argv.data(), envp.data());
+    int rc = ::posix_spawnp(&pid_, argv_s[0].c_str(), &fa, &attr, argv.data(), envp.data());
     posix_spawn_file_actions_destroy(&fa);
     posix_spawnattr_destroy(&attr);
     ::close(out_pipe[1]);
@@ -129,7 +137,7 @@ class Process {
     set_nonblock(err_fd_);
     if (rc != 0) {
       pid_ = -1;
-      return std::string("posix_spawn ") + kVeil + ": " + std::strerror(rc);
+      return "posix_spawn " + argv_s[0] + ": " + std::strerror(rc);
     }
     return "";
   }
@@ -324,11 +332,14 @@ class CliTest : public ::testing::Test {
     return p.finish(timeout);
   }
 
-  // Runs another program (an absolute path) the same way, e.g. a client script against a veil server.
+  // Runs another program (an absolute path or a name in $PATH) the same way, e.g. a client script against a
+  // veil server.
   RunResult run_program(const std::string& program, const std::vector<std::string>& args,
                         std::chrono::milliseconds timeout = 60s) {
+    std::vector<std::string> argv{program};
+    argv.insert(argv.end(), args.begin(), args.end());
     Process p;
-    std::string err = p.start(args, env_, program);
+    std::string err = p.start_program(argv, env_);
     if (!err.empty()) {
       RunResult r;
       r.err = err;
@@ -337,12 +348,13 @@ class CliTest : public ::testing::Test {
     return p.finish(timeout);
   }
 
-  // Starts veil in the background (for servers).
-  std::unique_ptr<Process> start(const std::vector<std::string>& args, const EnvOverrides& extra_env = {}) {
+  // Starts veil in the background (for servers), behind `launcher` when given (Process::start).
+  std::unique_ptr<Process> start(const std::vector<std::string>& args, const EnvOverrides& extra_env = {},
+                                 const std::vector<std::string>& launcher = {}) {
     EnvOverrides env = env_;
     for (const auto& [k, v] : extra_env) env[k] = v;
     auto p = std::make_unique<Process>();
-    std::string err = p->start(args, env);
+    std::string err = p->start(args, env, launcher);
     EXPECT_EQ(err, "");
     return p;
   }

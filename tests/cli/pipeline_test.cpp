@@ -1,81 +1,14 @@
 // veil stage + veil serve --manifest: a two-stage pipeline of real processes on 127.0.0.1 (sim attestation),
 // the same greedy text as single-node serving, a stage refused for its measurement, and kill -9 of a stage
 // during a request.
-#include <nlohmann/json.hpp>
-
 #include <future>
 
-#include "cli/cli_harness.h"
+#include "cli/pipeline_harness.h"
 
 namespace veil::clitest {
 namespace {
 
 using json = nlohmann::json;
-
-uint16_t port_of(const std::string& line) {
-  size_t colon = line.rfind(':');
-  return colon == std::string::npos ? 0 : static_cast<uint16_t>(std::atoi(line.c_str() + colon + 1));
-}
-
-class PipelineCliTest : public CliTest {
- protected:
-  // The sim measurement of the veil executable (every stage runs it), learned from one quote.
-  std::string measurement() {
-    RunResult q = veil({"attest", "quote", "--provider", "sim", "--create-key", "--report-data", "00", "--out",
-                        path("ev.json").string()});
-    expect_ok(q);
-    RunResult show = veil({"attest", "show", path("ev.json").string(), "--json"});
-    expect_ok(show);
-    json j = json::parse(show.out, nullptr, false);
-    if (j.is_discarded() || !j.contains("measurement")) {
-      ADD_FAILURE() << show.describe();
-      return "";
-    }
-    return j["measurement"].get<std::string>();
-  }
-
-  std::string manifest(const std::string& measurement, const std::vector<std::string>& endpoints) {
-    json policy = {{"allowed_types", {"sim"}},
-                   {"allow_simulated", true},
-                   {"expected_measurements", {{"sim", {{"measurement", {measurement}}}}}}};
-    json stages = json::array();
-    const uint32_t bounds[] = {0, 2, 5};
-    for (size_t i = 0; i < endpoints.size(); ++i) {
-      stages.push_back({{"index", i},
-                        {"layer_begin", bounds[i]},
-                        {"layer_end", bounds[i + 1]},
-                        {"weights_sha256", std::string(64, 'b')},
-                        {"endpoint", endpoints[i]},
-                        {"policy", policy}});
-    }
-    json m = {{"format", "veil-manifest/1"}, {"model_id", "stories260K"}, {"model_version", 1},
-              {"sealed_model_sha256", std::string(64, 'a')}, {"n_layers", 5}, {"stages", stages}};
-    return m.dump(2);
-  }
-
-  // Starts stage `i` listening on `listen`; returns its bound endpoint ("tcp:127.0.0.1:PORT") or "".
-  std::string start_stage(int i, const std::string& listen, const std::string& manifest = "stages.json",
-                          std::vector<std::string> model = {"-m", (kStories / "stories260K.gguf").string()}) {
-    std::vector<std::string> args = {"stage", "--manifest", path(manifest).string(), "--index", std::to_string(i),
-                                     "--listen", listen, "-t", "1", "--slots", "4"};
-    args.insert(args.end(), model.begin(), model.end());
-    stages_[i] = start(args);
-    auto line = stages_[i]->wait_for_stdout_line("veil stage: stage " + std::to_string(i), 60s);
-    if (!line) {
-      ADD_FAILURE() << stages_[i]->finish(1s).describe();
-      return "";
-    }
-    return line->substr(line->rfind(" on ") + 4);
-  }
-
-  HttpResponse complete(uint16_t port, int max_tokens) {
-    return http_request(port, "POST", "/v1/completions",
-                        R"({"model": "stories260K", "prompt": "Once upon a time", "max_tokens": )" +
-                            std::to_string(max_tokens) + R"(, "temperature": 0})");
-  }
-
-  std::unique_ptr<Process> stages_[3];
-};
 
 TEST_F(PipelineCliTest, TwoStageProcessesServeGreedyTextAndSurviveKillNine) {
   std::string meas = measurement();
@@ -137,6 +70,44 @@ TEST_F(PipelineCliTest, TwoStageProcessesServeGreedyTextAndSurviveKillNine) {
     RunResult r = s->finish(30s);
     EXPECT_EQ(r.exit_code, 0) << r.describe();
   }
+}
+
+// `veil relay`: the front reaches stage 1 only through a host relay process; malformed addresses are usage errors,
+// an address in use a runtime failure, each on one line.
+TEST_F(PipelineCliTest, StageBehindVeilRelayServesTheSameText) {
+  std::string meas = measurement();
+  ASSERT_FALSE(meas.empty());
+  write_text(path("stages.json"), manifest(meas, {"127.0.0.1:1", "127.0.0.1:2"}));
+  std::string ep0 = start_stage(0, "tcp:127.0.0.1:0"), ep1 = start_stage(1, "tcp:127.0.0.1:0");
+  ASSERT_FALSE(ep0.empty());
+  ASSERT_FALSE(ep1.empty());
+  auto relay = start({"relay", "--listen", "127.0.0.1:0", "--to", ep1, "--connect-timeout", "2"});
+  auto relay_line = relay->wait_for_stdout_line("veil relay: forwarding ", 20s);
+  ASSERT_TRUE(relay_line.has_value()) << relay->finish(1s).describe();
+  std::string relay_ep = relay_line->substr(std::string("veil relay: forwarding ").size());
+  relay_ep = relay_ep.substr(0, relay_ep.find(' '));
+  EXPECT_EQ(*relay_line, "veil relay: forwarding " + relay_ep + " to " + ep1);
+
+  expect_one_line_error(veil({"relay", "--listen", "nonsense", "--to", ep1}), 2);
+  expect_one_line_error(veil({"relay", "--listen", "127.0.0.1:0"}), 2);
+  RunResult in_use = veil({"relay", "--listen", relay_ep.substr(4), "--to", ep1});
+  expect_one_line_error(in_use, 1);
+  EXPECT_NE(in_use.err.find("relay: listening on"), std::string::npos) << in_use.describe();
+
+  write_text(path("front.json"), manifest(meas, {ep0, relay_ep}));
+  auto front = start({"serve", "--manifest", path("front.json").string(), "-m", (kStories / "stories260K.gguf").string(),
+                      "--model-id", "stories260K", "--insecure-http", "--no-auth", "--listen", "127.0.0.1:0", "-t", "1",
+                      "--stage-timeout", "5", "--grace", "1"});
+  auto line = front->wait_for_stdout_line("veil serve: model ", 60s);
+  ASSERT_TRUE(line.has_value()) << front->finish(1s).describe();
+  std::string text = completion_text(complete(port_of(*line), 8));
+  EXPECT_EQ(text.rfind(", there was a little girl", 0), 0u) << text;
+
+  front->signal(SIGTERM);
+  EXPECT_EQ(front->finish(30s).exit_code, 0);
+  relay->signal(SIGTERM);
+  RunResult r = relay->finish(10s);
+  EXPECT_EQ(r.exit_code, 0) << r.describe();
 }
 
 // Sealed weights: `veil manifest create` proposes three ranges with their hashes; each stage checks its range's

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <filesystem>
 #include <future>
@@ -283,6 +284,80 @@ TEST_F(PipelineRuntime, MicroBatchedStagesMatchOneProcess) {
     front->reset();
     stages_.clear();
   }
+}
+
+// Relay mode: every stage behind a host relay (a TCP forwarder that sees only channel ciphertext).
+std::unique_ptr<Relay> relay_to(const std::string& stage_address, RelayOptions o = {}) {
+  o.listen = "127.0.0.1:0";
+  o.target = stage_address;
+  auto r = Relay::start(std::move(o));
+  EXPECT_TRUE(r.ok()) << r.error().message();
+  return r.ok() ? std::move(*r) : nullptr;
+}
+
+TEST_F(PipelineRuntime, StagesBehindRelaysMatchOneProcess) {
+  const int n = 12;
+  ShardManifest m = make_manifest({0, 2, 4, 5});
+  start_stages(m);
+  std::vector<std::unique_ptr<Relay>> relays;
+  for (auto& s : m.stages) {
+    relays.push_back(relay_to(s.endpoint));
+    ASSERT_TRUE(relays.back());
+    s.endpoint = relays.back()->address();
+  }
+  auto front = PipelineStepModel::connect(m, front_options());
+  ASSERT_TRUE(front.ok()) << front.error().message();
+  auto got = step_greedy(**front, kPrompt, n, /*n_seq=*/2);
+  ASSERT_TRUE(got.ok()) << got.error().message();
+  EXPECT_EQ((*got)[0], reference_greedy(kPrompt, n));
+  EXPECT_EQ((*got)[1], (*got)[0]);
+  front->reset();
+  for (auto& r : relays) {
+    r->stop();
+    RelayStats st = r->stats();
+    EXPECT_EQ(st.accepted, 1u);
+    EXPECT_GT(st.bytes_to_target, 0u);
+    EXPECT_GT(st.bytes_to_client, 0u);
+  }
+}
+
+// A relay that changes one byte of what a stage sends: the front's channel refuses the record, the request fails
+// within the timeout naming the stage, and the next request reconnects (through the same relay) and succeeds.
+TEST_F(PipelineRuntime, ARelayThatFlipsAByteFailsTheRequestNamingTheStage) {
+  ShardManifest m = make_manifest({0, 2, 5});
+  start_stages(m);
+  std::atomic<bool> armed{false};
+  std::atomic<int> flipped{0};
+  RelayOptions o;
+  o.on_chunk_for_tests = [&](RelayDirection dir, std::span<uint8_t> chunk) {
+    if (dir == RelayDirection::kToClient && !chunk.empty() && armed.exchange(false)) {
+      chunk.back() ^= 0x01;  // the last byte of a record's authentication tag
+      flipped.fetch_add(1);
+    }
+  };
+  auto relay = relay_to(m.stages[1].endpoint, o);
+  ASSERT_TRUE(relay);
+  m.stages[1].endpoint = relay->address();
+  auto front = PipelineStepModel::connect(m, front_options(5s));
+  ASSERT_TRUE(front.ok()) << front.error().message();
+
+  armed = true;  // the stage's next reply is changed on the way
+  auto t0 = std::chrono::steady_clock::now();
+  auto got = step_greedy(**front, kPrompt, 3);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 3s);
+  ASSERT_FALSE(got.ok());
+  EXPECT_EQ(flipped.load(), 1);
+  // The channel reports kSecurity ("authentication failed"); during serving the front reports any stage failure
+  // as kUnavailable (a killed stage also reads as a truncated channel), keeping the channel's words.
+  EXPECT_EQ(got.error().code(), ErrorCode::kUnavailable) << got.error().message();
+  EXPECT_NE(got.error().message().find("pipeline stage 1"), std::string::npos) << got.error().message();
+  EXPECT_NE(got.error().message().find("authentication failed"), std::string::npos) << got.error().message();
+  EXPECT_FALSE((*front)->health()[1].connected);
+
+  auto again = step_greedy(**front, kPrompt, 6);
+  ASSERT_TRUE(again.ok()) << again.error().message();
+  EXPECT_EQ((*again)[0], reference_greedy(kPrompt, 6));
+  EXPECT_EQ(relay->stats().accepted, 2u);
 }
 
 TEST_F(PipelineRuntime, StageWithWrongMeasurementIsRefusedBeforeItReceivesAnything) {
