@@ -182,6 +182,7 @@ class Context {
     std::vector<uint8_t> act;            // prepared (quantised) activations of one matrix product
     std::vector<uint8_t> row;            // one plain weight row (embedding lookups in a repacked matrix)
     std::vector<float> rope;             // rotary frequencies and one token's cos/sin
+    std::vector<std::vector<float>> attn_scores;  // attention scores, one buffer per pool thread (grown by the caller)
   } buf;
 
  private:

@@ -214,14 +214,14 @@ constexpr size_t kAttnTile = 16;
 // scores = the head's K rows (kv_dim apart in the cache) x q, output = the head's rows of the transposed V cache x
 // the softmax weights. A token's weights past its own position are zero (causal mask), so every token's sums are
 // the ones a per-token loop would make; the scalar table sums in element order.
-void attention_task(void* p, size_t begin, size_t end, int) {
+void attention_task(void* p, size_t begin, size_t end, int thread) {
   auto* a = static_cast<AttnCtx*>(p);
   Batch& b = *a->b;
   const HParams& hp = b.model.hparams();
   const uint32_t hd = hp.head_dim, nh = hp.n_head, group = hp.n_head / hp.n_head_kv;
   const size_t kv_dim = size_t{hp.n_head_kv} * hd;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  thread_local std::vector<float> scores;
+  std::vector<float>& scores = b.ctx.buf.attn_scores[static_cast<size_t>(thread)];  // sized by attention()
   for (size_t u = begin; u < end; ++u) {
     const size_t req = u / nh;
     const auto h = static_cast<uint32_t>(u % nh);
@@ -235,7 +235,6 @@ void attention_task(void* p, size_t begin, size_t end, int) {
     for (size_t t0 = b.ctx.buf.first[req]; t0 < b.ctx.buf.first[req + 1]; t0 += kAttnTile) {
       const size_t m = std::min<size_t>(kAttnTile, b.ctx.buf.first[req + 1] - t0);
       const size_t n = size_t{b.ctx.buf.pos[t0 + m - 1]} + 1;  // positions the tile's last token sees
-      if (scores.size() < m * n) scores.resize(std::max<size_t>(m * n, 4096));
       const float* q = a->q + (t0 * nh + h) * hd;
       float* o = a->out + (t0 * nh + h) * hd;
       if (m == 1) {
@@ -273,6 +272,16 @@ void attention_task(void* p, size_t begin, size_t end, int) {
 }  // namespace
 
 void attention(Batch& b, uint32_t layer, const float* q, float* out) {
+  // Every thread's score buffer holds a tile of the longest request (the pool's threads never allocate, so a decode
+  // step allocates nothing once the buffers have grown).
+  uint32_t max_pos = 0;
+  for (size_t t = 0; t < b.n_tokens; ++t) max_pos = std::max(max_pos, b.ctx.buf.pos[t]);
+  const size_t need = kAttnTile * (size_t{max_pos} + 1);
+  auto& bufs = b.ctx.buf.attn_scores;
+  bufs.resize(static_cast<size_t>(b.ctx.pool().size()));
+  for (auto& s : bufs) {
+    if (s.size() < need) s.resize(std::max({need, s.size() * 2, size_t{4096}}));
+  }
   AttnCtx a{&b, layer, q, out};
   b.ctx.pool().run(b.requests.size() * b.model.hparams().n_head, 1, attention_task, &a, kChunksPerThread);
 }
