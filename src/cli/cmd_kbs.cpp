@@ -1,11 +1,8 @@
 // veil kbs: the key broker — store model keys, release them to attested nodes, audit (docs/kbs.md).
-#include <csignal>
 #include <filesystem>
 #include <cstdio>
 #include <map>
 #include <string>
-
-#include <pthread.h>
 
 #include "attest/attest.h"
 #include "channel/channel.h"
@@ -151,22 +148,18 @@ Status run_audit_show(const KbsArgs& a) {
 }
 
 Status run_serve(const KbsArgs& a) {
+  // First, before the engine, channel or server threads start: they inherit the mask, so only the wait() at the
+  // end receives SIGINT/SIGTERM and stops gracefully (one during start-up takes effect once started).
+  StopSignals stop_signals;
   VEIL_ASSIGN_OR_RETURN(auto broker, open_broker(a));
   VEIL_ASSIGN_OR_RETURN(auto tee, make_tee(a));
   kbs::ServerOptions o;
   o.attester = channel::attester_from_provider(std::shared_ptr<attest::Provider>(std::move(tee)));
   VEIL_ASSIGN_OR_RETURN(o.collateral, collateral(a));
-  // Block SIGINT/SIGTERM before the server thread starts, so only sigwait below receives them.
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
   VEIL_ASSIGN_OR_RETURN(auto server, kbs::Server::start(*broker, a.listen, std::move(o)));
   std::printf("kbs: listening on %s\n", server->address().c_str());
   std::fflush(stdout);
-  int sig = 0;
-  sigwait(&set, &sig);
+  stop_signals.wait();
   server->stop();
   return ok_status();
 }

@@ -1,8 +1,6 @@
 // veil relay: forward a pipeline stage's channel ciphertext through this host (docs/pipeline.md "Relay mode").
-#include <csignal>
 #include <cstdio>
 #include <memory>
-#include <pthread.h>
 #include <string>
 
 #include <spdlog/spdlog.h>
@@ -21,19 +19,15 @@ struct RelayArgs {
 };
 
 Status run_relay(const RelayArgs& a) {
+  // First, before the engine, channel or server threads start: they inherit the mask, so only the wait() at the
+  // end receives SIGINT/SIGTERM and stops gracefully (one during start-up takes effect once started).
+  StopSignals stop_signals;
   pipeline::RelayOptions ro;
   ro.listen = a.listen;
   ro.target = a.to;
   ro.connect_timeout = std::chrono::seconds(a.connect_timeout_s);
   ro.max_connections = a.max_connections;
 
-  // Signals are taken synchronously by this thread (blocked in the relay's I/O thread too).
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
-  std::signal(SIGPIPE, SIG_IGN);
 
   auto relay = pipeline::Relay::start(std::move(ro));
   if (!relay.ok()) {
@@ -42,8 +36,7 @@ Status run_relay(const RelayArgs& a) {
   }
   std::printf("veil relay: forwarding %s to %s\n", (*relay)->address().c_str(), (*relay)->target().c_str());
   std::fflush(stdout);
-  int sig = 0;
-  sigwait(&set, &sig);
+  const int sig = stop_signals.wait();
   spdlog::warn("relay: signal {}: stopping", sig);
   (*relay)->stop();
   return ok_status();

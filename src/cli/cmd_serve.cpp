@@ -1,10 +1,8 @@
 // veil serve: the OpenAI-compatible confidential server (docs/api.md).
-#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
-#include <pthread.h>
 #include <string>
 
 #include <spdlog/spdlog.h>
@@ -107,6 +105,9 @@ Result<std::string> served_model_id(const ServeArgs& a, const std::filesystem::p
 }
 
 Status run_serve(const ServeArgs& a) {
+  // First, before the engine, channel or server threads start: they inherit the mask, so only the wait() at the
+  // end receives SIGINT/SIGTERM and stops gracefully (one during start-up takes effect once started).
+  StopSignals stop_signals;
   VEIL_ASSIGN_OR_RETURN(auto listen, parse_listen(a.listen));
   VEIL_ASSIGN_OR_RETURN(auto path, resolve_model_path(a.model));
   std::error_code ec;
@@ -143,14 +144,6 @@ Status run_serve(const ServeArgs& a) {
   if (a.insecure_http) spdlog::warn("serve: --insecure-http: TLS is OFF; traffic leaves the TEE in clear text");
   if (a.no_auth) spdlog::warn("serve: --no-auth: API keys are not checked");
 
-  // Signals are taken synchronously by this thread (blocked in every thread the server starts).
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
-  std::signal(SIGPIPE, SIG_IGN);  // a peer that went away fails the write instead of killing the server
-
   VEIL_ASSIGN_OR_RETURN(auto srv, server::Server::start(so, *backend, *store, *provider, std::move(keys)));
   if (!a.cert_out.empty() && srv->tls_identity()) {
     VEIL_TRY(write_file_atomic(a.cert_out, as_bytes(srv->tls_identity()->cert_pem), 0644));
@@ -158,8 +151,7 @@ Status run_serve(const ServeArgs& a) {
   std::printf("veil serve: model %s on %s://%s:%u\n", backend->model_id().c_str(), so.tls ? "https" : "http",
               listen.first.c_str(), static_cast<unsigned>(srv->port()));
   std::fflush(stdout);
-  int sig = 0;
-  sigwait(&set, &sig);
+  const int sig = stop_signals.wait();
   spdlog::warn("serve: signal {}: draining (up to {} s)", sig, a.grace_seconds);
   srv->stop(std::chrono::seconds(a.grace_seconds));
   return ok_status();

@@ -1,8 +1,6 @@
 // veil stage: serve one pipeline stage's layer range to the front (docs/pipeline.md).
-#include <csignal>
 #include <cstdio>
 #include <memory>
-#include <pthread.h>
 #include <string>
 
 #include <spdlog/spdlog.h>
@@ -54,6 +52,9 @@ Status check_sealed_model(const std::filesystem::path& path, const pipeline::Sha
 }
 
 Status run_stage(StageArgs a) {
+  // First, before the engine, channel or server threads start: they inherit the mask, so only the wait() at the
+  // end receives SIGINT/SIGTERM and stops gracefully (one during start-up takes effect once started).
+  StopSignals stop_signals;
   VEIL_ASSIGN_OR_RETURN(pipeline::ShardManifest manifest, pipeline::load_manifest(a.manifest));
   if (a.index >= manifest.stages.size()) {
     return make_error(ErrorCode::kUsage, "stage: --index {} is out of range ({} stages in {})", a.index,
@@ -97,20 +98,11 @@ Status run_stage(StageArgs a) {
                  a.listen.empty() ? spec.endpoint : a.listen);
   }
 
-  // Signals are taken synchronously by this thread (blocked in every thread the stage starts).
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
-  std::signal(SIGPIPE, SIG_IGN);
-
   VEIL_ASSIGN_OR_RETURN(auto server, pipeline::StageServer::start(manifest, a.index, model, std::move(so)));
   std::printf("veil stage: stage %u layers [%u, %u) on %s\n", a.index, spec.layer_begin, spec.layer_end,
               server->address().c_str());
   std::fflush(stdout);
-  int sig = 0;
-  sigwait(&set, &sig);
+  const int sig = stop_signals.wait();
   spdlog::warn("stage: signal {}: stopping", sig);
   server->stop();
   return ok_status();

@@ -1,5 +1,9 @@
 #include "cli/command.h"
 
+#include <pthread.h>
+
+#include <csignal>
+
 namespace veil::cli {
 
 void Runner::on(CLI::App* sub, Action action) {
@@ -39,6 +43,20 @@ CLI::Option* add_kv_type_option(CLI::App* sub, engine::KvType& value) {
   return sub->add_option("--kv-type", value, "KV cache element type: f32 (exact) or f16 (half the memory and attention traffic)")
       ->transform(kv_type)
       ->default_str("f32");
+}
+
+StopSignals::StopSignals() {
+  sigemptyset(&set_);
+  sigaddset(&set_, SIGINT);
+  sigaddset(&set_, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set_, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);
+}
+
+int StopSignals::wait() {
+  int sig = 0;
+  sigwait(&set_, &sig);
+  return sig;
 }
 
 int exit_code_for(const Error& error) {

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <signal.h>
 
 #include <functional>
 #include <string>
@@ -50,6 +51,19 @@ CLI::App* subcommand_group(CLI::App& app, const std::string& name, const std::st
 CLI::Option* add_model_option(CLI::App* sub, std::string& value);
 // --kv-type f32|f16: the KV cache's element type (engine::KvType).
 CLI::Option* add_kv_type_option(CLI::App* sub, engine::KvType& value);
+
+// For the long-running commands (serve, stage, relay, kbs serve): blocks SIGINT and SIGTERM in this thread, so
+// every thread started afterwards inherits the mask and only wait() receives them, and ignores SIGPIPE (a peer that
+// went away fails the write instead of killing the process). Construct before starting any thread.
+class StopSignals {
+ public:
+  StopSignals();
+  // Blocks until SIGINT or SIGTERM arrives; returns its number.
+  int wait();
+
+ private:
+  sigset_t set_;
+};
 
 // Exit codes.
 inline constexpr int kExitOk = 0;
