@@ -235,6 +235,25 @@ class Process {
   std::string cmdline_;
 };
 
+// Runs argv (argv[0] looked up in $PATH) and waits for it (killed after `timeout`).
+inline RunResult run_command(const std::vector<std::string>& argv, const EnvOverrides& env,
+                             std::chrono::milliseconds timeout) {
+  Process p;
+  std::string err = p.start_program(argv, env);
+  if (!err.empty()) {
+    RunResult r;
+    r.err = err;
+    return r;
+  }
+  return p.finish(timeout);
+}
+
+// The port at the end of a "... on http://127.0.0.1:PORT" line a server prints (0 when there is none).
+inline uint16_t port_of(const std::string& line) {
+  size_t colon = line.rfind(':');
+  return colon == std::string::npos ? 0 : static_cast<uint16_t>(std::atoi(line.c_str() + colon + 1));
+}
+
 inline std::string read_text(const fs::path& p) {
   std::ifstream f(p, std::ios::binary);
   std::ostringstream s;
@@ -322,14 +341,9 @@ class CliTest : public ::testing::Test {
                  const EnvOverrides& extra_env = {}) {
     EnvOverrides env = env_;
     for (const auto& [k, v] : extra_env) env[k] = v;
-    Process p;
-    std::string err = p.start(args, env);
-    if (!err.empty()) {
-      RunResult r;
-      r.err = err;
-      return r;
-    }
-    return p.finish(timeout);
+    std::vector<std::string> argv{kVeil};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return run_command(argv, env, timeout);
   }
 
   // Runs another program (an absolute path or a name in $PATH) the same way, e.g. a client script against a
@@ -338,14 +352,7 @@ class CliTest : public ::testing::Test {
                         std::chrono::milliseconds timeout = 60s) {
     std::vector<std::string> argv{program};
     argv.insert(argv.end(), args.begin(), args.end());
-    Process p;
-    std::string err = p.start_program(argv, env_);
-    if (!err.empty()) {
-      RunResult r;
-      r.err = err;
-      return r;
-    }
-    return p.finish(timeout);
+    return run_command(argv, env_, timeout);
   }
 
   // Starts veil in the background (for servers), behind `launcher` when given (Process::start).

@@ -36,16 +36,7 @@ bool has_capability(int cap) {
 constexpr int kCapNetAdmin = 12, kCapSysAdmin = 21;
 
 // Runs a tool (no environment changes) and waits for it, at most 10 s.
-RunResult run_tool(const std::vector<std::string>& argv) {
-  Process p;
-  std::string err = p.start_program(argv, {});
-  if (!err.empty()) {
-    RunResult r;
-    r.err = err;
-    return r;
-  }
-  return p.finish(10s);
-}
+RunResult run_tool(const std::vector<std::string>& argv) { return run_command(argv, {}, 10s); }
 
 std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
 
@@ -163,13 +154,8 @@ TEST_F(NetnsTest, ThreeStagesInThreeNamespacesServeTheSingleNodeText) {
                           {ip, "netns", "exec", stage_ns[i]}),
               "tcp:" + endpoints[i]);
   }
-  auto front = start({"serve", "--manifest", path("stages.json").string(), "-m", (kStories / "stories260K.gguf").string(),
-                      "--model-id", "stories260K", "--insecure-http", "--no-auth", "--listen", "127.0.0.1:0", "-t", "1",
-                      "--stage-timeout", "5", "--grace", "1"},
-                     {}, {ip, "netns", "exec", front_ns});
-  auto line = front->wait_for_stdout_line("veil serve: model ", 20s);
-  ASSERT_TRUE(line.has_value()) << front->finish(1s).describe();
-  uint16_t port = port_of(*line);
+  auto [front, port] = start_front("stages.json", {ip, "netns", "exec", front_ns});
+  ASSERT_NE(port, 0);
   HttpResponse got = in_namespace(front_ns, [&] { return complete(port, 16); });
   EXPECT_EQ(completion_text(got), want) << got.raw;
 

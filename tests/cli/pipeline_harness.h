@@ -8,11 +8,6 @@
 
 namespace veil::clitest {
 
-inline uint16_t port_of(const std::string& line) {
-  size_t colon = line.rfind(':');
-  return colon == std::string::npos ? 0 : static_cast<uint16_t>(std::atoi(line.c_str() + colon + 1));
-}
-
 class PipelineCliTest : public CliTest {
  protected:
   using json = nlohmann::json;
@@ -66,6 +61,27 @@ class PipelineCliTest : public CliTest {
       return "";
     }
     return line->substr(line->rfind(" on ") + 4);
+  }
+
+  // Starts the front of a plain stories260K pipeline (`veil serve --manifest`, plain HTTP, no API keys, 5 s stage
+  // timeout), behind `launcher` when given; `port` is the one it announced, 0 (with a test failure) if it did not.
+  struct Front {
+    std::unique_ptr<Process> process;
+    uint16_t port = 0;
+  };
+  Front start_front(const std::string& manifest_file, const std::vector<std::string>& launcher = {}) {
+    Front f;
+    f.process = start({"serve", "--manifest", path(manifest_file).string(), "-m", (kStories / "stories260K.gguf").string(),
+                       "--model-id", "stories260K", "--insecure-http", "--no-auth", "--listen", "127.0.0.1:0", "-t", "1",
+                       "--stage-timeout", "5", "--grace", "1"},
+                      {}, launcher);
+    auto line = f.process->wait_for_stdout_line("veil serve: model ", 60s);
+    if (!line) {
+      ADD_FAILURE() << f.process->finish(1s).describe();
+    } else {
+      f.port = port_of(*line);
+    }
+    return f;
   }
 
   static HttpResponse complete(uint16_t port, int max_tokens) {

@@ -27,12 +27,8 @@ TEST_F(PipelineCliTest, TwoStageProcessesServeGreedyTextAndSurviveKillNine) {
   expect_one_line_error(refused, 3, /*logs_before=*/true);
   EXPECT_NE(refused.err.find("pipeline stage 0"), std::string::npos) << refused.describe();
 
-  auto front = start({"serve", "--manifest", path("front.json").string(), "-m", (kStories / "stories260K.gguf").string(),
-                      "--model-id", "stories260K", "--insecure-http", "--no-auth", "--listen", "127.0.0.1:0", "-t", "1",
-                      "--stage-timeout", "5", "--grace", "1"});
-  auto line = front->wait_for_stdout_line("veil serve: model ", 60s);
-  ASSERT_TRUE(line.has_value()) << front->finish(1s).describe();
-  uint16_t port = port_of(*line);
+  auto [front, port] = start_front("front.json");
+  ASSERT_NE(port, 0);
 
   HttpResponse ok = complete(port, 8);
   ASSERT_EQ(ok.status, 200) << ok.raw;
@@ -95,12 +91,9 @@ TEST_F(PipelineCliTest, StageBehindVeilRelayServesTheSameText) {
   EXPECT_NE(in_use.err.find("relay: listening on"), std::string::npos) << in_use.describe();
 
   write_text(path("front.json"), manifest(meas, {ep0, relay_ep}));
-  auto front = start({"serve", "--manifest", path("front.json").string(), "-m", (kStories / "stories260K.gguf").string(),
-                      "--model-id", "stories260K", "--insecure-http", "--no-auth", "--listen", "127.0.0.1:0", "-t", "1",
-                      "--stage-timeout", "5", "--grace", "1"});
-  auto line = front->wait_for_stdout_line("veil serve: model ", 60s);
-  ASSERT_TRUE(line.has_value()) << front->finish(1s).describe();
-  std::string text = completion_text(complete(port_of(*line), 8));
+  auto [front, port] = start_front("front.json");
+  ASSERT_NE(port, 0);
+  std::string text = completion_text(complete(port, 8));
   EXPECT_EQ(text.rfind(", there was a little girl", 0), 0u) << text;
 
   front->signal(SIGTERM);

@@ -19,13 +19,6 @@ void flip_byte(const fs::path& p, uint64_t offset) {
   f.write(&c, 1);
 }
 
-// The port after the last ':' of a "... on http://127.0.0.1:PORT" line.
-uint16_t port_of(const std::string& line) {
-  size_t colon = line.rfind(':');
-  if (colon == std::string::npos) return 0;
-  return static_cast<uint16_t>(std::atoi(line.c_str() + colon + 1));
-}
-
 class SealedTest : public CliTest {
  protected:
   void SetUp() override {

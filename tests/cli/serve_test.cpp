@@ -8,11 +8,6 @@ namespace {
 
 using json = nlohmann::json;
 
-uint16_t port_of(const std::string& line) {
-  size_t colon = line.rfind(':');
-  return colon == std::string::npos ? 0 : static_cast<uint16_t>(std::atoi(line.c_str() + colon + 1));
-}
-
 using ServeTest = CliTest;
 
 TEST_F(ServeTest, KeysAddListRevoke) {
