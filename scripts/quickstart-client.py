@@ -9,7 +9,7 @@ Python standard library plus Debian's python3-cryptography; the checks are the i
   3. Only then POST /v1/completions (greedy) and print the text.
   4. GET /v1/signature/{id}: both signatures must verify with the attested keys, over the exact request and
      response bodies.
-Exit status 0 when every check passes; 1 with the failed check on stdout otherwise.
+Exit status 0 when every check passes; 1 with the failed check (or the malformed answer) on stdout otherwise.
 """
 import argparse
 import base64
@@ -64,7 +64,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--cert", required=True, help="the server's certificate (veil serve --cert-out)")
-    ap.add_argument("--key", required=True, help="API key (veil keys add)")
+    ap.add_argument("--key-file", required=True, help="file holding the API key (veil keys add); not on the command line")
     ap.add_argument("--model", required=True)
     ap.add_argument("--collateral", required=True,
                     help="collateral JSON naming the simulated TEE's platform key (veil attest quote --collateral-out)")
@@ -72,6 +72,8 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=200)
     args = ap.parse_args()
 
+    with open(args.key_file, "r", encoding="ascii") as f:
+        api_key = f.read().strip()
     with open(args.collateral, "r", encoding="utf-8") as f:
         platform_public_key = base64.b64decode(json.load(f)["sim_platform_public_key"]).hex()
     with open(args.cert, "r", encoding="ascii") as f:
@@ -91,13 +93,13 @@ def main():
 
     body = json.dumps({"model": args.model, "prompt": args.prompt, "max_tokens": args.max_tokens,
                        "temperature": 0})
-    raw = request(conn, "POST", "/v1/completions", body, args.key)
+    raw = request(conn, "POST", "/v1/completions", body, api_key)
     completion = json.loads(raw)
     print()
     print(args.prompt + completion["choices"][0]["text"])
     print()
 
-    sig = json.loads(request(conn, "GET", "/v1/signature/" + completion["id"], key=args.key))
+    sig = json.loads(request(conn, "GET", "/v1/signature/" + completion["id"], key=api_key))
     fields = verifier.parse_signed_text(sig["text"])
     if fields["request_sha256"] != hashlib.sha256(body.encode("utf-8")).hexdigest():
         verifier.fail("the signature covers another request")
@@ -115,4 +117,8 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (OSError, ValueError, KeyError, IndexError, TypeError, http.client.HTTPException, ssl.SSLError) as e:
+        # A server that answers something else than docs/api.md says (or none at all): one line, no trace.
+        verifier.fail("%s: %s" % (type(e).__name__, e))

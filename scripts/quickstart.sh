@@ -23,7 +23,7 @@ export VEIL_DATA_DIR=$work  # the simulated platform key, the server's database
 
 # The simulated TEE's platform key and its public half (what a client trusts for sim evidence).
 "$veil" attest quote --provider sim --create-key --report-data 00 --out "$work/ev.json" --collateral-out "$work/col.json"
-api_key=$("$veil" keys add --models '*' --db "$work/server.db" | head -n 1)
+(umask 077; "$veil" keys add --models '*' --db "$work/server.db" | head -n 1 >"$work/api.key")
 
 "$veil" serve --listen 127.0.0.1:0 --db "$work/server.db" --cert-out "$work/cert.pem" --grace 5 \
   >"$work/serve.out" 2>"$work/serve.err" &
@@ -39,5 +39,5 @@ done
 echo "$line"
 port=${line##*:}
 model=$(sed -E 's/^veil serve: model (.*) on https?:.*$/\1/' <<<"$line")
-python3 scripts/quickstart-client.py --port "$port" --cert "$work/cert.pem" --key "$api_key" --model "$model" \
+python3 scripts/quickstart-client.py --port "$port" --cert "$work/cert.pem" --key-file "$work/api.key" --model "$model" \
   --collateral "$work/col.json"

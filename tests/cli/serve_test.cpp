@@ -109,30 +109,35 @@ TEST_F(ServeTest, QuickstartClientVerifiesTheNodeThenGetsTheGoldenStory) {
                   "00", "--out", path("ev.json").string(), "--collateral-out", path("col.json").string()}));
   RunResult add = veil({"keys", "add", "--models", "*", "--db", path("server.db").string()});
   expect_ok(add);
-  std::string key = add.out.substr(0, add.out.find('\n'));
+  write_text(path("api.key"), add.out.substr(0, add.out.find('\n')));
   auto srv = start({"serve", "--listen", "127.0.0.1:0", "--db", path("server.db").string(), "--cert-out",
                     path("cert.pem").string(), "--sim-platform-key", key_file, "--grace", "1", "-t", "1"});
   auto line = srv->wait_for_stdout_line("veil serve: model ", 60s);
   ASSERT_TRUE(line.has_value()) << srv->finish(1s).describe();
-  RunResult client = run_program("/usr/bin/python3",
-                                 {std::string(VEIL_SOURCE_DIR) + "/scripts/quickstart-client.py", "--port",
-                                  std::to_string(port_of(*line)), "--cert", path("cert.pem").string(), "--key", key,
-                                  "--model", "stories260K", "--collateral", path("col.json").string(), "--max-tokens", "30"});
-  EXPECT_EQ(client.exit_code, 0) << client.describe();
-  EXPECT_NE(client.out.find("attestation: sim evidence (SIMULATED TEE"), std::string::npos) << client.out;
-  EXPECT_NE(client.out.find("Once upon a time, there was a little girl named Lily."), std::string::npos) << client.out;
-  EXPECT_NE(client.out.find("signatures: ed25519 and ecdsa-secp256k1"), std::string::npos) << client.out;
+  auto client = [&](uint16_t port, const std::string& collateral) {
+    return run_program("/usr/bin/python3", {std::string(VEIL_SOURCE_DIR) + "/scripts/quickstart-client.py", "--port",
+                                            std::to_string(port), "--cert", path("cert.pem").string(), "--key-file",
+                                            path("api.key").string(), "--model", "stories260K", "--collateral",
+                                            path(collateral).string(), "--max-tokens", "30"});
+  };
+  RunResult good = client(port_of(*line), "col.json");
+  EXPECT_EQ(good.exit_code, 0) << good.describe();
+  EXPECT_NE(good.out.find("attestation: sim evidence (SIMULATED TEE"), std::string::npos) << good.out;
+  EXPECT_NE(good.out.find("Once upon a time, there was a little girl named Lily."), std::string::npos) << good.out;
+  EXPECT_NE(good.out.find("signatures: ed25519 and ecdsa-secp256k1"), std::string::npos) << good.out;
   // Another platform key: the evidence is refused before any prompt is sent.
   write_text(path("other.json"), R"({"sim_platform_public_key": "ERERERERERERERERERERERERERERERERERERERERERE="})");
-  RunResult wrong = run_program("/usr/bin/python3",
-                                {std::string(VEIL_SOURCE_DIR) + "/scripts/quickstart-client.py", "--port",
-                                 std::to_string(port_of(*line)), "--cert", path("cert.pem").string(), "--key", key,
-                                 "--model", "stories260K", "--collateral", path("other.json").string()});
+  RunResult wrong = client(port_of(*line), "other.json");
   EXPECT_EQ(wrong.exit_code, 1) << wrong.describe();
   EXPECT_NE(wrong.out.find("FAIL"), std::string::npos) << wrong.out;
   EXPECT_EQ(wrong.out.find("Once upon a time"), std::string::npos) << wrong.out;
+  // Nothing listening: one line, no Python traceback.
   srv->signal(SIGTERM);
   EXPECT_EQ(srv->finish(30s).exit_code, 0);
+  RunResult gone = client(port_of(*line), "col.json");
+  EXPECT_EQ(gone.exit_code, 1) << gone.describe();
+  EXPECT_EQ(gone.out.rfind("FAIL: ", 0), 0u) << gone.describe();
+  EXPECT_EQ(gone.err.find("Traceback"), std::string::npos) << gone.describe();
 }
 
 // A new user's first `veil serve` on a machine without ~/.veil: the default simulated platform key is created
