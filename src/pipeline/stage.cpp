@@ -83,7 +83,15 @@ struct StageServer::Impl {
   // Checks the batch against this stage's slots, caches and shapes, and fills `requests`.
   Status prepare(const Message& m) {
     requests.clear();
+    // The payload must match the segments before any segment is cut out of it.
     size_t total = 0;
+    for (const Segment& s : m.segments) total += s.n_tokens;
+    const size_t n_embd = model->hparams().n_embd;
+    if (model->first_stage() ? m.tokens.size() != total : m.values.size() != total * n_embd) {
+      return make_error(ErrorCode::kInvalidArgument, "stage {}: the batch carries {} token ids and {} hidden values for {} tokens of width {}",
+                        spec.index, m.tokens.size(), m.values.size(), total, n_embd);
+    }
+    size_t offset = 0;
     for (size_t i = 0; i < m.segments.size(); ++i) {
       const Segment& s = m.segments[i];
       if (s.slot >= caches.size()) {
@@ -99,14 +107,9 @@ struct StageServer::Impl {
       r.cache = &cache;
       r.n_tokens = s.n_tokens;
       r.logits = s.want_logits ? engine::LogitsMode::kLast : engine::LogitsMode::kNone;
-      if (model->first_stage()) r.tokens = std::span<const int32_t>(m.tokens).subspan(total, s.n_tokens);
+      if (model->first_stage()) r.tokens = std::span<const int32_t>(m.tokens).subspan(offset, s.n_tokens);
       requests.push_back(r);
-      total += s.n_tokens;
-    }
-    const size_t n_embd = model->hparams().n_embd;
-    if (model->first_stage() ? m.tokens.size() != total : m.values.size() != total * n_embd) {
-      return make_error(ErrorCode::kInvalidArgument, "stage {}: the batch carries {} token ids and {} hidden values for {} tokens of width {}",
-                        spec.index, m.tokens.size(), m.values.size(), total, n_embd);
+      offset += s.n_tokens;
     }
     if (!model->first_stage()) ctx.set_hidden(m.values);
     return ok_status();

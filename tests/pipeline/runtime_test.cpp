@@ -360,6 +360,44 @@ TEST_F(PipelineRuntime, ARelayThatFlipsAByteFailsTheRequestNamingTheStage) {
   EXPECT_EQ(relay->stats().accepted, 2u);
 }
 
+// A stage checks a batch's payload against its segments before it uses it: hidden states sent to stage 0 (which
+// takes token ids), or rows of another width to a later stage, get an error naming the counts. (A payload that is not a
+// whole row per token is refused earlier, by the wire decoder, and ends the session.)
+TEST_F(PipelineRuntime, StageRefusesAPayloadThatDoesNotMatchItsSegments) {
+  ShardManifest m = make_manifest({0, 2, 5});
+  start_stages(m);
+  auto talk = [&](uint32_t index, Message forward) -> Result<Message> {
+    channel::ChannelOptions co;
+    co.verifier = channel::verifier_from_policy(policy(true), collateral_);
+    VEIL_ASSIGN_OR_RETURN(auto ep, stage_endpoint(m.stages[index].endpoint));
+    VEIL_ASSIGN_OR_RETURN(auto ch, channel::connect_channel(ep, co, channel::RetryPolicy{}));
+    Message hello;
+    hello.type = MsgType::kHello;
+    hello.request_id = 1;
+    hello.info = {index, m.stages[index].layer_begin, m.stages[index].layer_end, m.n_layers, 0, 0, 0, 0};
+    VEIL_TRY(send_message(*ch, hello, channel::deadline_in(5s)));
+    VEIL_ASSIGN_OR_RETURN(Message info, recv_message(*ch, channel::deadline_in(5s)));
+    if (info.type != MsgType::kInfo) return make_error(ErrorCode::kCorrupt, "no info");
+    VEIL_TRY(send_message(*ch, forward, channel::deadline_in(5s)));
+    return recv_message(*ch, channel::deadline_in(5s));
+  };
+  Message hidden;  // 2 tokens of hidden states (64 wide): right for stage 1, wrong for stage 0
+  hidden.type = MsgType::kForward;
+  hidden.request_id = 2;
+  hidden.segments = {{0, 0, 2, true}};
+  hidden.values.assign(2 * 64, 0.5f);
+  auto to_first = talk(0, hidden);
+  ASSERT_TRUE(to_first.ok()) << to_first.error().message();
+  EXPECT_EQ(to_first->type, MsgType::kError);
+  EXPECT_NE(to_first->reason.find("0 token ids and 128 hidden values for 2 tokens"), std::string::npos)
+      << to_first->reason;
+  hidden.values.assign(2 * 32, 0.5f);  // a whole row per token, but 32 wide where the model is 64
+  auto narrow = talk(1, hidden);
+  ASSERT_TRUE(narrow.ok()) << narrow.error().message();
+  EXPECT_EQ(narrow->type, MsgType::kError);
+  EXPECT_NE(narrow->reason.find("64 hidden values for 2 tokens of width 64"), std::string::npos) << narrow->reason;
+}
+
 TEST_F(PipelineRuntime, StageWithWrongMeasurementIsRefusedBeforeItReceivesAnything) {
   ShardManifest m = make_manifest({0, 2, 5});
   start_stages(m);
