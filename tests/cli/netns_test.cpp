@@ -154,7 +154,9 @@ TEST_F(NetnsTest, ThreeStagesInThreeNamespacesServeTheSingleNodeText) {
                           {ip, "netns", "exec", stage_ns[i]}),
               "tcp:" + endpoints[i]);
   }
-  auto [front, port] = start_front("stages.json", {ip, "netns", "exec", front_ns});
+  Front started = start_front("stages.json", {ip, "netns", "exec", front_ns});
+  auto& front = started.process;
+  const uint16_t port = started.port;
   ASSERT_NE(port, 0);
   HttpResponse got = in_namespace(front_ns, [&] { return complete(port, 16); });
   EXPECT_EQ(completion_text(got), want) << got.raw;

@@ -65,6 +65,7 @@ class PipelineCliTest : public CliTest {
 
   // Starts the front of a plain stories260K pipeline (`veil serve --manifest`, plain HTTP, no API keys, 5 s stage
   // timeout), behind `launcher` when given; `port` is the one it announced, 0 (with a test failure) if it did not.
+  // Callers copy the fields out rather than use a structured binding: clang 14 cannot capture one in a lambda.
   struct Front {
     std::unique_ptr<Process> process;
     uint16_t port = 0;

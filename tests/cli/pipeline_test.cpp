@@ -27,7 +27,9 @@ TEST_F(PipelineCliTest, TwoStageProcessesServeGreedyTextAndSurviveKillNine) {
   expect_one_line_error(refused, 3, /*logs_before=*/true);
   EXPECT_NE(refused.err.find("pipeline stage 0"), std::string::npos) << refused.describe();
 
-  auto [front, port] = start_front("front.json");
+  Front started = start_front("front.json");
+  auto& front = started.process;
+  const uint16_t port = started.port;
   ASSERT_NE(port, 0);
 
   HttpResponse ok = complete(port, 8);
@@ -91,7 +93,9 @@ TEST_F(PipelineCliTest, StageBehindVeilRelayServesTheSameText) {
   EXPECT_NE(in_use.err.find("relay: listening on"), std::string::npos) << in_use.describe();
 
   write_text(path("front.json"), manifest(meas, {ep0, relay_ep}));
-  auto [front, port] = start_front("front.json");
+  Front started = start_front("front.json");
+  auto& front = started.process;
+  const uint16_t port = started.port;
   ASSERT_NE(port, 0);
   std::string text = completion_text(complete(port, 8));
   EXPECT_EQ(text.rfind(", there was a little girl", 0), 0u) << text;
