@@ -13,9 +13,13 @@ namespace veil::attest {
 
 namespace {
 
-constexpr char kMagic[] = "VEILSIM1";
+constexpr char kMagic[] = "VEILSIM2";
+constexpr char kMagicV1[] = "VEILSIM1";
 constexpr size_t kMagicSize = 8;
-constexpr std::string_view kDomain = "veil-sim-evidence-v1";
+constexpr std::string_view kDomain = "veil-sim-evidence-v2";
+// The platform signing key (ECDSA P-256) is derived from the 32-byte seed in the key file.
+constexpr std::string_view kPlatformKeyInfo = "veil-sim-platform-key/p256/v1";
+constexpr size_t kSignatureSize = 64;  // r || s
 constexpr size_t kMaxBody = 4096;
 constexpr size_t kSeedSize = 32;
 
@@ -27,9 +31,10 @@ Result<SecretBytes> load_seed(const std::filesystem::path& key_file, bool create
   if (::stat(key_file.c_str(), &st) != 0) {
     if (errno != ENOENT) return make_error(ErrorCode::kIo, "sim platform key {}: {}", key_file.string(), std::strerror(errno));
     if (!create) return make_error(ErrorCode::kNotFound, "sim platform key {}: does not exist (create it with --create-key)", key_file.string());
-    auto kp = crypto::ed25519_generate();
-    VEIL_TRY(write_file_atomic(key_file, kp.seed.view(), 0600));
-    return std::move(kp.seed);
+    SecretBytes seed(kSeedSize);
+    crypto::random_bytes(seed.span());
+    VEIL_TRY(write_file_atomic(key_file, seed.view(), 0600));
+    return seed;
   }
   if ((st.st_mode & 077) != 0)
     return make_error(ErrorCode::kSecurity, "sim platform key {}: mode {:o} lets others read it (must be 0600)", key_file.string(),
@@ -57,16 +62,17 @@ Bytes signed_message(ByteView header_and_body) {
   return m;
 }
 
+crypto::EcKeyPair platform_key(const SecretBytes& seed) {
+  return crypto::ec_derive(crypto::EcCurve::kP256, seed.view(), kPlatformKeyInfo);
+}
+
 // Holds the platform seed and the measurement taken once, when the provider was made: the measurement is of
-// the executable and configuration as they were at start, and quotes cost one signature.
+// the executable and configuration as they were at start, and quotes cost one signature with the loaded key.
 class SimProvider final : public Provider {
  public:
-  SimProvider(SecretBytes seed, Bytes measurement) : seed_(std::move(seed)), measurement_(std::move(measurement)) {
-    auto kp = crypto::ed25519_from_seed(seed_.view());
-    if (kp.ok()) {
-      key_id_ = crypto::sha256(kp->public_key);
-      signing_ = std::move(*kp);  // keeps the loaded key: a quote is one signature, not a key load plus one
-    }
+  SimProvider(SecretBytes seed, Bytes measurement)
+      : seed_(std::move(seed)), signing_(platform_key(seed_)), measurement_(std::move(measurement)) {
+    key_id_ = crypto::sha256(signing_.public_key);
   }
   TeeType type() const override { return TeeType::kSim; }
 
@@ -83,8 +89,7 @@ class SimProvider final : public Provider {
     uint32_t n = static_cast<uint32_t>(text.size());
     for (int i = 0; i < 4; ++i) data.push_back(static_cast<uint8_t>(n >> (8 * i)));
     data.insert(data.end(), text.begin(), text.end());
-    if (!signing_.handle) return Error(ErrorCode::kInternal, "sim provider: the platform key did not load");
-    VEIL_ASSIGN_OR_RETURN(auto sig, crypto::ed25519_sign(signing_, signed_message(data)));
+    VEIL_ASSIGN_OR_RETURN(Bytes sig, crypto::ecdsa_sign_digest(signing_, crypto::sha256(signed_message(data))));
     data.insert(data.end(), sig.begin(), sig.end());
     return Evidence{TeeType::kSim, std::move(data)};
   }
@@ -95,7 +100,7 @@ class SimProvider final : public Provider {
 
  private:
   SecretBytes seed_;
-  crypto::Ed25519KeyPair signing_;
+  crypto::EcKeyPair signing_;
   Bytes measurement_;
   crypto::Sha256Digest key_id_{};
 };
@@ -108,10 +113,19 @@ class SimVerifier final : public Verifier {
     const Bytes* pub = collateral.find(item::kSimPlatformPublicKey);
     if (pub == nullptr)
       return Error(ErrorCode::kSecurity, "sim evidence: collateral item 'sim_platform_public_key' is missing (no trusted platform key)");
-    if (pub->size() != 32)
-      return make_error(ErrorCode::kCorrupt, "sim evidence: collateral item 'sim_platform_public_key' is {} bytes, expected 32", pub->size());
+    if (pub->size() == 32)
+      return Error(ErrorCode::kUnsupported,
+                   "sim evidence: collateral item 'sim_platform_public_key' is a 32-byte Ed25519 key of sim format 1; format 2 "
+                   "uses a 65-byte P-256 key: export the collateral again (veil attest quote --collateral-out)");
+    if (pub->size() != 65 || (*pub)[0] != 0x04)
+      return make_error(ErrorCode::kCorrupt,
+                        "sim evidence: collateral item 'sim_platform_public_key' is {} bytes, expected an uncompressed P-256 "
+                        "point (65 bytes starting 0x04)", pub->size());
     VEIL_ASSIGN_OR_RETURN(SimEvidence ev, parse_sim_evidence(evidence.data));
-    if (!crypto::ed25519_verify(*pub, ev.signed_message, ev.signature))
+    const ByteView sig(ev.signature);
+    if (!crypto::ecdsa_verify_digest(crypto::EcCurve::kP256, *pub, crypto::sha256(ev.signed_message), sig.first(32),
+                                     sig.subspan(32))
+             .ok())
       return Error(ErrorCode::kSecurity, "sim evidence: signature does not verify with the platform public key");
     auto key_id = crypto::sha256(*pub);
     if (!ct_equal(key_id, ev.platform_key_id))
@@ -131,11 +145,15 @@ class SimVerifier final : public Verifier {
 }  // namespace
 
 Result<SimEvidence> parse_sim_evidence(ByteView data) {
-  if (data.size() < kMagicSize + 4 + 64) return corrupt(fmt::format("{} bytes is too short", data.size()));
-  if (std::memcmp(data.data(), kMagic, kMagicSize) != 0) return corrupt("bad magic at byte 0 (expected VEILSIM1)");
+  if (data.size() >= kMagicSize && std::memcmp(data.data(), kMagicV1, kMagicSize) == 0)
+    return Error(ErrorCode::kUnsupported,
+                 "sim evidence: format 1 (magic VEILSIM1, Ed25519) is no longer accepted: quote again with this version "
+                 "(format 2, VEILSIM2, ECDSA P-256)");
+  if (data.size() < kMagicSize + 4 + kSignatureSize) return corrupt(fmt::format("{} bytes is too short", data.size()));
+  if (std::memcmp(data.data(), kMagic, kMagicSize) != 0) return corrupt("bad magic at byte 0 (expected VEILSIM2)");
   uint32_t n = 0;
   for (int i = 0; i < 4; ++i) n |= static_cast<uint32_t>(data[kMagicSize + i]) << (8 * i);
-  if (n > kMaxBody || kMagicSize + 4 + n + 64 != data.size())
+  if (n > kMaxBody || kMagicSize + 4 + n + kSignatureSize != data.size())
     return corrupt(fmt::format("body length {} at byte 8 does not match the evidence size {}", n, data.size()));
   SimEvidence ev;
   size_t body_off = kMagicSize + 4;
@@ -192,8 +210,7 @@ Result<Bytes> sim_measurement(const std::filesystem::path& executable, const std
 
 Result<Bytes> sim_platform_public_key(const std::filesystem::path& key_file, bool create) {
   VEIL_ASSIGN_OR_RETURN(SecretBytes seed, load_seed(key_file, create));
-  VEIL_ASSIGN_OR_RETURN(auto kp, crypto::ed25519_from_seed(seed.view()));
-  return Bytes(kp.public_key.begin(), kp.public_key.end());
+  return platform_key(seed).public_key;
 }
 
 std::unique_ptr<Verifier> make_sim_verifier() { return std::make_unique<SimVerifier>(); }
@@ -202,7 +219,6 @@ Result<std::unique_ptr<Provider>> make_sim_provider(const ProviderOptions& optio
   if (options.sim_platform_key.empty())
     return Error(ErrorCode::kInvalidArgument, "sim provider: option sim_platform_key (the platform key file) is required");
   VEIL_ASSIGN_OR_RETURN(SecretBytes seed, load_seed(options.sim_platform_key, options.sim_create_key));
-  VEIL_TRY(crypto::ed25519_from_seed(seed.view()));
   VEIL_ASSIGN_OR_RETURN(Bytes measurement, sim_measurement(options.sim_executable, options.sim_config));
   return std::unique_ptr<Provider>(new SimProvider(std::move(seed), std::move(measurement)));
 }

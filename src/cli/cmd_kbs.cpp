@@ -5,6 +5,7 @@
 #include <string>
 
 #include "attest/attest.h"
+#include "attest/sim.h"
 #include "channel/channel.h"
 #include "cli/command.h"
 #include "kbs/kbs.h"
@@ -75,11 +76,9 @@ Result<attest::Collateral> collateral(const KbsArgs& a) {
   }
   // Simulated TEE on this machine: trust its own simulated platform key unless told otherwise.
   if (a.tee == "sim" && !a.sim_platform_key.empty() && !c.find("sim_platform_public_key")) {
-    VEIL_ASSIGN_OR_RETURN(Bytes seed, read_file(a.sim_platform_key, 64));
-    auto kp = crypto::ed25519_from_seed(seed);
-    secure_zero(seed.data(), seed.size());
-    if (!kp.ok()) return std::move(kp).error().wrap("kbs: sim platform key");
-    c.items["sim_platform_public_key"] = Bytes(kp->public_key.begin(), kp->public_key.end());
+    auto pub = attest::sim_platform_public_key(a.sim_platform_key, false);
+    if (!pub.ok()) return std::move(pub).error().wrap("kbs");
+    c.items["sim_platform_public_key"] = std::move(*pub);
   }
   return c;
 }

@@ -121,10 +121,28 @@ Result<std::array<uint8_t, 64>> ed25519_sign(ByteView seed, ByteView message);
 Result<std::array<uint8_t, 64>> ed25519_sign(const Ed25519KeyPair& key, ByteView message);  // reuses key.handle
 bool ed25519_verify(ByteView public_key, ByteView message, ByteView signature);
 
-// ECDSA verification over a prehashed or raw message with (r, s) given big-endian, each `curve_bytes` long.
+// ---- ECDSA (P-256, P-384, secp256k1) ----
 enum class EcCurve { kP256, kP384, kSecp256k1 };
-size_t ec_curve_bytes(EcCurve curve);
-// public_key: uncompressed point (0x04 || X || Y) or raw X || Y.
+size_t ec_curve_bytes(EcCurve curve);      // 32 or 48
+const char* ec_curve_name(EcCurve curve);  // "P-256", "P-384", "secp256k1"
+
+struct EcKeyPair {
+  EcCurve curve = EcCurve::kP256;
+  SecretBytes private_key;             // big-endian scalar in [1, n-1], ec_curve_bytes(curve) bytes
+  Bytes public_key;                    // uncompressed point 0x04 || X || Y
+  std::shared_ptr<const void> handle;  // the loaded key (opaque): signing does not reload it
+};
+// kInvalidArgument when `private_key` has the wrong size or is not in [1, n-1].
+Result<EcKeyPair> ec_from_private(EcCurve curve, ByteView private_key);
+EcKeyPair ec_generate(EcCurve curve);
+// A key from secret input key material: HKDF-SHA256(salt = none, ikm, info || counter byte) with counter 0, 1, ...
+// until the output is a valid scalar (the first try succeeds with overwhelming probability).
+EcKeyPair ec_derive(EcCurve curve, ByteView ikm, std::string_view info);
+// Signs a digest: r || s, each ec_curve_bytes(curve) big-endian, s normalised to the lower half of the group
+// order (low-S, accepted by plain ECDSA verifiers and by those that insist on it). OpenSSL's DRBG supplies k.
+Result<Bytes> ecdsa_sign_digest(const EcKeyPair& key, ByteView digest);
+// Verifies (r, s) over a digest. public_key: uncompressed point (0x04 || X || Y) or raw X || Y. Decoded public
+// keys are cached (a few, bounded), so repeated verifications with one key skip the point validation.
 Status ecdsa_verify_digest(EcCurve curve, ByteView public_key, ByteView digest, ByteView r, ByteView s);
 
 }  // namespace veil::crypto

@@ -10,7 +10,7 @@ SigningKeys derive_signing_keys(ByteView sealing_root) {
                                   as_bytes("veil/server/signing/ed25519/v1"), 32);
   auto ed = crypto::ed25519_from_seed(seed.view());
   keys.ed25519 = ed.ok() ? std::move(ed).value() : crypto::ed25519_generate();
-  keys.secp256k1 = crypto::secp256k1_derive(sealing_root, "veil/server/signing/secp256k1/v1");
+  keys.secp256k1 = crypto::ec_derive(crypto::EcCurve::kSecp256k1, sealing_root, "veil/server/signing/secp256k1/v1");
   return keys;
 }
 
@@ -26,7 +26,7 @@ Result<std::vector<SignatureEntry>> sign_text(const SigningKeys& keys, const std
   VEIL_ASSIGN_OR_RETURN(auto ed, crypto::ed25519_sign(keys.ed25519, as_bytes(text)));
   out.push_back({"ed25519", to_hex(keys.ed25519.public_key), to_hex(ed)});
   auto digest = crypto::sha256(as_bytes(text));
-  VEIL_ASSIGN_OR_RETURN(auto k1, crypto::secp256k1_sign_digest(keys.secp256k1.private_key.view(), digest));
+  VEIL_ASSIGN_OR_RETURN(auto k1, crypto::ecdsa_sign_digest(keys.secp256k1, digest));
   out.push_back({"ecdsa-secp256k1-sha256", to_hex(keys.secp256k1.public_key), to_hex(k1)});
   return out;
 }

@@ -24,13 +24,12 @@
 #include "attest/attest.h"
 #include "core/core.h"
 #include "crypto/crypto.h"
-#include "crypto/secp256k1.h"
 
 namespace veil::server {
 
 struct SigningKeys {
   crypto::Ed25519KeyPair ed25519;
-  crypto::Secp256k1KeyPair secp256k1;
+  crypto::EcKeyPair secp256k1;  // curve kSecp256k1
 };
 
 // Keys derived from the TEE's sealing root (HKDF-SHA256, labels "veil/server/signing/ed25519/v1" and

@@ -1,9 +1,9 @@
 // Policy parsing and checks, evidence JSON, and the simulated TEE round trip.
 #include <gtest/gtest.h>
-
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
@@ -345,6 +345,25 @@ TEST_F(SimFixture, TamperedOrUntrustedEvidenceRefused) {
   EXPECT_FALSE(verify_evidence(*ev, other, sim_policy(), rd(3), now()).ok());
   // No collateral: refused.
   EXPECT_FALSE(verify_evidence(*ev, Collateral{}, sim_policy(), rd(3), now()).ok());
+}
+
+// Format 1 (Ed25519, "VEILSIM1") evidence and a 32-byte format 1 platform key are refused, each saying why.
+TEST_F(SimFixture, FormatOneEvidenceAndKeysAreRefusedWithAReason) {
+  auto provider = make_provider("sim", opts);
+  ASSERT_TRUE(provider.ok());
+  auto ev = (*provider)->quote(rd(4));
+  ASSERT_TRUE(ev.ok());
+  ASSERT_EQ(std::string(ev->data.begin(), ev->data.begin() + 8), "VEILSIM2");
+  Evidence v1 = *ev;
+  std::memcpy(v1.data.data(), "VEILSIM1", 8);
+  auto r = verify_evidence(v1, collateral(), sim_policy(), rd(4), now());
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().message().find("format 1"), std::string::npos) << r.error().message();
+  Collateral old;
+  old.items[item::kSimPlatformPublicKey] = Bytes(32, 0x11);
+  auto k = verify_evidence(*ev, old, sim_policy(), rd(4), now());
+  ASSERT_FALSE(k.ok());
+  EXPECT_NE(k.error().message().find("export the collateral again"), std::string::npos) << k.error().message();
 }
 
 TEST_F(SimFixture, SealingRootStableAndBoundToMeasurement) {

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <future>
 
+#include "attest/sim.h"
 #include "channel/channel.h"
 
 namespace veil::channel {
@@ -26,11 +27,9 @@ class SimChannel : public ::testing::Test {
     ASSERT_TRUE(p.ok()) << p.error().message();
     provider_ = std::move(*p);
     // Learn this binary's measurement and the platform key from one quote, checked by the sim verifier itself.
-    auto seed = read_file(po.sim_platform_key, 64);
-    ASSERT_TRUE(seed.ok());
-    auto kp = crypto::ed25519_from_seed(*seed);
-    ASSERT_TRUE(kp.ok());
-    collateral_.items["sim_platform_public_key"] = Bytes(kp->public_key.begin(), kp->public_key.end());
+    auto pub = attest::sim_platform_public_key(po.sim_platform_key, false);
+    ASSERT_TRUE(pub.ok()) << pub.error().message();
+    collateral_.items["sim_platform_public_key"] = *pub;
     auto ev = provider_->quote(attest::ReportData{});
     ASSERT_TRUE(ev.ok()) << ev.error().message();
     auto claims = attest::verifier_for(attest::TeeType::kSim)->verify(*ev, collateral_, std::chrono::system_clock::now());

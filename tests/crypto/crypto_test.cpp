@@ -132,5 +132,64 @@ TEST(Ed25519, Rfc8032Test1) {
   EXPECT_EQ(*sig2, *sig);
 }
 
+// The scalar 1 gives the generator: the P-256 point of SEC 2 / FIPS 186-4 D.1.2.3.
+TEST(Ecdsa, P256PrivateKeyOneIsTheGenerator) {
+  Bytes one(32, 0);
+  one[31] = 1;
+  auto kp = ec_from_private(EcCurve::kP256, one);
+  ASSERT_TRUE(kp.ok()) << kp.error().message();
+  EXPECT_EQ(to_hex(kp->public_key),
+            "04" "6b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296"
+            "4fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5");
+  EXPECT_FALSE(ec_from_private(EcCurve::kP256, Bytes(32, 0)).ok());     // 0 is not a scalar
+  EXPECT_FALSE(ec_from_private(EcCurve::kP256, Bytes(32, 0xff)).ok());  // above the group order
+  EXPECT_FALSE(ec_from_private(EcCurve::kP256, Bytes(31, 1)).ok());     // wrong size
+}
+
+class EcdsaCurves : public ::testing::TestWithParam<EcCurve> {};
+
+// Sign with the loaded key, verify (twice: the second uses the cached public key), refuse a changed digest, a
+// changed signature and another key; s is always in the lower half of the order.
+TEST_P(EcdsaCurves, SignVerifyRoundTripLowS) {
+  const EcCurve curve = GetParam();
+  const size_t n = ec_curve_bytes(curve);
+  auto kp = ec_derive(curve, as_bytes("test input key material"), "veil-test/ecdsa");
+  auto same = ec_derive(curve, as_bytes("test input key material"), "veil-test/ecdsa");
+  EXPECT_EQ(kp.public_key, same.public_key);  // derivation is deterministic
+  ASSERT_EQ(kp.public_key.size(), 2 * n + 1);
+  auto other = ec_generate(curve);
+  Bytes digest(n, 0x5a);
+  for (int i = 0; i < 8; ++i) {
+    digest[0] = static_cast<uint8_t>(i);
+    auto sig = ecdsa_sign_digest(kp, digest);
+    ASSERT_TRUE(sig.ok()) << sig.error().message();
+    ASSERT_EQ(sig->size(), 2 * n);
+    const ByteView r = ByteView(*sig).first(n), s = ByteView(*sig).subspan(n);
+    EXPECT_LT(s[0], 0x80) << "high-S signature";
+    EXPECT_TRUE(ecdsa_verify_digest(curve, kp.public_key, digest, r, s).ok());
+    EXPECT_TRUE(ecdsa_verify_digest(curve, ByteView(kp.public_key).subspan(1), digest, r, s).ok());  // raw X || Y
+    EXPECT_FALSE(ecdsa_verify_digest(curve, other.public_key, digest, r, s).ok());
+    Bytes changed = digest;
+    changed[1] ^= 1;
+    EXPECT_FALSE(ecdsa_verify_digest(curve, kp.public_key, changed, r, s).ok());
+    Bytes bad_s(s.begin(), s.end());
+    bad_s[n - 1] ^= 1;
+    EXPECT_FALSE(ecdsa_verify_digest(curve, kp.public_key, digest, r, bad_s).ok());
+  }
+  // A point that is not on the curve is refused, not cached.
+  Bytes off = kp.public_key;
+  off[2 * n] ^= 1;
+  auto sig = ecdsa_sign_digest(kp, digest);
+  EXPECT_FALSE(ecdsa_verify_digest(curve, off, digest, ByteView(*sig).first(n), ByteView(*sig).subspan(n)).ok());
+  EXPECT_FALSE(ecdsa_sign_digest(EcKeyPair{}, digest).ok());  // a key that was not loaded
+}
+
+INSTANTIATE_TEST_SUITE_P(All, EcdsaCurves, ::testing::Values(EcCurve::kP256, EcCurve::kP384, EcCurve::kSecp256k1),
+                         [](const auto& info) {
+                           return std::string(info.param == EcCurve::kP256   ? "P256"
+                                              : info.param == EcCurve::kP384 ? "P384"
+                                                                             : "secp256k1");
+                         });
+
 }  // namespace
 }  // namespace veil::crypto

@@ -5,6 +5,7 @@
 #include <sqlite3.h>
 
 #include "attest/attest.h"
+#include "attest/sim.h"
 #include "channel/channel.h"
 #include "kbs/kbs.h"
 #include "kbs_test_util.h"
@@ -52,11 +53,9 @@ struct E2E : ::testing::Test {
     broker_tee = sim("broker");
     node_a = sim("node-a");
     node_b = sim("node-b");
-    auto seed = read_file(platform_key);
-    ASSERT_TRUE(seed.ok());
-    auto kp = crypto::ed25519_from_seed(*seed);
-    ASSERT_TRUE(kp.ok());
-    collateral.items["sim_platform_public_key"] = Bytes(kp->public_key.begin(), kp->public_key.end());
+    auto pub = attest::sim_platform_public_key(platform_key, false);
+    ASSERT_TRUE(pub.ok()) << pub.error().message();
+    collateral.items["sim_platform_public_key"] = *pub;
     measurement_a = measure(*node_a);
     measurement_broker = measure(*broker_tee);
     ASSERT_NE(measurement_a, measure(*node_b));

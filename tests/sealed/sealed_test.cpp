@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "attest/attest.h"
+#include "attest/sim.h"
 #include "sealed/sealed.h"
 
 namespace veil::sealed {
@@ -388,11 +389,9 @@ TEST(DeriveKey, StableForTheSameMeasurementDifferentOtherwise) {
 
   // With collateral, the verified measurement is folded in too; still stable, still distinct.
   attest::Collateral col;
-  auto pk = read_file(sim.dir / "platform.key");
-  ASSERT_TRUE(pk.ok());
-  auto kp2 = crypto::ed25519_from_seed(*pk);
-  ASSERT_TRUE(kp2.ok());
-  col.items["sim_platform_public_key"] = Bytes(kp2->public_key.begin(), kp2->public_key.end());
+  auto pk = attest::sim_platform_public_key(sim.dir / "platform.key", false);
+  ASSERT_TRUE(pk.ok()) << pk.error().message();
+  col.items["sim_platform_public_key"] = *pk;
   auto m1 = derive_key(*a1, "node-signing-key", &col);
   auto m2 = derive_key(*a2, "node-signing-key", &col);
   auto mb = derive_key(*b, "node-signing-key", &col);

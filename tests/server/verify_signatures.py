@@ -9,7 +9,7 @@ Input: a JSON file (argv[1]) with
   events:         the exact SSE events received, "data: ...\\n\\n" each, without the final [DONE]
   attestation:    (optional) the body of GET /v1/attestation?nonce=...
   nonce:          (optional) hex nonce the attestation must bind
-  platform_public_key: (optional) hex Ed25519 key of the simulated TEE platform
+  platform_public_key: (optional) hex P-256 key (65-byte uncompressed point) of the simulated TEE platform
 Prints OK and exits 0 when every check passes; prints the first failure and exits 1 otherwise.
 """
 import base64
@@ -100,7 +100,7 @@ def verify_attestation(att, nonce_hex, platform_pub_hex, keys):
     if ev["type"] != "sim":
         return
     data = base64.b64decode(ev["data"])
-    if data[:8] != b"VEILSIM1":
+    if data[:8] != b"VEILSIM2":
         fail("sim evidence magic")
     (body_len,) = struct.unpack("<I", data[8:12])
     body = data[12:12 + body_len]
@@ -112,8 +112,9 @@ def verify_attestation(att, nonce_hex, platform_pub_hex, keys):
         fail("the evidence does not carry the expected report_data")
     if platform_pub_hex:
         try:
-            ed25519.Ed25519PublicKey.from_public_bytes(bytes.fromhex(platform_pub_hex)).verify(
-                sig, b"veil-sim-evidence-v1" + data[:12 + body_len])
+            platform = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), bytes.fromhex(platform_pub_hex))
+            der = encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
+            platform.verify(der, b"veil-sim-evidence-v2" + data[:12 + body_len], ec.ECDSA(hashes.SHA256()))
         except InvalidSignature:
             fail("sim evidence signature does not verify")
 
