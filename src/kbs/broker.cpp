@@ -162,18 +162,31 @@ struct Broker::Impl {
     return ok_status();
   }
 
-  // Appends a refusal in its own transaction; returns the refusal error (or the audit failure).
-  Error refuse(const ReleaseRequest& r, const attest::Claims* claims, Error why) {
+  // The audit fields that say who asked for what: model, version, the layer range if any, peer, evidence.
+  static nlohmann::ordered_json request_event(std::string_view event, const ReleaseRequest& r,
+                                              const attest::Claims* claims) {
     nlohmann::ordered_json e;
-    e["event"] = "refuse";
+    e["event"] = event;
     e["model_id"] = r.model_id;
     e["version"] = r.version;
+    if (r.range) {
+      e["range"] = {{"first_layer", r.range->first_layer},
+                    {"last_layer", r.range->last_layer},
+                    {"layer_count", r.range->layer_count},
+                    {"tied_embeddings", r.range->tied_embeddings}};
+    }
     e["peer"] = r.peer;
     if (claims) {
       e["tee"] = attest::tee_type_name(claims->type);
       auto& m = e["measurements"] = nlohmann::ordered_json::object();
       for (const auto& [k, v] : claims->measurements) m[k] = to_hex(v);
     }
+    return e;
+  }
+
+  // Appends a refusal in its own transaction; returns the refusal error (or the audit failure).
+  Error refuse(const ReleaseRequest& r, const attest::Claims* claims, Error why) {
+    nlohmann::ordered_json e = request_event("refuse", r, claims);
     e["reason"] = why.message();
     Tx tx(*this);
     Status st = tx.ok() ? append_audit(std::move(e)) : Status(db_error("begin"));
@@ -316,7 +329,17 @@ Status Broker::add_key(const std::string& model_id, uint64_t version, const Secr
 Result<Release> Broker::release(const ReleaseRequest& r, const attest::Claims& claims) {
   Impl& d = *impl_;
   std::lock_guard lock(d.mu);
-  const std::string what = fmt::format("kbs: release of model '{}' version {}", r.model_id, r.version);
+  const std::string what =
+      r.range ? fmt::format("kbs: release of model '{}' version {} layers {}..{}", r.model_id, r.version,
+                            r.range->first_layer, r.range->last_layer)
+              : fmt::format("kbs: release of model '{}' version {}", r.model_id, r.version);
+  std::optional<sealed::RangeSpec> spec;
+  if (r.range) {
+    auto s = sealed::range_spec_for({r.range->first_layer, r.range->last_layer}, r.range->layer_count,
+                                    r.range->tied_embeddings);
+    if (!s.ok()) return d.refuse(r, &claims, s.error().wrap(what));
+    spec = *s;
+  }
   Bytes wrapped, key_id;
   std::string policy_text;
   {
@@ -366,21 +389,23 @@ Result<Release> Broker::release(const ReleaseRequest& r, const attest::Claims& c
                                  what));
     }
   }
+  if (spec) {
+    // A range request gets only its parts' keys: the model key never leaves this function.
+    auto set = sealed::RangeKeySet::derive(out.key, r.model_id, r.version, *spec);
+    out.key.clear();
+    if (!set.ok()) return d.refuse(r, &claims, set.error().wrap(what));
+    out.range_keys = std::move(*set);
+  }
   Impl::Tx tx(d);
   if (!tx.ok()) return d.db_error("begin");
   if (r.version > *highest) VEIL_TRY(d.write_highest(r.model_id, r.version));
-  nlohmann::ordered_json e;
-  e["event"] = "release";
-  e["model_id"] = r.model_id;
-  e["version"] = r.version;
-  e["peer"] = r.peer;
-  e["tee"] = attest::tee_type_name(claims.type);
-  auto& m = e["measurements"] = nlohmann::ordered_json::object();
-  for (const auto& [k, v] : claims.measurements) m[k] = to_hex(v);
+  nlohmann::ordered_json e = Impl::request_event("release", r, &claims);
   e["key_id"] = to_hex(out.key_id);
+  if (out.range_keys) e["released"] = out.range_keys->describe();
   VEIL_TRY(d.append_audit(std::move(e)));
   VEIL_TRY(tx.commit());
-  spdlog::info("kbs: released model {} version {} to {}", r.model_id, r.version, r.peer);
+  spdlog::info("kbs: released model {} version {}{} to {}", r.model_id, r.version,
+               out.range_keys ? " (" + out.range_keys->describe() + ")" : std::string(), r.peer);
   return out;
 }
 
