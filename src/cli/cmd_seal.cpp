@@ -80,11 +80,16 @@ Status run_seal(const SealArgs& a) {
     VEIL_ASSIGN_OR_RETURN(key, sealed::read_key_file(a.key_file));
   }
   VEIL_ASSIGN_OR_RETURN(Bytes sealed_bytes, sealed::seal_gguf(*file, key, o));
-  if (broker) VEIL_TRY(broker->add_key(a.model_id, a.version, key, policy_text));
-  Status st = write_file_atomic(a.out, sealed_bytes, 0644);
-  if (!st.ok()) return std::move(st).error().wrap("seal: writing the sealed model");
   auto h = sealed::parse_header(sealed_bytes);
   if (!h.ok()) return std::move(h).error();
+  if (broker) {
+    // The broker records the layer count, to check pipeline stages' range requests against it.
+    uint32_t layers = sealed::layer_count(*h);
+    VEIL_TRY(broker->add_key(a.model_id, a.version, key, policy_text,
+                             layers > 0 ? std::optional<uint32_t>(layers) : std::nullopt));
+  }
+  Status st = write_file_atomic(a.out, sealed_bytes, 0644);
+  if (!st.ok()) return std::move(st).error().wrap("seal: writing the sealed model");
   std::printf("sealed %s -> %s: format %u, model %s version %llu, %llu chunks, key id %s%s\n", a.model.c_str(),
               a.out.c_str(), static_cast<unsigned>(h->format_version), a.model_id.c_str(),
               static_cast<unsigned long long>(a.version),

@@ -46,7 +46,8 @@ struct KeyRecord {
   uint64_t version = 0;
   std::array<uint8_t, 16> key_id{};
   std::string policy_json;
-  int64_t created_at = 0;  // unix seconds
+  int64_t created_at = 0;                // unix seconds
+  std::optional<uint32_t> layer_count;   // the sealed model's layers, when given at add-key
 };
 
 struct AuditEntry {
@@ -96,8 +97,10 @@ class Broker {
   Broker& operator=(const Broker&) = delete;
 
   // Stores a model key with its release policy (attest policy JSON, validated). Refuses an existing
-  // (model id, version).
-  Status add_key(const std::string& model_id, uint64_t version, const SecretBytes& key, const std::string& policy_json);
+  // (model id, version). `layer_count` (the sealed model's, 1..sealed::kMaxModelLayers), when given, is bound
+  // into the wrapped record and range requests naming another layer count are refused.
+  Status add_key(const std::string& model_id, uint64_t version, const SecretBytes& key, const std::string& policy_json,
+                 std::optional<uint32_t> layer_count = std::nullopt);
 
   // Decides a release for verified claims (their report_data already checked by the channel). Applies
   // the model's policy with `claims.report_data` as the expected binding, then rollback protection.

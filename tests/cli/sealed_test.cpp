@@ -212,6 +212,13 @@ TEST_F(SealedTest, KbsKeyManagementAndAudit) {
   expect_ok(add);
   EXPECT_NE(add.out.find("stories260K version 1"), std::string::npos) << add.out;
 
+  // A sealed model that is not this model, version and key is refused (exit 1, one line).
+  RunResult mismatch = veil(with_db({"kbs", "add-key", "--model-id", "stories260K", "--version", "2", "--policy",
+                                     path("policy.json").string(), "--key-file", path("model.key").string(),
+                                     "--sealed-model", path("m.vsm").string()}));
+  expect_one_line_error(mismatch, 1);
+  EXPECT_NE(mismatch.err.find("not this model, version and key"), std::string::npos) << mismatch.err;
+
   RunResult list = veil(with_db({"kbs", "list"}));
   expect_ok(list);
   EXPECT_NE(list.out.find("stories260K\tversion 1\tkey id "), std::string::npos) << list.out;
@@ -263,9 +270,10 @@ TEST_F(SealedTest, SealStraightIntoTheBroker) {
 TEST_F(SealedTest, ServeASealedModelWithKeysFromTheBroker) {
   seal();
   expect_ok(veil({"kbs", "gen-master-key", path("master.key").string()}));
+  // With --sealed-model the broker records the layer count (5) and checks stages' range requests against it.
   expect_ok(veil({"kbs", "add-key", "--db", path("kbs.db").string(), "--master-key", path("master.key").string(),
                   "--model-id", "stories260K", "--version", "1", "--policy", path("policy.json").string(),
-                  "--key-file", path("model.key").string()}));
+                  "--key-file", path("model.key").string(), "--sealed-model", path("m.vsm").string()}));
   // One simulated machine: the platform key both processes use.
   expect_ok(veil({"attest", "quote", "--provider", "sim", "--create-key", "--platform-key", path("platform.key").string(),
                   "--report-data", "00", "--out", path("ev.json").string()}));
@@ -358,7 +366,7 @@ TEST_F(SealedTest, ServeASealedModelWithKeysFromTheBroker) {
 
   RunResult list = veil({"kbs", "list", "--db", path("kbs.db").string(), "--master-key", path("master.key").string()});
   expect_ok(list);
-  EXPECT_NE(list.out.find("highest released 1"), std::string::npos) << list.out;
+  EXPECT_NE(list.out.find("highest released 1\tlayers 5"), std::string::npos) << list.out;
   // The audit log: the stage's release names its range and what it got (never the model key).
   RunResult audit = veil({"kbs", "audit", "show", "--db", path("kbs.db").string(), "--master-key",
                           path("master.key").string()});

@@ -251,6 +251,58 @@ TEST_F(BrokerFixture, RangeRequestsFollowPolicyRollbackAndValidation) {
   EXPECT_TRUE(broker->verify_audit().ok());
 }
 
+// A key stored with its model's layer count: range requests naming another count are refused; the count is bound
+// into the wrapped record, so changing it in the database makes the key unusable.
+TEST_F(BrokerFixture, KnownLayerCountIsEnforcedAndBound) {
+  SecretBytes key3 = sealed::generate_model_key();
+  ASSERT_TRUE(broker->add_key("stories", 3, key3, test::sim_policy(good), 5).ok());
+  EXPECT_FALSE(broker->add_key("other", 1, key3, test::sim_policy(good), 0).ok());
+  ReleaseRequest r = req(3);
+  r.range = RangeRequest{1, 2, 5, false};
+  ASSERT_TRUE(broker->release(r, sim_claims(good, now)).ok());
+  r.range = RangeRequest{1, 2, 6, false};
+  auto wrong = broker->release(r, sim_claims(good, now));
+  ASSERT_FALSE(wrong.ok());
+  EXPECT_EQ(wrong.error().code(), ErrorCode::kInvalidArgument);
+  EXPECT_NE(wrong.error().message().find("the model has 5"), std::string::npos) << wrong.error().message();
+  auto keys = broker->list_keys();
+  ASSERT_TRUE(keys.ok());
+  EXPECT_EQ(keys->back().layer_count, std::optional<uint32_t>(5));
+  EXPECT_FALSE(keys->front().layer_count.has_value());
+  sql("UPDATE model_keys SET layer_count = 6 WHERE version = 3");
+  r.range = RangeRequest{1, 2, 6, false};
+  auto edited = broker->release(r, sim_claims(good, now));
+  ASSERT_FALSE(edited.ok());
+  EXPECT_NE(edited.error().message().find("fails authentication"), std::string::npos) << edited.error().message();
+  EXPECT_TRUE(broker->verify_audit().ok());
+}
+
+// A database created before the layer_count column: opening it adds the column; its records still release.
+TEST(BrokerMigration, ADatabaseWithoutTheLayerCountColumnIsUpgraded) {
+  auto dir = test::temp_dir("kbs_migrate");
+  auto db = dir / "old.db";
+  sqlite3* h = nullptr;
+  ASSERT_EQ(sqlite3_open(db.c_str(), &h), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(h,
+                         "CREATE TABLE model_keys(model_id TEXT NOT NULL, version INTEGER NOT NULL, key_id BLOB NOT NULL,"
+                         " wrapped BLOB NOT NULL, policy TEXT NOT NULL, created_at INTEGER NOT NULL,"
+                         " PRIMARY KEY(model_id, version));",
+                         nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  sqlite3_close(h);
+  SecretBytes master = sealed::generate_model_key();
+  auto b = Broker::open(db, master);
+  ASSERT_TRUE(b.ok()) << b.error().message();
+  SecretBytes key = sealed::generate_model_key();
+  ASSERT_TRUE((*b)->add_key("m", 1, key, test::sim_policy(Bytes(48, 1)), 4).ok());
+  auto keys = (*b)->list_keys();
+  ASSERT_TRUE(keys.ok());
+  ASSERT_EQ(keys->size(), 1u);
+  EXPECT_EQ(keys->front().layer_count, std::optional<uint32_t>(4));
+  b->reset();
+  EXPECT_TRUE(Broker::open(db, master).ok());  // reopening does not migrate twice
+}
+
 // The wire: both request types parse; every field is validated; unknown fields and types are refused.
 TEST(KbsWire, RequestsAreValidatedFieldByField) {
   auto parse = [](std::string_view text) { return parse_key_request(as_bytes(text), "peer"); };
