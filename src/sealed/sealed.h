@@ -47,7 +47,7 @@ inline constexpr uint32_t kDefaultChunkSize = 1u << 20;  // 1 MiB
 inline constexpr uint16_t kFormatVersion1 = 1;  // one chunk key per file
 inline constexpr uint16_t kFormatVersion2 = 2;  // one key per part (layer, input, output, rest)
 
-// Parts of a format-2 model, each with its own key (docs/sealed-format.md, "Keys"). A layer's part id
+// Parts of a format-2 model, each with its own key (docs/sealed-format.md, "Parts"). A layer's part id
 // is its index (layer_of() allows at most 7 digits, so below these).
 inline constexpr uint32_t kPartRest = 0xFFFFFFFFu;    // GGUF header, metadata, tokenizer, other globals
 inline constexpr uint32_t kPartInput = 0xFFFFFFFEu;   // token_embd.*, pos_embd.*
