@@ -20,7 +20,8 @@ constexpr uint64_t kFloatsPerTensor = 1u << 20;  // 4 MiB per tensor, 4 per laye
 
 struct Fixture {
   fs::path dir;
-  fs::path vsm;
+  fs::path vsm;     // format 2 (the default)
+  fs::path vsm_v1;  // the same model in format 1, for the side-by-side
   SecretBytes key = sealed::generate_model_key();
   uint64_t plaintext_size = 0;
 
@@ -58,6 +59,10 @@ struct Fixture {
     o.model_version = 1;
     st = sealed::seal_file(gguf_path, vsm, key, o);
     if (!st.ok()) throw std::runtime_error(st.error().message());
+    vsm_v1 = dir / "synthetic-v1.vsm";
+    o.format_version = sealed::kFormatVersion1;
+    st = sealed::seal_file(gguf_path, vsm_v1, key, o);
+    if (!st.ok()) throw std::runtime_error(st.error().message());
     fs::remove(gguf_path);
   }
   ~Fixture() {
@@ -71,23 +76,31 @@ Fixture& fixture() {
   return f;
 }
 
-// The whole model: header MAC, every chunk authenticated and decrypted, GGUF validated.
-void BM_LoadSealedModel(benchmark::State& state) {
+// Times load_sealed_model(path, keys, o), `keys` a model key or a range key set; freeing (zeroing +
+// unmapping) is not load time. Bytes processed counts the whole model.
+template <typename Keys>
+void time_loads(benchmark::State& state, const fs::path& path, const Keys& keys, const sealed::LoadOptions& o) {
   Fixture& f = fixture();
-  sealed::LoadOptions o;
-  o.threads = static_cast<unsigned>(state.range(0));
   for (auto _ : state) {
-    auto m = sealed::load_sealed_model(f.vsm, f.key, o);
+    auto m = sealed::load_sealed_model(path, keys, o);
     if (!m.ok()) {
       state.SkipWithError(m.error().message().c_str());
       return;
     }
     benchmark::DoNotOptimize(m->buffer->data());
-    state.PauseTiming();  // freeing (zeroing + unmapping) is not load time
+    state.PauseTiming();
     m = Error(ErrorCode::kCancelled, "freed");
     state.ResumeTiming();
   }
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * f.plaintext_size));
+}
+
+// The whole model: header MAC, every chunk authenticated and decrypted, GGUF validated.
+void BM_LoadSealedModel(benchmark::State& state) {
+  Fixture& f = fixture();
+  sealed::LoadOptions o;
+  o.threads = static_cast<unsigned>(state.range(0));
+  time_loads(state, f.vsm, f.key, o);
 }
 BENCHMARK(BM_LoadSealedModel)->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->UseRealTime();
 
@@ -97,18 +110,7 @@ void BM_LoadLayerRange(benchmark::State& state) {
   Fixture& f = fixture();
   sealed::LoadOptions o;
   o.layers = sealed::LayerRange{4, 7};
-  for (auto _ : state) {
-    auto m = sealed::load_sealed_model(f.vsm, f.key, o);
-    if (!m.ok()) {
-      state.SkipWithError(m.error().message().c_str());
-      return;
-    }
-    benchmark::DoNotOptimize(m->buffer->data());
-    state.PauseTiming();  // freeing (zeroing + unmapping) is not load time
-    m = Error(ErrorCode::kCancelled, "freed");
-    state.ResumeTiming();
-  }
-  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * f.plaintext_size));
+  time_loads(state, f.vsm, f.key, o);
 }
 BENCHMARK(BM_LoadLayerRange)->Unit(benchmark::kMillisecond)->UseRealTime();
 
@@ -117,20 +119,37 @@ void BM_LoadVerifyHashes(benchmark::State& state) {
   Fixture& f = fixture();
   sealed::LoadOptions o;
   o.verify_plaintext_hashes = true;
-  for (auto _ : state) {
-    auto m = sealed::load_sealed_model(f.vsm, f.key, o);
-    if (!m.ok()) {
-      state.SkipWithError(m.error().message().c_str());
-      return;
-    }
-    benchmark::DoNotOptimize(m->buffer->data());
-    state.PauseTiming();  // freeing (zeroing + unmapping) is not load time
-    m = Error(ErrorCode::kCancelled, "freed");
-    state.ResumeTiming();
-  }
-  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * f.plaintext_size));
+  time_loads(state, f.vsm, f.key, o);
 }
 BENCHMARK(BM_LoadVerifyHashes)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// The same whole-model load of the format-1 file (one chunk key): the cost of per-part keys is the difference.
+void BM_LoadSealedModelFormat1(benchmark::State& state) {
+  Fixture& f = fixture();
+  sealed::LoadOptions o;
+  o.threads = 1;
+  time_loads(state, f.vsm_v1, f.key, o);
+}
+BENCHMARK(BM_LoadSealedModelFormat1)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// BM_LoadLayerRange with the stage's range key set (what the broker releases) instead of the model key.
+void BM_LoadLayerRangeWithRangeKeys(benchmark::State& state) {
+  Fixture& f = fixture();
+  sealed::LoadOptions o;
+  o.layers = sealed::LayerRange{4, 7};
+  auto spec = sealed::range_spec_for(*o.layers, kLayers, false);
+  if (!spec.ok()) {
+    state.SkipWithError(spec.error().message().c_str());
+    return;
+  }
+  auto keys = sealed::RangeKeySet::derive(f.key, "synthetic-bench", 1, *spec);
+  if (!keys.ok()) {
+    state.SkipWithError(keys.error().message().c_str());
+    return;
+  }
+  time_loads(state, f.vsm, *keys, o);
+}
+BENCHMARK(BM_LoadLayerRangeWithRangeKeys)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 // Baseline on the same machine and file: copy the sealed body from its map into fresh anonymous memory
 // (the same page-fault and memory traffic, no cryptography). Compare ratios, not absolute numbers.

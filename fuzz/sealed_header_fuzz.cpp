@@ -1,5 +1,6 @@
-// Fuzz target: the sealed-model header parser and reader set-up (no key needed), plus the layer-range
-// chunk selection on whatever parses. Must never crash, hang or read out of bounds.
+// Fuzz target: the sealed-model header parser and reader set-up (no key needed), the layer-range chunk
+// selection and (format 2) the chunk-to-part map on whatever parses, authentication with a model key and
+// with a range key set, and the range key set wire parser. Must never crash, hang or read out of bounds.
 #include <cstddef>
 #include <cstdint>
 
@@ -8,6 +9,10 @@
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace veil;
   ByteView in(data, size);
+  if (auto set = sealed::RangeKeySet::parse(in); set.ok()) {
+    (void)set->serialize();
+    (void)set->part_key(set->spec().layers.first);
+  }
   auto h = sealed::parse_header(in);
   if (!h.ok()) return 0;
   auto r = sealed::SealedReader::open_memory(in, "fuzz.vsm");
@@ -18,7 +23,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     (void)r->chunks_for(sealed::LayerRange{0, 0});
     (void)r->chunks_for(sealed::LayerRange{last, last});
   }
+  for (uint64_t i = 0; i < r->header().chunk_count(); ++i) (void)r->part_of_chunk(i);
   SecretBytes key(32);
   (void)r->authenticate(key);  // fails (wrong key) without touching chunks
+  if (!r->header().layers.empty()) {
+    auto spec = sealed::range_spec_for(r->header(), {0, 0});
+    if (spec.ok()) {
+      auto set = sealed::RangeKeySet::derive(key, r->header().model_id, r->header().model_version, *spec);
+      if (set.ok()) (void)r->authenticate(*set);  // fails (format 1, or wrong key) without touching chunks
+    }
+  }
   return 0;
 }

@@ -28,6 +28,7 @@ struct KbsArgs {
   uint64_t version = 0;
   std::string policy;
   std::string key_file;
+  std::string sealed_model;              // add-key: the .vsm the key seals (its layer count is recorded)
   std::string reason;
   std::string out;
 };
@@ -100,7 +101,20 @@ Status run_add_key(const KbsArgs& a) {
   VEIL_ASSIGN_OR_RETURN(auto broker, open_broker(a));
   VEIL_ASSIGN_OR_RETURN(std::string policy, read_text_file(a.policy, 1 << 20));
   VEIL_ASSIGN_OR_RETURN(SecretBytes key, sealed::read_key_file(a.key_file));
-  VEIL_TRY(broker->add_key(a.model_id, a.version, key, policy));
+  std::optional<uint32_t> layers;
+  if (!a.sealed_model.empty()) {
+    // The broker learns the model's layer count, to check range requests against it; the file must be this key's.
+    VEIL_ASSIGN_OR_RETURN(auto mapped, MappedFile::open(a.sealed_model));
+    VEIL_ASSIGN_OR_RETURN(auto header, sealed::parse_header(mapped.view()));
+    if (header.model_id != a.model_id || header.model_version != a.version ||
+        !ct_equal(header.key_id, sealed::key_id_for(key.view()))) {
+      return make_error(ErrorCode::kInvalidArgument,
+                        "kbs add-key: {} is model '{}' version {} sealed under key id {}, not this model, version and key",
+                        a.sealed_model, header.model_id, header.model_version, to_hex(header.key_id));
+    }
+    if (sealed::layer_count(header) > 0) layers = sealed::layer_count(header);
+  }
+  VEIL_TRY(broker->add_key(a.model_id, a.version, key, policy, layers));
   std::printf("stored the key for model %s version %llu (key id %s)\n", a.model_id.c_str(),
               static_cast<unsigned long long>(a.version), to_hex(sealed::key_id_for(key.view())).c_str());
   return ok_status();
@@ -112,7 +126,8 @@ Status run_list(const KbsArgs& a) {
   std::string out;
   for (const auto& k : keys) {
     VEIL_ASSIGN_OR_RETURN(uint64_t hi, broker->highest_released(k.model_id));
-    out += fmt::format("{}\tversion {}\tkey id {}\thighest released {}\n", k.model_id, k.version, to_hex(k.key_id), hi);
+    out += fmt::format("{}\tversion {}\tkey id {}\thighest released {}{}\n", k.model_id, k.version, to_hex(k.key_id), hi,
+                       k.layer_count ? fmt::format("\tlayers {}", *k.layer_count) : "");
   }
   std::fputs(out.c_str(), stdout);
   return ok_status();
@@ -187,6 +202,9 @@ void setup_kbs(CLI::App& app, Runner& runner) {
   add->add_option("--version", a->version, "Model version")->required();
   add->add_option("--policy", a->policy, "Release policy JSON (docs/attestation.md)")->required();
   add->add_option("--key-file", a->key_file, "The model key file (from 'veil seal --generate-key')")->required();
+  add->add_option("--sealed-model", a->sealed_model,
+                  "The sealed model (.vsm) this key seals: its layer count is recorded, and pipeline stages' range "
+                  "requests must name it");
   runner.on(add, [a] { return run_add_key(*a); });
 
   CLI::App* list = kbs->add_subcommand("list", "List stored keys (ids only) and the highest released versions");

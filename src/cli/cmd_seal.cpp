@@ -24,6 +24,7 @@ struct SealArgs {
   std::string policy;
   std::string suite = "aes-256-gcm";
   uint32_t chunk_size = sealed::kDefaultChunkSize;
+  uint16_t format = sealed::kFormatVersion2;
 };
 
 Status run_seal(const SealArgs& a) {
@@ -56,6 +57,7 @@ Status run_seal(const SealArgs& a) {
   o.model_version = a.version;
   o.version_label = a.label;
   o.chunk_size = a.chunk_size;
+  o.format_version = a.format;
   if (a.suite == "aes-256-gcm") {
     o.suite = crypto::AeadSuite::kAes256Gcm;
   } else if (a.suite == "chacha20-poly1305") {
@@ -78,13 +80,19 @@ Status run_seal(const SealArgs& a) {
     VEIL_ASSIGN_OR_RETURN(key, sealed::read_key_file(a.key_file));
   }
   VEIL_ASSIGN_OR_RETURN(Bytes sealed_bytes, sealed::seal_gguf(*file, key, o));
-  if (broker) VEIL_TRY(broker->add_key(a.model_id, a.version, key, policy_text));
-  Status st = write_file_atomic(a.out, sealed_bytes, 0644);
-  if (!st.ok()) return std::move(st).error().wrap("seal: writing the sealed model");
   auto h = sealed::parse_header(sealed_bytes);
   if (!h.ok()) return std::move(h).error();
-  std::printf("sealed %s -> %s: model %s version %llu, %llu chunks, key id %s%s\n", a.model.c_str(), a.out.c_str(),
-              a.model_id.c_str(), static_cast<unsigned long long>(a.version),
+  if (broker) {
+    // The broker records the layer count, to check pipeline stages' range requests against it.
+    uint32_t layers = sealed::layer_count(*h);
+    VEIL_TRY(broker->add_key(a.model_id, a.version, key, policy_text,
+                             layers > 0 ? std::optional<uint32_t>(layers) : std::nullopt));
+  }
+  Status st = write_file_atomic(a.out, sealed_bytes, 0644);
+  if (!st.ok()) return std::move(st).error().wrap("seal: writing the sealed model");
+  std::printf("sealed %s -> %s: format %u, model %s version %llu, %llu chunks, key id %s%s\n", a.model.c_str(),
+              a.out.c_str(), static_cast<unsigned>(h->format_version), a.model_id.c_str(),
+              static_cast<unsigned long long>(a.version),
               static_cast<unsigned long long>(h->chunk_count()), to_hex(h->key_id).c_str(),
               broker ? " (key stored in the broker)" : "");
   return ok_status();
@@ -106,6 +114,11 @@ void setup_seal(CLI::App& app, Runner& runner) {
   sub->add_option("--policy", a->policy, "Release policy JSON for the key (with --kbs-db; docs/attestation.md)");
   sub->add_option("--suite", a->suite, "aes-256-gcm (default) or chacha20-poly1305")->capture_default_str();
   sub->add_option("--chunk-size", a->chunk_size, "Largest plaintext chunk in bytes (4096..67108864)")
+      ->capture_default_str();
+  sub->add_option("--format", a->format,
+                  "Sealed format: 2 (default: one key per layer, so a pipeline stage gets only its range's keys) or 1 "
+                  "(one key for the whole file, for older readers)")
+      ->check(CLI::IsMember({1, 2}))
       ->capture_default_str();
   runner.on(sub, [a] { return run_seal(*a); });
 }

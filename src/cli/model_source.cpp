@@ -73,38 +73,56 @@ Result<std::shared_ptr<const gguf::File>> open_model(const std::filesystem::path
   }
   VEIL_ASSIGN_OR_RETURN(auto mapped, MappedFile::open(path));
   VEIL_ASSIGN_OR_RETURN(auto header, sealed::parse_header(mapped.view()));
-  SecretBytes key;
-  if (!o.insecure_local_key.empty()) {
-    if (!o.kbs.empty()) return make_error(ErrorCode::kUsage, "--kbs and --insecure-local-key exclude each other");
-    spdlog::warn("sealed model key read from a local file (--insecure-local-key): development only");
-    VEIL_ASSIGN_OR_RETURN(key, sealed::read_key_file(o.insecure_local_key));
-  } else {
-    if (o.kbs.empty()) {
-      return make_error(ErrorCode::kUsage,
-                        "{}: a sealed model needs its key: --kbs ADDRESS with --policy FILE (or, for development only, "
-                        "--insecure-local-key FILE)",
-                        path.string());
-    }
-    if (o.kbs_policy.empty()) {
-      return make_error(ErrorCode::kUsage, "{}: --kbs needs --policy FILE (how the key broker is verified)",
-                        path.string());
-    }
-    VEIL_ASSIGN_OR_RETURN(auto policy, attest::load_policy(o.kbs_policy));
-    if (!provider) {
-      VEIL_ASSIGN_OR_RETURN(provider, make_node_provider(o));
-    }
-    // A simulated broker is trusted only through the same platform key, and only if the policy allows sim.
-    VEIL_ASSIGN_OR_RETURN(attest::Collateral collateral, peer_collateral(o));
-    VEIL_ASSIGN_OR_RETURN(key, kbs::fetch_model_key(o.kbs, header.model_id, header.model_version,
-                                                    channel::attester_from_provider(provider),
-                                                    channel::verifier_from_policy(policy, collateral)));
-  }
   sealed::LoadOptions lo;
   lo.expected_model_id = header.model_id;
   lo.expected_version = header.model_version;
   lo.layers = o.layers;
+  auto opened = [](sealed::LoadedModel loaded) { return std::make_shared<const gguf::File>(std::move(loaded.gguf)); };
+  if (!o.insecure_local_key.empty()) {
+    if (!o.kbs.empty()) return make_error(ErrorCode::kUsage, "--kbs and --insecure-local-key exclude each other");
+    spdlog::warn("sealed model key read from a local file (--insecure-local-key): development only");
+    VEIL_ASSIGN_OR_RETURN(SecretBytes key, sealed::read_key_file(o.insecure_local_key));
+    VEIL_ASSIGN_OR_RETURN(auto loaded, sealed::load_sealed_model(path, key, lo));
+    return opened(std::move(loaded));
+  }
+  if (o.kbs.empty()) {
+    return make_error(ErrorCode::kUsage,
+                      "{}: a sealed model needs its key: --kbs ADDRESS with --policy FILE (or, for development only, "
+                      "--insecure-local-key FILE)",
+                      path.string());
+  }
+  if (o.kbs_policy.empty()) {
+    return make_error(ErrorCode::kUsage, "{}: --kbs needs --policy FILE (how the key broker is verified)", path.string());
+  }
+  if (o.layers && header.format_version == sealed::kFormatVersion1) {
+    // Fail closed: a format-1 file has one key for every layer, and a stage must not hold the whole model.
+    return make_error(ErrorCode::kSecurity,
+                      "{}: sealed format 1 has one key for the whole model, so the broker cannot release only layers "
+                      "{}..{}: re-seal it with this veil (format 2)",
+                      path.string(), o.layers->first, o.layers->last);
+  }
+  VEIL_ASSIGN_OR_RETURN(auto policy, attest::load_policy(o.kbs_policy));
+  if (!provider) {
+    VEIL_ASSIGN_OR_RETURN(provider, make_node_provider(o));
+  }
+  // A simulated broker is trusted only through the same platform key, and only if the policy allows sim.
+  VEIL_ASSIGN_OR_RETURN(attest::Collateral collateral, peer_collateral(o));
+  auto attester = channel::attester_from_provider(provider);
+  auto broker_verifier = channel::verifier_from_policy(policy, collateral);
+  if (o.layers) {
+    // A pipeline stage asks for its range's keys only: it never holds a key to another stage's layers.
+    kbs::RangeRequest range{o.layers->first, o.layers->last, sealed::layer_count(header),
+                            sealed::has_tied_embeddings(header)};
+    VEIL_ASSIGN_OR_RETURN(auto keys, kbs::fetch_range_keys(o.kbs, header.model_id, header.model_version, range,
+                                                           attester, broker_verifier));
+    spdlog::info("sealed model {}: the broker released {}", path.string(), keys.describe());
+    VEIL_ASSIGN_OR_RETURN(auto loaded, sealed::load_sealed_model(path, keys, lo));
+    return opened(std::move(loaded));
+  }
+  VEIL_ASSIGN_OR_RETURN(SecretBytes key, kbs::fetch_model_key(o.kbs, header.model_id, header.model_version, attester,
+                                                               broker_verifier));
   VEIL_ASSIGN_OR_RETURN(auto loaded, sealed::load_sealed_model(path, key, lo));
-  return std::make_shared<const gguf::File>(std::move(loaded.gguf));
+  return opened(std::move(loaded));
 }
 
 }  // namespace veil::cli

@@ -1,6 +1,7 @@
 // Opening the model a command runs: a plain GGUF, or a sealed model (.vsm) decrypted into TEE memory
 // with a key obtained from the key broker through attestation (docs/kbs.md). A local key file is
-// accepted only with the explicit --insecure-local-key flag. Shared by generate, bench and serve.
+// accepted only with the explicit --insecure-local-key flag. Shared by generate, bench, serve and stage:
+// with `layers` (a pipeline stage) the broker is asked for that range's keys only, never the model key.
 #pragma once
 
 #include <filesystem>

@@ -1,6 +1,8 @@
 // The broker core: SQLite store, policy decision, rollback protection and the audit chain.
 #include <sqlite3.h>
 
+#include <algorithm>
+
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
@@ -45,6 +47,7 @@ class Stmt {
   // SQLITE_ROW, SQLITE_DONE or an error code.
   int step() { return s_ ? sqlite3_step(s_) : SQLITE_ERROR; }
   int64_t int_col(int i) { return sqlite3_column_int64(s_, i); }
+  bool is_null(int i) { return sqlite3_column_type(s_, i) == SQLITE_NULL; }
   std::string text_col(int i) {
     const unsigned char* t = sqlite3_column_text(s_, i);
     return t ? std::string(reinterpret_cast<const char*>(t), static_cast<size_t>(sqlite3_column_bytes(s_, i))) : "";
@@ -121,13 +124,21 @@ struct Broker::Impl {
     put_u64(m, highest);
     return crypto::hmac(crypto::HashAlg::kSha256, state_key.view(), m);
   }
-  Bytes wrap_aad(std::string_view model_id, uint64_t version, ByteView key_id, std::string_view policy) const {
+  // A record without a layer count keeps the original AAD (records stored before the column existed still
+  // open); with one, "layers" || u32 is appended, so adding, changing or removing it in the database makes
+  // the record fail authentication.
+  Bytes wrap_aad(std::string_view model_id, uint64_t version, ByteView key_id, std::string_view policy,
+                 std::optional<uint32_t> layer_count) const {
     Bytes a(kWrapAad, kWrapAad + sizeof(kWrapAad) - 1);
     put_str(a, model_id);
     put_u64(a, version);
     a.insert(a.end(), key_id.begin(), key_id.end());
     auto ph = crypto::sha256(as_bytes(policy));
     a.insert(a.end(), ph.begin(), ph.end());
+    if (layer_count) {
+      a.insert(a.end(), {'l', 'a', 'y', 'e', 'r', 's'});
+      put_u64(a, *layer_count);
+    }
     return a;
   }
 
@@ -162,18 +173,31 @@ struct Broker::Impl {
     return ok_status();
   }
 
-  // Appends a refusal in its own transaction; returns the refusal error (or the audit failure).
-  Error refuse(const ReleaseRequest& r, const attest::Claims* claims, Error why) {
+  // The audit fields that say who asked for what: model, version, the layer range if any, peer, evidence.
+  static nlohmann::ordered_json request_event(std::string_view event, const ReleaseRequest& r,
+                                              const attest::Claims* claims) {
     nlohmann::ordered_json e;
-    e["event"] = "refuse";
+    e["event"] = event;
     e["model_id"] = r.model_id;
     e["version"] = r.version;
+    if (r.range) {
+      e["range"] = {{"first_layer", r.range->first_layer},
+                    {"last_layer", r.range->last_layer},
+                    {"layer_count", r.range->layer_count},
+                    {"tied_embeddings", r.range->tied_embeddings}};
+    }
     e["peer"] = r.peer;
     if (claims) {
       e["tee"] = attest::tee_type_name(claims->type);
       auto& m = e["measurements"] = nlohmann::ordered_json::object();
       for (const auto& [k, v] : claims->measurements) m[k] = to_hex(v);
     }
+    return e;
+  }
+
+  // Appends a refusal in its own transaction; returns the refusal error (or the audit failure).
+  Error refuse(const ReleaseRequest& r, const attest::Claims* claims, Error why) {
+    nlohmann::ordered_json e = request_event("refuse", r, claims);
     e["reason"] = why.message();
     Tx tx(*this);
     Status st = tx.ok() ? append_audit(std::move(e)) : Status(db_error("begin"));
@@ -244,7 +268,8 @@ Result<std::unique_ptr<Broker>> Broker::open(const std::filesystem::path& db_pat
   VEIL_TRY(impl->exec(
       "CREATE TABLE IF NOT EXISTS meta(name TEXT PRIMARY KEY, value BLOB NOT NULL);"
       "CREATE TABLE IF NOT EXISTS model_keys(model_id TEXT NOT NULL, version INTEGER NOT NULL, key_id BLOB NOT NULL,"
-      " wrapped BLOB NOT NULL, policy TEXT NOT NULL, created_at INTEGER NOT NULL, PRIMARY KEY(model_id, version));"
+      " wrapped BLOB NOT NULL, policy TEXT NOT NULL, created_at INTEGER NOT NULL, layer_count INTEGER,"
+      " PRIMARY KEY(model_id, version));"
       "CREATE TABLE IF NOT EXISTS rollback(model_id TEXT PRIMARY KEY, highest INTEGER NOT NULL, mac BLOB NOT NULL);"
       "CREATE TABLE IF NOT EXISTS audit(seq INTEGER PRIMARY KEY, event TEXT NOT NULL, prev BLOB NOT NULL,"
       " mac BLOB NOT NULL);",
@@ -265,11 +290,14 @@ Result<std::unique_ptr<Broker>> Broker::open(const std::filesystem::path& db_pat
     return impl->db_error("reading meta");
   }
   VEIL_TRY(tx.commit());
+  if (!Stmt(impl->db, "SELECT layer_count FROM model_keys LIMIT 0").ok()) {  // a database from before range keys
+    VEIL_TRY(impl->exec("ALTER TABLE model_keys ADD COLUMN layer_count INTEGER", "adding model_keys.layer_count"));
+  }
   return std::unique_ptr<Broker>(new Broker(std::move(impl)));
 }
 
 Status Broker::add_key(const std::string& model_id, uint64_t version, const SecretBytes& key,
-                       const std::string& policy_json) {
+                       const std::string& policy_json, std::optional<uint32_t> layer_count) {
   Impl& d = *impl_;
   std::lock_guard lock(d.mu);
   if (model_id.empty() || model_id.size() > 128) {
@@ -279,13 +307,17 @@ Status Broker::add_key(const std::string& model_id, uint64_t version, const Secr
   if (key.size() != sealed::kModelKeySize) {
     return make_error(ErrorCode::kInvalidArgument, "kbs add-key: a model key is {} bytes", sealed::kModelKeySize);
   }
+  if (layer_count && (*layer_count == 0 || *layer_count > sealed::kMaxModelLayers)) {
+    return make_error(ErrorCode::kInvalidArgument, "kbs add-key: layer count {} is outside 1..{}", *layer_count,
+                      sealed::kMaxModelLayers);
+  }
   auto policy = attest::parse_policy(policy_json);
   if (!policy.ok()) return std::move(policy).error().wrap("kbs add-key: release policy");
   auto key_id = sealed::key_id_for(key.view());
   Bytes nonce = crypto::random_bytes(crypto::kAeadNonceSize);
   VEIL_ASSIGN_OR_RETURN(crypto::Aead aead, crypto::Aead::create(crypto::AeadSuite::kAes256Gcm, d.wrap_key.view()));
   Bytes wrapped;
-  VEIL_TRY(aead.seal(nonce, d.wrap_aad(model_id, version, key_id, policy_json), key.view(), wrapped));
+  VEIL_TRY(aead.seal(nonce, d.wrap_aad(model_id, version, key_id, policy_json, layer_count), key.view(), wrapped));
   wrapped.insert(wrapped.begin(), nonce.begin(), nonce.end());
 
   Impl::Tx tx(d);
@@ -299,9 +331,11 @@ Status Broker::add_key(const std::string& model_id, uint64_t version, const Secr
     }
   }
   int64_t created = std::chrono::duration_cast<std::chrono::seconds>(d.now().time_since_epoch()).count();
-  Stmt ins(d.db, "INSERT INTO model_keys(model_id, version, key_id, wrapped, policy, created_at) VALUES(?,?,?,?,?,?)");
+  Stmt ins(d.db, "INSERT INTO model_keys(model_id, version, key_id, wrapped, policy, created_at, layer_count) "
+                 "VALUES(?,?,?,?,?,?,?)");
   ins.bind(1, std::string_view(model_id)).bind_int(2, static_cast<int64_t>(version)).bind(3, ByteView(key_id));
   ins.bind(4, ByteView(wrapped)).bind(5, std::string_view(policy_json)).bind_int(6, created);
+  if (layer_count) ins.bind_int(7, *layer_count);  // else NULL: unknown
   if (ins.step() != SQLITE_DONE) return d.db_error("storing the key");
   nlohmann::ordered_json e;
   e["event"] = "add-key";
@@ -309,6 +343,7 @@ Status Broker::add_key(const std::string& model_id, uint64_t version, const Secr
   e["version"] = version;
   e["key_id"] = to_hex(key_id);
   e["policy_sha256"] = to_hex(crypto::sha256(as_bytes(policy_json)));
+  if (layer_count) e["layer_count"] = *layer_count;
   VEIL_TRY(d.append_audit(std::move(e)));
   return tx.commit();
 }
@@ -316,11 +351,22 @@ Status Broker::add_key(const std::string& model_id, uint64_t version, const Secr
 Result<Release> Broker::release(const ReleaseRequest& r, const attest::Claims& claims) {
   Impl& d = *impl_;
   std::lock_guard lock(d.mu);
-  const std::string what = fmt::format("kbs: release of model '{}' version {}", r.model_id, r.version);
+  const std::string what =
+      r.range ? fmt::format("kbs: release of model '{}' version {} layers {}..{}", r.model_id, r.version,
+                            r.range->first_layer, r.range->last_layer)
+              : fmt::format("kbs: release of model '{}' version {}", r.model_id, r.version);
+  std::optional<sealed::RangeSpec> spec;
+  if (r.range) {
+    auto s = sealed::range_spec_for({r.range->first_layer, r.range->last_layer}, r.range->layer_count,
+                                    r.range->tied_embeddings);
+    if (!s.ok()) return d.refuse(r, &claims, s.error().wrap(what));
+    spec = *s;
+  }
   Bytes wrapped, key_id;
   std::string policy_text;
+  std::optional<uint32_t> layer_count;
   {
-    Stmt q(d.db, "SELECT key_id, wrapped, policy FROM model_keys WHERE model_id = ? AND version = ?");
+    Stmt q(d.db, "SELECT key_id, wrapped, policy, layer_count FROM model_keys WHERE model_id = ? AND version = ?");
     q.bind(1, std::string_view(r.model_id)).bind_int(2, static_cast<int64_t>(std::min<uint64_t>(r.version, INT64_MAX)));
     int rc = q.step();
     if (rc == SQLITE_DONE) return d.refuse(r, &claims, make_error(ErrorCode::kNotFound, "{}: no such key", what));
@@ -328,6 +374,7 @@ Result<Release> Broker::release(const ReleaseRequest& r, const attest::Claims& c
     key_id = q.blob_col(0);
     wrapped = q.blob_col(1);
     policy_text = q.text_col(2);
+    if (!q.is_null(3)) layer_count = static_cast<uint32_t>(std::clamp<int64_t>(q.int_col(3), 0, UINT32_MAX));
   }
   auto policy = attest::parse_policy(policy_text);
   if (!policy.ok()) return d.refuse(r, &claims, policy.error().wrap(what + ": stored release policy"));
@@ -356,7 +403,8 @@ Result<Release> Broker::release(const ReleaseRequest& r, const attest::Claims& c
     out.key = SecretBytes(wrapped.size() - crypto::kAeadNonceSize - crypto::kAeadTagSize);
     ByteView nonce(wrapped.data(), crypto::kAeadNonceSize);
     ByteView sealed(wrapped.data() + crypto::kAeadNonceSize, wrapped.size() - crypto::kAeadNonceSize);
-    Status ost = aead->open_into(nonce, d.wrap_aad(r.model_id, r.version, key_id, policy_text), sealed, out.key.data());
+    Status ost = aead->open_into(nonce, d.wrap_aad(r.model_id, r.version, key_id, policy_text, layer_count), sealed,
+                                 out.key.data());
     if (!ost.ok() || !ct_equal(sealed::key_id_for(out.key.view()), out.key_id)) {
       out.key.clear();
       return d.refuse(r, &claims,
@@ -366,21 +414,29 @@ Result<Release> Broker::release(const ReleaseRequest& r, const attest::Claims& c
                                  what));
     }
   }
+  if (spec && layer_count && r.range->layer_count != *layer_count) {
+    out.key.clear();
+    return d.refuse(r, &claims,
+                    make_error(ErrorCode::kInvalidArgument, "{}: the request says {} layers, the model has {}", what,
+                               r.range->layer_count, *layer_count));
+  }
+  if (spec) {
+    // A range request gets only its parts' keys: the model key never leaves this function.
+    auto set = sealed::RangeKeySet::derive(out.key, r.model_id, r.version, *spec);
+    out.key.clear();
+    if (!set.ok()) return d.refuse(r, &claims, set.error().wrap(what));
+    out.range_keys = std::move(*set);
+  }
   Impl::Tx tx(d);
   if (!tx.ok()) return d.db_error("begin");
   if (r.version > *highest) VEIL_TRY(d.write_highest(r.model_id, r.version));
-  nlohmann::ordered_json e;
-  e["event"] = "release";
-  e["model_id"] = r.model_id;
-  e["version"] = r.version;
-  e["peer"] = r.peer;
-  e["tee"] = attest::tee_type_name(claims.type);
-  auto& m = e["measurements"] = nlohmann::ordered_json::object();
-  for (const auto& [k, v] : claims.measurements) m[k] = to_hex(v);
+  nlohmann::ordered_json e = Impl::request_event("release", r, &claims);
   e["key_id"] = to_hex(out.key_id);
+  if (out.range_keys) e["released"] = out.range_keys->describe();
   VEIL_TRY(d.append_audit(std::move(e)));
   VEIL_TRY(tx.commit());
-  spdlog::info("kbs: released model {} version {} to {}", r.model_id, r.version, r.peer);
+  spdlog::info("kbs: released model {} version {}{} to {}", r.model_id, r.version,
+               out.range_keys ? " (" + out.range_keys->describe() + ")" : std::string(), r.peer);
   return out;
 }
 
@@ -411,7 +467,8 @@ Result<std::vector<KeyRecord>> Broker::list_keys() {
   Impl& d = *impl_;
   std::lock_guard lock(d.mu);
   std::vector<KeyRecord> out;
-  Stmt q(d.db, "SELECT model_id, version, key_id, policy, created_at FROM model_keys ORDER BY model_id, version");
+  Stmt q(d.db,
+         "SELECT model_id, version, key_id, policy, created_at, layer_count FROM model_keys ORDER BY model_id, version");
   int rc;
   while ((rc = q.step()) == SQLITE_ROW) {
     KeyRecord k;
@@ -421,6 +478,7 @@ Result<std::vector<KeyRecord>> Broker::list_keys() {
     if (id.size() == 16) std::copy(id.begin(), id.end(), k.key_id.begin());
     k.policy_json = q.text_col(3);
     k.created_at = q.int_col(4);
+    if (!q.is_null(5)) k.layer_count = static_cast<uint32_t>(std::clamp<int64_t>(q.int_col(5), 0, UINT32_MAX));
     out.push_back(std::move(k));
   }
   if (rc != SQLITE_DONE) return d.db_error("listing keys");

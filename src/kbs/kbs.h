@@ -2,6 +2,8 @@
 // satisfies that model's release policy. Read this first; operator guide: docs/kbs.md.
 //
 // Trust: evidence -> verifier -> Claims -> the model's attest::Policy -> rollback check -> key.
+// A pipeline stage asks for its layer range instead: after the same checks the broker derives and releases
+// only that range's sealed::RangeKeySet (format-2 sealed models), never the model key (docs/kbs.md, "Range keys").
 //
 // Invariants:
 //  - Model keys are stored wrapped (AES-256-GCM) under a key derived from the broker's master key; the
@@ -25,6 +27,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -32,6 +35,7 @@
 #include "channel/channel.h"
 #include "core/core.h"
 #include "crypto/crypto.h"
+#include "sealed/sealed.h"
 
 namespace veil::kbs {
 
@@ -42,7 +46,8 @@ struct KeyRecord {
   uint64_t version = 0;
   std::array<uint8_t, 16> key_id{};
   std::string policy_json;
-  int64_t created_at = 0;  // unix seconds
+  int64_t created_at = 0;                // unix seconds
+  std::optional<uint32_t> layer_count;   // the sealed model's layers, when given at add-key
 };
 
 struct AuditEntry {
@@ -57,16 +62,28 @@ struct AuditReport {
   std::string head;  // hex of the last entry's mac: anchor it outside the broker to detect tail truncation
 };
 
+// A pipeline stage's layer range. The stage reads layer_count and tied_embeddings from the sealed model's
+// header; the broker decides from them which globals the range needs (sealed::range_spec_for).
+struct RangeRequest {
+  uint32_t first_layer = 0;
+  uint32_t last_layer = 0;
+  uint32_t layer_count = 0;
+  bool tied_embeddings = false;  // no output.weight: the last stage needs token_embd too
+};
+
 // Who asks, for what. `peer` is a printable address for the audit log.
 struct ReleaseRequest {
   std::string model_id;
   uint64_t version = 0;
   std::string peer;
+  std::optional<RangeRequest> range;  // nullopt: the whole model key
 };
 
+// Exactly one of `key` (whole-model request) and `range_keys` (range request) is set.
 struct Release {
   SecretBytes key;
   std::array<uint8_t, 16> key_id{};
+  std::optional<sealed::RangeKeySet> range_keys;
 };
 
 class Broker {
@@ -80,12 +97,15 @@ class Broker {
   Broker& operator=(const Broker&) = delete;
 
   // Stores a model key with its release policy (attest policy JSON, validated). Refuses an existing
-  // (model id, version).
-  Status add_key(const std::string& model_id, uint64_t version, const SecretBytes& key, const std::string& policy_json);
+  // (model id, version). `layer_count` (the sealed model's, 1..sealed::kMaxModelLayers), when given, is bound
+  // into the wrapped record and range requests naming another layer count are refused.
+  Status add_key(const std::string& model_id, uint64_t version, const SecretBytes& key, const std::string& policy_json,
+                 std::optional<uint32_t> layer_count = std::nullopt);
 
   // Decides a release for verified claims (their report_data already checked by the channel). Applies
   // the model's policy with `claims.report_data` as the expected binding, then rollback protection.
-  // Every outcome is audited. kNotFound: no such key; kSecurity: refused.
+  // With `request.range`, derives and releases only that range's key set. Every outcome is audited (with
+  // the range). kNotFound: no such key; kSecurity: refused; kInvalidArgument: a malformed range.
   Result<Release> release(const ReleaseRequest& request, const attest::Claims& claims);
 
   // Lets `version` (lower than the highest released) be released again: the administrator's explicit,
@@ -114,8 +134,15 @@ Result<SecretBytes> read_master_key(const std::filesystem::path& path);
 //
 // The channel runs in mutual mode: the node's evidence commits to the handshake transcript (so it is
 // fresh and bound to this connection) and the broker proves itself to the node too. One request per
-// connection: {"type": "key-request", "model_id": "...", "version": N}; the reply is one record:
-// 0x00 || key[32] || key_id[16], or 0x01 || error code || message.
+// connection: {"type": "key-request", "model_id": "...", "version": N}, or {"type": "range-key-request",
+// "model_id", "version", "first_layer", "last_layer", "layer_count", "tied_embeddings"}; the reply is one
+// record: 0x00 || key[32] || key_id[16], 0x02 || RangeKeySet wire form, or 0x01 || error code || message.
+
+// Parses and validates one request record (every field; unknown fields refused). Exposed for the fuzz target.
+Result<ReleaseRequest> parse_key_request(ByteView message, const std::string& peer);
+// Parses a reply record: the key (checked against its key id) or range key set it carries, or the broker's
+// refusal as the error. `range`: a range key set is expected. Exposed for the fuzz target.
+Result<Release> parse_key_reply(ByteView reply, bool range);
 
 struct ServerOptions {
   channel::Attester attester;       // the broker's own evidence (required by the channel)
@@ -163,5 +190,12 @@ struct FetchOptions {
 Result<SecretBytes> fetch_model_key(const std::string& kbs_address, const std::string& model_id, uint64_t version,
                                     channel::Attester attester, channel::EvidenceVerifier broker_verifier,
                                     const FetchOptions& options = {});
+
+// The same for a pipeline stage: asks only for `range`'s key set. The set that comes back is checked to
+// be for this model, version and range (and the globals sealed::range_spec_for gives it).
+Result<sealed::RangeKeySet> fetch_range_keys(const std::string& kbs_address, const std::string& model_id,
+                                             uint64_t version, const RangeRequest& range, channel::Attester attester,
+                                             channel::EvidenceVerifier broker_verifier,
+                                             const FetchOptions& options = {});
 
 }  // namespace veil::kbs

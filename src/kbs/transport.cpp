@@ -1,5 +1,6 @@
 // The broker's server and client over the attested channel (mutual attestation).
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <deque>
@@ -19,6 +20,12 @@ namespace {
 constexpr size_t kMaxRequest = 4096;
 constexpr uint8_t kReplyOk = 0;
 constexpr uint8_t kReplyError = 1;
+constexpr uint8_t kReplyRange = 2;
+constexpr std::string_view kWholeKeyType = "key-request";
+constexpr std::string_view kRangeKeyType = "range-key-request";
+constexpr std::array<std::string_view, 3> kWholeKeyFields = {"type", "model_id", "version"};
+constexpr std::array<std::string_view, 7> kRangeKeyFields = {"type",        "model_id",    "version",        "first_layer",
+                                                             "last_layer", "layer_count", "tied_embeddings"};
 constexpr size_t kKeyIdSize = 16;
 
 Result<channel::Endpoint> endpoint_of(const std::string& address) {
@@ -56,26 +63,45 @@ Bytes error_reply(const Error& e) {
   return out;
 }
 
-Result<ReleaseRequest> parse_request(ByteView msg, const std::string& peer) {
-  if (msg.size() > kMaxRequest) return make_error(ErrorCode::kCorrupt, "kbs request from {}: {} bytes is too large", peer, msg.size());
-  auto j = nlohmann::json::parse(msg.begin(), msg.end(), nullptr, false);
-  if (j.is_discarded() || !j.is_object()) return make_error(ErrorCode::kCorrupt, "kbs request from {}: not a JSON object", peer);
-  for (auto it = j.begin(); it != j.end(); ++it) {
-    if (it.key() != "type" && it.key() != "model_id" && it.key() != "version") {
-      return make_error(ErrorCode::kCorrupt, "kbs request from {}: field '{}': unknown", peer, it.key().substr(0, 64));
-    }
+// A u32 field of a range request.
+Result<uint32_t> u32_field(const nlohmann::json& j, const char* name, const std::string& peer) {
+  if (!j.contains(name) || !j[name].is_number_unsigned() || j[name].get<uint64_t>() > UINT32_MAX) {
+    return make_error(ErrorCode::kCorrupt, "kbs request from {}: field '{}': must be an integer in 0..2^32-1", peer,
+                      name);
   }
-  if (!j.contains("type") || j["type"] != "key-request") {
-    return make_error(ErrorCode::kCorrupt, "kbs request from {}: field 'type': must be \"key-request\"", peer);
+  return j[name].get<uint32_t>();
+}
+
+Result<RangeRequest> parse_range(const nlohmann::json& j, const std::string& peer) {
+  RangeRequest r;
+  VEIL_ASSIGN_OR_RETURN(r.first_layer, u32_field(j, "first_layer", peer));
+  VEIL_ASSIGN_OR_RETURN(r.last_layer, u32_field(j, "last_layer", peer));
+  VEIL_ASSIGN_OR_RETURN(r.layer_count, u32_field(j, "layer_count", peer));
+  if (!j.contains("tied_embeddings") || !j["tied_embeddings"].is_boolean()) {
+    return make_error(ErrorCode::kCorrupt, "kbs request from {}: field 'tied_embeddings': must be true or false", peer);
   }
-  if (!j.contains("model_id") || !j["model_id"].is_string() || j["model_id"].get<std::string>().empty() ||
-      j["model_id"].get<std::string>().size() > 128) {
-    return make_error(ErrorCode::kCorrupt, "kbs request from {}: field 'model_id': must be a string of 1..128 characters", peer);
+  r.tied_embeddings = j["tied_embeddings"].get<bool>();
+  auto spec = sealed::range_spec_for({r.first_layer, r.last_layer}, r.layer_count, r.tied_embeddings);
+  if (!spec.ok()) {
+    return make_error(ErrorCode::kCorrupt, "kbs request from {}: fields 'first_layer', 'last_layer', 'layer_count': {}",
+                      peer, spec.error().message());
   }
-  if (!j.contains("version") || !j["version"].is_number_unsigned()) {
-    return make_error(ErrorCode::kCorrupt, "kbs request from {}: field 'version': must be a non-negative integer", peer);
+  return r;
+}
+
+SecretBytes ok_reply(const Release& rel) {
+  if (rel.range_keys) {
+    SecretBytes set = rel.range_keys->serialize();
+    SecretBytes out(1 + set.size());
+    out.data()[0] = kReplyRange;
+    std::copy(set.data(), set.data() + set.size(), out.data() + 1);
+    return out;
   }
-  return ReleaseRequest{j["model_id"].get<std::string>(), j["version"].get<uint64_t>(), peer};
+  SecretBytes out(1 + rel.key.size() + kKeyIdSize);
+  out.data()[0] = kReplyOk;
+  std::copy(rel.key.data(), rel.key.data() + rel.key.size(), out.data() + 1);
+  std::copy(rel.key_id.begin(), rel.key_id.end(), out.data() + 1 + rel.key.size());
+  return out;
 }
 
 }  // namespace
@@ -110,26 +136,18 @@ struct Server::Impl {
       (*ch)->abort();
       return;
     }
-    Bytes reply;
+    SecretBytes reply;
     const attest::Claims* claims = (*ch)->peer_claims();
-    auto req = parse_request(*msg, peer);
+    auto req = parse_key_request(*msg, peer);
     if (!req.ok()) {
-      reply = error_reply(req.error());
+      reply = SecretBytes(ByteView(error_reply(req.error())));
     } else if (claims == nullptr) {
-      reply = error_reply(Error(ErrorCode::kSecurity, "kbs: the node did not attest"));
+      reply = SecretBytes(ByteView(error_reply(Error(ErrorCode::kSecurity, "kbs: the node did not attest"))));
     } else {
       auto rel = broker->release(*req, *claims);
-      if (!rel.ok()) {
-        reply = error_reply(rel.error());
-      } else {
-        reply.reserve(1 + rel->key.size() + kKeyIdSize);
-        reply.push_back(kReplyOk);
-        reply.insert(reply.end(), rel->key.view().begin(), rel->key.view().end());
-        reply.insert(reply.end(), rel->key_id.begin(), rel->key_id.end());
-      }
+      reply = rel.ok() ? ok_reply(*rel) : SecretBytes(ByteView(error_reply(rel.error())));
     }
-    Status st = (*ch)->send(reply, deadline);
-    secure_zero(reply.data(), reply.size());
+    Status st = (*ch)->send(reply.view(), deadline);
     if (!st.ok()) spdlog::warn("kbs: replying to {}: {}", peer, st.error().message());
     (void)(*ch)->close(deadline);
     served.fetch_add(1);
@@ -218,36 +236,37 @@ void Server::stop() {
   impl_->pending.clear();
 }
 
-Result<SecretBytes> fetch_model_key(const std::string& kbs_address, const std::string& model_id, uint64_t version,
-                                    channel::Attester attester, channel::EvidenceVerifier broker_verifier,
-                                    const FetchOptions& options) {
-  if (!attester || !broker_verifier) {
-    return make_error(ErrorCode::kInvalidArgument, "fetch_model_key: an attester and a broker verifier are required");
+Result<ReleaseRequest> parse_key_request(ByteView msg, const std::string& peer) {
+  if (msg.size() > kMaxRequest) return make_error(ErrorCode::kCorrupt, "kbs request from {}: {} bytes is too large", peer, msg.size());
+  auto j = nlohmann::json::parse(msg.begin(), msg.end(), nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return make_error(ErrorCode::kCorrupt, "kbs request from {}: not a JSON object", peer);
+  if (!j.contains("type") || !j["type"].is_string() ||
+      (j["type"] != kWholeKeyType && j["type"] != kRangeKeyType)) {
+    return make_error(ErrorCode::kCorrupt,
+                      "kbs request from {}: field 'type': must be \"key-request\" or \"range-key-request\"", peer);
   }
-  VEIL_ASSIGN_OR_RETURN(channel::Endpoint ep, endpoint_of(kbs_address));
-  channel::ChannelOptions co;
-  co.mode = channel::Mode::kMutual;
-  co.attester = std::move(attester);
-  co.verifier = std::move(broker_verifier);
-  co.handshake_timeout = options.timeout;
-  co.max_message = 64u << 10;
-  auto where = [&] { return fmt::format("kbs {} (model '{}' version {})", kbs_address, model_id, version); };
-  auto transport = channel::connect(ep, channel::deadline_in(options.timeout));
-  if (!transport.ok()) return std::move(transport).error().wrap(where());
-  auto ch = channel::client_handshake(std::move(*transport), co);
-  if (!ch.ok()) return std::move(ch).error().wrap(where());
-  nlohmann::json req;
-  req["type"] = "key-request";
-  req["model_id"] = model_id;
-  req["version"] = version;
-  auto deadline = channel::deadline_in(options.timeout);
-  std::string text = req.dump();
-  Status st = (*ch)->send(as_bytes(text), deadline);
-  if (!st.ok()) return std::move(st).error().wrap(where());
-  Bytes reply;
-  Status rs = (*ch)->recv_into(reply, deadline);
-  if (!rs.ok()) return std::move(rs).error().wrap(where());
-  (void)(*ch)->close(deadline);
+  const bool range = j["type"] == kRangeKeyType;
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    auto known = [&](const auto& fields) { return std::find(fields.begin(), fields.end(), it.key()) != fields.end(); };
+    if (range ? !known(kRangeKeyFields) : !known(kWholeKeyFields)) {
+      return make_error(ErrorCode::kCorrupt, "kbs request from {}: field '{}': unknown", peer, it.key().substr(0, 64));
+    }
+  }
+  if (!j.contains("model_id") || !j["model_id"].is_string() || j["model_id"].get<std::string>().empty() ||
+      j["model_id"].get<std::string>().size() > 128) {
+    return make_error(ErrorCode::kCorrupt, "kbs request from {}: field 'model_id': must be a string of 1..128 characters", peer);
+  }
+  if (!j.contains("version") || !j["version"].is_number_unsigned()) {
+    return make_error(ErrorCode::kCorrupt, "kbs request from {}: field 'version': must be a non-negative integer", peer);
+  }
+  ReleaseRequest r{j["model_id"].get<std::string>(), j["version"].get<uint64_t>(), peer, std::nullopt};
+  if (range) {
+    VEIL_ASSIGN_OR_RETURN(r.range, parse_range(j, peer));
+  }
+  return r;
+}
+
+Result<Release> parse_key_reply(ByteView reply, bool range) {
   if (reply.size() >= 2 && reply[0] == kReplyError) {
     uint8_t code = reply[1];
     ErrorCode ec = code <= static_cast<uint8_t>(ErrorCode::kInternal) ? static_cast<ErrorCode>(code) : ErrorCode::kSecurity;
@@ -255,18 +274,107 @@ Result<SecretBytes> fetch_model_key(const std::string& kbs_address, const std::s
     for (char& c : msg) {
       if (c < 0x20 || c > 0x7e) c = '?';
     }
-    return make_error(ec, "{}: refused: {}", where(), msg);
+    return make_error(ec, "refused: {}", msg);
+  }
+  Release out;
+  if (range) {
+    if (reply.empty() || reply[0] != kReplyRange) {
+      return make_error(ErrorCode::kCorrupt, "malformed reply ({} bytes, expected a range key set)", reply.size());
+    }
+    auto set = sealed::RangeKeySet::parse(reply.subspan(1));
+    if (!set.ok()) return std::move(set).error().wrap("malformed reply");
+    out.key_id = set->key_id();
+    out.range_keys = std::move(*set);
+    return out;
   }
   if (reply.size() != 1 + sealed::kModelKeySize + kKeyIdSize || reply[0] != kReplyOk) {
-    secure_zero(reply.data(), reply.size());
-    return make_error(ErrorCode::kCorrupt, "{}: malformed reply ({} bytes)", where(), reply.size());
+    return make_error(ErrorCode::kCorrupt, "malformed reply ({} bytes)", reply.size());
   }
-  SecretBytes key(ByteView(reply.data() + 1, sealed::kModelKeySize));
-  ByteView key_id(reply.data() + 1 + sealed::kModelKeySize, kKeyIdSize);
-  bool id_ok = ct_equal(sealed::key_id_for(key.view()), key_id);
-  secure_zero(reply.data(), reply.size());
-  if (!id_ok) return make_error(ErrorCode::kSecurity, "{}: the released key does not match its key id", where());
-  return key;
+  out.key = SecretBytes(reply.subspan(1, sealed::kModelKeySize));
+  std::copy(reply.begin() + 1 + sealed::kModelKeySize, reply.end(), out.key_id.begin());
+  if (!ct_equal(sealed::key_id_for(out.key.view()), out.key_id)) {
+    return make_error(ErrorCode::kSecurity, "the released key does not match its key id");
+  }
+  return out;
+}
+
+namespace {
+
+// One request and its reply over a fresh mutually attested channel.
+Result<Release> exchange(const std::string& kbs_address, const nlohmann::json& request, bool range,
+                         channel::Attester attester, channel::EvidenceVerifier broker_verifier,
+                         const FetchOptions& options, const std::string& where) {
+  if (!attester || !broker_verifier) {
+    return make_error(ErrorCode::kInvalidArgument, "{}: an attester and a broker verifier are required", where);
+  }
+  auto ep = endpoint_of(kbs_address);
+  if (!ep.ok()) return std::move(ep).error().wrap(where);
+  channel::ChannelOptions co;
+  co.mode = channel::Mode::kMutual;
+  co.attester = std::move(attester);
+  co.verifier = std::move(broker_verifier);
+  co.handshake_timeout = options.timeout;
+  co.max_message = 64u << 10;
+  auto transport = channel::connect(*ep, channel::deadline_in(options.timeout));
+  if (!transport.ok()) return std::move(transport).error().wrap(where);
+  auto ch = channel::client_handshake(std::move(*transport), co);
+  if (!ch.ok()) return std::move(ch).error().wrap(where);
+  auto deadline = channel::deadline_in(options.timeout);
+  std::string text = request.dump();
+  Status st = (*ch)->send(as_bytes(text), deadline);
+  if (!st.ok()) return std::move(st).error().wrap(where);
+  Bytes raw;
+  Status rs = (*ch)->recv_into(raw, deadline);
+  SecretBytes reply{ByteView(raw)};
+  secure_zero(raw.data(), raw.size());
+  if (!rs.ok()) return std::move(rs).error().wrap(where);
+  (void)(*ch)->close(deadline);
+  auto rel = parse_key_reply(reply.view(), range);
+  if (!rel.ok()) return std::move(rel).error().wrap(where);
+  return rel;
+}
+
+}  // namespace
+
+Result<SecretBytes> fetch_model_key(const std::string& kbs_address, const std::string& model_id, uint64_t version,
+                                    channel::Attester attester, channel::EvidenceVerifier broker_verifier,
+                                    const FetchOptions& options) {
+  nlohmann::json req;
+  req["type"] = kWholeKeyType;
+  req["model_id"] = model_id;
+  req["version"] = version;
+  std::string where = fmt::format("kbs {} (model '{}' version {})", kbs_address, model_id, version);
+  VEIL_ASSIGN_OR_RETURN(Release rel, exchange(kbs_address, req, false, std::move(attester),
+                                              std::move(broker_verifier), options, where));
+  return std::move(rel.key);
+}
+
+Result<sealed::RangeKeySet> fetch_range_keys(const std::string& kbs_address, const std::string& model_id,
+                                             uint64_t version, const RangeRequest& range, channel::Attester attester,
+                                             channel::EvidenceVerifier broker_verifier, const FetchOptions& options) {
+  std::string where = fmt::format("kbs {} (model '{}' version {}, layers {}..{})", kbs_address, model_id, version,
+                                  range.first_layer, range.last_layer);
+  auto spec = sealed::range_spec_for({range.first_layer, range.last_layer}, range.layer_count, range.tied_embeddings);
+  if (!spec.ok()) return std::move(spec).error().wrap(where);
+  nlohmann::json req;
+  req["type"] = kRangeKeyType;
+  req["model_id"] = model_id;
+  req["version"] = version;
+  req["first_layer"] = range.first_layer;
+  req["last_layer"] = range.last_layer;
+  req["layer_count"] = range.layer_count;
+  req["tied_embeddings"] = range.tied_embeddings;
+  VEIL_ASSIGN_OR_RETURN(Release rel, exchange(kbs_address, req, true, std::move(attester), std::move(broker_verifier),
+                                              options, where));
+  if (!rel.range_keys) return make_error(ErrorCode::kInternal, "{}: no range key set in the reply", where);
+  sealed::RangeKeySet set = std::move(*rel.range_keys);
+  const sealed::RangeSpec& got = set.spec();
+  if (set.model_id() != model_id || set.model_version() != version || got.layers.first != spec->layers.first ||
+      got.layers.last != spec->layers.last || got.input != spec->input || got.output != spec->output) {
+    return make_error(ErrorCode::kSecurity, "{}: the broker released another range's keys ({} of '{}' version {})",
+                      where, set.describe(), set.model_id(), set.model_version());
+  }
+  return set;
 }
 
 }  // namespace veil::kbs

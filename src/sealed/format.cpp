@@ -1,6 +1,7 @@
 // Sealed-model header: encoding, structural parsing and the key schedule.
 #include "sealed/format.h"
 
+#include <algorithm>
 #include <set>
 
 namespace veil::sealed {
@@ -139,6 +140,84 @@ SecretBytes derive_header_mac_key(ByteView model_key, ByteView file_salt) {
   return crypto::hkdf_expand(crypto::HashAlg::kSha256, prk.view(), as_bytes("veil-sealed-v1 header mac"), 32);
 }
 
+SecretBytes derive_part_key(ByteView model_key, std::string_view model_id, uint64_t model_version, uint32_t part) {
+  SecretBytes prk = crypto::hkdf_extract(crypto::HashAlg::kSha256, as_bytes("veil-sealed-v2 part keys"), model_key);
+  Bytes info = to_bytes("veil-sealed-v2 part");
+  info.push_back(0);
+  put_str16(info, model_id);
+  put_u64(info, model_version);
+  put_u32(info, part);
+  return crypto::hkdf_expand(crypto::HashAlg::kSha256, prk.view(), info, 32);
+}
+
+SecretBytes derive_part_chunk_key(ByteView part_key, ByteView file_salt) {
+  SecretBytes prk = crypto::hkdf_extract(crypto::HashAlg::kSha256, file_salt, part_key);
+  return crypto::hkdf_expand(crypto::HashAlg::kSha256, prk.view(), as_bytes("veil-sealed-v2 chunk key"), 32);
+}
+
+SecretBytes derive_v2_header_mac_key(ByteView rest_key, ByteView file_salt) {
+  SecretBytes prk = crypto::hkdf_extract(crypto::HashAlg::kSha256, file_salt, rest_key);
+  return crypto::hkdf_expand(crypto::HashAlg::kSha256, prk.view(), as_bytes("veil-sealed-v2 header mac"), 32);
+}
+
+FileKeys file_keys_from_model_key(const Header& h, ByteView model_key) {
+  FileKeys k;
+  if (h.format_version == kFormatVersion1) {
+    k.header_mac = derive_header_mac_key(model_key, h.file_salt);
+    k.chunk.emplace(kPartRest, derive_chunk_key(model_key, h.file_salt));
+    return k;
+  }
+  SecretBytes rest = derive_part_key(model_key, h.model_id, h.model_version, kPartRest);
+  k.header_mac = derive_v2_header_mac_key(rest.view(), h.file_salt);
+  for (uint32_t part : h.chunk_parts) {
+    if (k.chunk.count(part) != 0) continue;
+    SecretBytes pk = derive_part_key(model_key, h.model_id, h.model_version, part);
+    k.chunk.emplace(part, derive_part_chunk_key(pk.view(), h.file_salt));
+  }
+  return k;
+}
+
+std::optional<PartViolation> assign_chunk_parts(Header& h) {
+  // Tensors with bytes, by start offset; a chunk belongs to the last one starting at or before it.
+  std::vector<size_t> order;
+  for (size_t i = 0; i < h.tensors.size(); ++i) {
+    if (h.tensors[i].size > 0) order.push_back(i);
+  }
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return h.tensors[a].offset < h.tensors[b].offset; });
+  for (size_t k = 1; k < order.size(); ++k) {
+    const TensorEntry& a = h.tensors[order[k - 1]];
+    const TensorEntry& b = h.tensors[order[k]];
+    if (a.offset == b.offset && part_of_tensor(a.name) != part_of_tensor(b.name)) {
+      return PartViolation{order[k], fmt::format("starts at byte {} like '{}', which is in another part", b.offset, a.name)};
+    }
+  }
+  h.chunk_parts.assign(h.chunk_count(), kPartRest);
+  size_t t = 0;
+  for (uint64_t c = 0; c < h.chunk_count(); ++c) {
+    while (t < order.size() && h.tensors[order[t]].offset <= h.chunk_offsets[c]) ++t;
+    if (t > 0) h.chunk_parts[c] = part_of_tensor(h.tensors[order[t - 1]].name);
+  }
+  // run_end[c]: the first chunk after c of another part, so a tensor's chunks are checked in O(log n).
+  std::vector<uint64_t> run_end(h.chunk_count());
+  for (uint64_t c = h.chunk_count(); c-- > 0;) {
+    run_end[c] = c + 1 < h.chunk_count() && h.chunk_parts[c + 1] == h.chunk_parts[c] ? run_end[c + 1] : c + 1;
+  }
+  for (size_t i : order) {
+    const TensorEntry& e = h.tensors[i];
+    auto first = static_cast<uint64_t>(
+        std::upper_bound(h.chunk_offsets.begin(), h.chunk_offsets.end(), e.offset) - h.chunk_offsets.begin() - 1);
+    auto end = static_cast<uint64_t>(
+        std::lower_bound(h.chunk_offsets.begin(), h.chunk_offsets.end(), e.offset + e.size) - h.chunk_offsets.begin());
+    uint32_t part = part_of_tensor(e.name);
+    if (h.chunk_parts[first] != part || run_end[first] < end) {
+      uint64_t bad = h.chunk_parts[first] != part ? first : run_end[first];
+      return PartViolation{i, fmt::format("its bytes lie in chunk {}, which belongs to {} (chunks must not straddle "
+                                          "parts)", bad, part_name(h.chunk_parts[bad]))};
+    }
+  }
+  return std::nullopt;
+}
+
 crypto::Sha256Digest layer_digest(const std::vector<TensorEntry>& tensors, uint32_t layer) {
   Bytes buf;
   for (const TensorEntry& t : tensors) {
@@ -162,6 +241,24 @@ void chunk_aad(const crypto::Sha256Digest& header_hash, uint64_t index, bool fin
 
 }  // namespace detail
 
+uint32_t part_of_tensor(std::string_view name) {
+  uint32_t layer = detail::layer_of(name);
+  if (layer != kNoLayer) return layer;
+  auto starts = [&](std::string_view p) { return name.substr(0, p.size()) == p; };
+  if (starts("token_embd.") || starts("pos_embd.")) return kPartInput;
+  if (starts("output.") || starts("output_norm.")) return kPartOutput;
+  return kPartRest;
+}
+
+std::string part_name(uint32_t part) {
+  switch (part) {
+    case kPartRest: return "the rest (metadata, tokenizer, other globals)";
+    case kPartInput: return "the input globals (token_embd/pos_embd)";
+    case kPartOutput: return "the output globals (output/output_norm)";
+    default: return fmt::format("layer {}", part);
+  }
+}
+
 std::array<uint8_t, 16> key_id_for(ByteView model_key) {
   SecretBytes okm = crypto::hkdf(crypto::HashAlg::kSha256, {}, model_key, as_bytes("veil-sealed-v1 key id"), 16);
   std::array<uint8_t, 16> id{};
@@ -176,11 +273,11 @@ Result<Header> parse_header(ByteView file) {
   VEIL_ASSIGN_OR_RETURN(ByteView magic, r.raw("magic", kMagic.size()));
   if (as_chars(magic) != kMagic) return r.corrupt("magic", 0, "not a Veil sealed model (expected \"VEILSMDL\")");
   VEIL_ASSIGN_OR_RETURN(h.format_version, r.uint<uint16_t>("format_version"));
-  if (h.format_version != kFormatVersion) {
+  if (h.format_version != kFormatVersion1 && h.format_version != kFormatVersion2) {
     return make_error(ErrorCode::kUnsupported,
                       "sealed header: field 'format_version' at byte offset 8: version {} is not supported (this "
-                      "build reads version {})",
-                      h.format_version, kFormatVersion);
+                      "build reads versions {} and {})",
+                      h.format_version, kFormatVersion1, kFormatVersion2);
   }
   VEIL_ASSIGN_OR_RETURN(uint16_t suite, r.uint<uint16_t>("cipher_suite"));
   auto s = crypto::aead_suite_from_id(suite);
@@ -234,11 +331,13 @@ Result<Header> parse_header(ByteView file) {
   if (n_tensors > kMaxTensors) return hr.corrupt("tensor_count", at, fmt::format("{} exceeds {}", n_tensors, kMaxTensors));
   std::set<std::string, std::less<>> names;
   std::set<uint32_t> tensor_layers;
+  std::vector<size_t> tensor_at;  // byte offset of each tensor entry, for format-2 part errors
   h.tensors.reserve(std::min<uint32_t>(n_tensors, 4096));
   for (uint32_t i = 0; i < n_tensors; ++i) {
     TensorEntry t;
     std::string f = fmt::format("tensor[{}]", i);
     at = hr.pos();
+    tensor_at.push_back(at);
     VEIL_ASSIGN_OR_RETURN(uint16_t nl, hr.uint<uint16_t>(f + ".name.length"));
     VEIL_ASSIGN_OR_RETURN(ByteView name, hr.raw(f + ".name", nl));
     t.name.assign(as_chars(name));
@@ -318,6 +417,12 @@ Result<Header> parse_header(ByteView file) {
     return hr.corrupt("header_size", 12,
                       fmt::format("fields end at byte {} but header_size puts the tag at {}", hr.pos(),
                                   h.header_size - kTagSize));
+  }
+  if (h.format_version == kFormatVersion2) {
+    if (auto bad = assign_chunk_parts(h)) {
+      return hr.corrupt(fmt::format("tensor[{}]", bad->tensor), tensor_at[bad->tensor],
+                        fmt::format("tensor '{}': {}", h.tensors[bad->tensor].name, bad->why));
+    }
   }
   h.header_hash = crypto::sha256(file.subspan(0, h.header_size));
   return h;

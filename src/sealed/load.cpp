@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <functional>
+#include <optional>
 #include <thread>
 
 #include <spdlog/spdlog.h>
@@ -134,25 +136,68 @@ Status SealedReader::authenticate(const SecretBytes& key) {
     return make_error(ErrorCode::kInvalidArgument, "sealed model {}: a model key is {} bytes, not {}", p,
                       kModelKeySize, key.size());
   }
-  auto id = key_id_for(key.view());
+  VEIL_TRY(check_key_id(key_id_for(key.view())));
+  detail::FileKeys keys = detail::file_keys_from_model_key(header_, key.view());
+  VEIL_TRY(check_header_tag(keys.header_mac));
+  chunk_keys_ = std::move(keys.chunk);
+  key_holder_ = "the model key";
+  authenticated_ = true;
+  return ok_status();
+}
+
+Status SealedReader::authenticate(const RangeKeySet& keys) {
+  const std::string& p = name_;
+  if (header_.format_version == kFormatVersion1) {
+    return make_error(ErrorCode::kUnsupported,
+                      "sealed model {}: field 'format_version' at byte offset 8: format 1 has one key for the whole "
+                      "file, so a range key set cannot open it (re-seal it: veil seal writes format 2)",
+                      p);
+  }
+  if (keys.model_id() != header_.model_id || keys.model_version() != header_.model_version) {
+    return make_error(ErrorCode::kSecurity,
+                      "sealed model {}: field 'model_id': the range key set is for model '{}' version {}, the file "
+                      "holds '{}' version {}",
+                      p, keys.model_id(), keys.model_version(), header_.model_id, header_.model_version);
+  }
+  if (!keys.holds(kPartRest)) {
+    return make_error(ErrorCode::kInvalidArgument, "sealed model {}: the range key set is empty", p);
+  }
+  VEIL_TRY(check_key_id(keys.key_id()));
+  VEIL_TRY(check_header_tag(detail::derive_v2_header_mac_key(keys.part_key(kPartRest), header_.file_salt)));
+  chunk_keys_.clear();
+  for (uint32_t part : header_.chunk_parts) {
+    if (chunk_keys_.count(part) != 0 || !keys.holds(part)) continue;
+    chunk_keys_.emplace(part, detail::derive_part_chunk_key(keys.part_key(part), header_.file_salt));
+  }
+  key_holder_ = fmt::format("the range key set ({})", keys.describe());
+  authenticated_ = true;
+  return ok_status();
+}
+
+Status SealedReader::check_key_id(const std::array<uint8_t, 16>& id) const {
   if (!ct_equal(id, header_.key_id)) {
     return make_error(ErrorCode::kSecurity,
                       "sealed model {}: field 'key_id' at byte offset 104: wrong key (the key's id is not the "
                       "header's key id {})",
-                      p, to_hex(header_.key_id));
+                      name_, to_hex(header_.key_id));
   }
+  return ok_status();
+}
+
+Status SealedReader::check_header_tag(const SecretBytes& mac_key) const {
   size_t body = header_.header_size - detail::kTagSize;
-  SecretBytes mac_key = detail::derive_header_mac_key(key.view(), header_.file_salt);
   Bytes tag = crypto::hmac(crypto::HashAlg::kSha256, mac_key.view(), data_.subspan(0, body));
   if (!ct_equal(tag, data_.subspan(body, detail::kTagSize))) {
     return make_error(ErrorCode::kSecurity,
                       "sealed model {}: field 'header_tag' at byte offset {}: header authentication failed (a header "
                       "field in bytes 0..{} was altered)",
-                      p, body, body);
+                      name_, body, body);
   }
-  chunk_key_ = detail::derive_chunk_key(key.view(), header_.file_salt);
-  authenticated_ = true;
   return ok_status();
+}
+
+uint32_t SealedReader::part_of_chunk(uint64_t i) const {
+  return header_.format_version == kFormatVersion1 ? kPartRest : header_.chunk_parts[i];
 }
 
 Status SealedReader::decrypt(const std::vector<uint64_t>& chunks, uint8_t* out, unsigned threads) const {
@@ -162,6 +207,10 @@ Status SealedReader::decrypt(const std::vector<uint64_t>& chunks, uint8_t* out, 
   uint64_t bytes = 0;
   for (uint64_t c : chunks) {
     if (c >= h.chunk_count()) return make_error(ErrorCode::kInvalidArgument, "sealed: chunk {} does not exist", c);
+    if (chunk_keys_.count(part_of_chunk(c)) == 0) {  // fail closed before decrypting anything
+      return make_error(ErrorCode::kSecurity, "sealed model {}: chunk {} belongs to {}, whose key {} does not hold",
+                        name_, c, part_name(part_of_chunk(c)), key_holder_);
+    }
     bytes += h.chunk_sizes[c];
   }
   if (threads == 0) threads = std::min(2u, std::max(1u, std::thread::hardware_concurrency()));
@@ -173,15 +222,21 @@ Status SealedReader::decrypt(const std::vector<uint64_t>& chunks, uint8_t* out, 
   std::vector<uint64_t> failed(threads, UINT64_MAX);
   std::vector<std::string> setup_error(threads);
   auto work = [&](unsigned w, size_t begin, size_t end) {
-    auto aead = crypto::Aead::create(h.suite, chunk_key_.view());
-    if (!aead.ok()) {
-      setup_error[w] = aead.error().message();
-      return;
-    }
+    std::optional<crypto::Aead> aead;
+    uint32_t aead_part = 0;
     uint8_t nonce[crypto::kAeadNonceSize];
     uint8_t aad[detail::kAadSize];
     for (size_t k = begin; k < end; ++k) {
       uint64_t i = chunks[k];
+      if (!aead || part_of_chunk(i) != aead_part) {  // a part's chunks are contiguous: one context per run
+        aead_part = part_of_chunk(i);
+        auto a = crypto::Aead::create(h.suite, chunk_keys_.at(aead_part).view());
+        if (!a.ok()) {
+          setup_error[w] = a.error().message();
+          return;
+        }
+        aead.emplace(std::move(*a));
+      }
       detail::chunk_nonce(i, nonce);
       detail::chunk_aad(h.header_hash, i, i + 1 == h.chunk_count(), aad);
       ByteView sealed = data_.subspan(h.chunk_file_offset(i), h.chunk_sizes[i] + crypto::kAeadTagSize);
@@ -268,8 +323,11 @@ bool LoadedModel::has_tensor(std::string_view name) const {
   return std::find(loaded_tensors.begin(), loaded_tensors.end(), name) != loaded_tensors.end();
 }
 
-Result<LoadedModel> load_sealed_model(const std::filesystem::path& path, const SecretBytes& key,
-                                      const LoadOptions& options) {
+namespace {
+
+// Shared by both load_sealed_model overloads: `authenticate` is the only step that differs.
+Result<LoadedModel> load_with(const std::filesystem::path& path, const LoadOptions& options,
+                              const std::function<Status(SealedReader&)>& authenticate) {
   VEIL_ASSIGN_OR_RETURN(SealedReader reader, SealedReader::open(path));
   const Header& h = reader.header();
   const std::string p = path.string();
@@ -288,8 +346,7 @@ Result<LoadedModel> load_sealed_model(const std::filesystem::path& path, const S
                         "layers 0..{}", p, options.layers->first, options.layers->last, last);
     }
   }
-  VEIL_TRY(reader.authenticate(key));
-
+  VEIL_TRY(authenticate(reader));
   std::vector<uint64_t> chunks = reader.chunks_for(options.layers);
   VEIL_ASSIGN_OR_RETURN(std::unique_ptr<PlaintextBuffer> buf, PlaintextBuffer::allocate(h.plaintext_size));
   VEIL_TRY(reader.decrypt(chunks, buf->data(), options.threads));
@@ -324,6 +381,23 @@ Result<LoadedModel> load_sealed_model(const std::filesystem::path& path, const S
   m.buffer = std::move(shared);
   m.gguf = std::move(*file);
   return m;
+}
+
+}  // namespace
+
+Result<LoadedModel> load_sealed_model(const std::filesystem::path& path, const SecretBytes& key,
+                                      const LoadOptions& options) {
+  return load_with(path, options, [&](SealedReader& r) { return r.authenticate(key); });
+}
+
+Result<LoadedModel> load_sealed_model(const std::filesystem::path& path, const RangeKeySet& keys,
+                                      const LoadOptions& options) {
+  if (!options.layers) {
+    return make_error(ErrorCode::kInvalidArgument,
+                      "sealed model {}: a range key set ({}) cannot load the whole model: give the layer range",
+                      path.string(), keys.describe());
+  }
+  return load_with(path, options, [&](SealedReader& r) { return r.authenticate(keys); });
 }
 
 }  // namespace veil::sealed

@@ -84,9 +84,12 @@ Result<Bytes> seal_bytes(ByteView plaintext, const std::vector<TensorSpan>& tens
                       kMinChunkSize, kMaxChunkSize);
   }
   if (plaintext.empty()) return make_error(ErrorCode::kInvalidArgument, "seal: the model is empty");
+  if (options.format_version != kFormatVersion1 && options.format_version != kFormatVersion2) {
+    return make_error(ErrorCode::kInvalidArgument, "seal: format version {} is not 1 or 2", options.format_version);
+  }
 
   Header h;
-  h.format_version = kFormatVersion;
+  h.format_version = options.format_version;
   h.suite = options.suite;
   h.chunk_size = options.chunk_size;
   h.plaintext_size = plaintext.size();
@@ -133,26 +136,37 @@ Result<Bytes> seal_bytes(ByteView plaintext, const std::vector<TensorSpan>& tens
     }
   }
   if (h.chunk_sizes.size() > kMaxChunks) return make_error(ErrorCode::kInvalidArgument, "seal: too many chunks");
+  if (h.format_version == kFormatVersion2) {
+    if (auto bad = assign_chunk_parts(h)) {
+      return make_error(ErrorCode::kInvalidArgument, "seal: tensor '{}': {}", h.tensors[bad->tensor].name, bad->why);
+    }
+  }
 
   h.header_size = static_cast<uint32_t>(encode_header_body(h).size() + kTagSize);
   if (h.header_size > kMaxHeaderSize) return make_error(ErrorCode::kInvalidArgument, "seal: header too large");
   Bytes out = encode_header_body(h);
-  SecretBytes mac_key = derive_header_mac_key(key.view(), h.file_salt);
-  Bytes tag = crypto::hmac(crypto::HashAlg::kSha256, mac_key.view(), out);
+  FileKeys keys = file_keys_from_model_key(h, key.view());
+  Bytes tag = crypto::hmac(crypto::HashAlg::kSha256, keys.header_mac.view(), out);
   out.insert(out.end(), tag.begin(), tag.end());
   h.header_hash = crypto::sha256(out);
 
   out.resize(h.sealed_size());
-  SecretBytes chunk_key = derive_chunk_key(key.view(), h.file_salt);
-  VEIL_ASSIGN_OR_RETURN(crypto::Aead aead, crypto::Aead::create(h.suite, chunk_key.view()));
+  std::optional<crypto::Aead> aead;
+  uint32_t aead_part = 0;
   uint8_t nonce[crypto::kAeadNonceSize];
   uint8_t aad[kAadSize];
   for (uint64_t i = 0; i < h.chunk_count(); ++i) {
+    uint32_t part = h.format_version == kFormatVersion1 ? kPartRest : h.chunk_parts[i];
+    if (!aead || part != aead_part) {  // chunks of one part are contiguous: one context per run
+      VEIL_ASSIGN_OR_RETURN(crypto::Aead a, crypto::Aead::create(h.suite, keys.chunk.at(part).view()));
+      aead.emplace(std::move(a));
+      aead_part = part;
+    }
     chunk_nonce(i, nonce);
     chunk_aad(h.header_hash, i, i + 1 == h.chunk_count(), aad);
-    VEIL_TRY(aead.seal_into({nonce, sizeof nonce}, {aad, sizeof aad},
-                            plaintext.subspan(h.chunk_offsets[i], h.chunk_sizes[i]),
-                            out.data() + h.chunk_file_offset(i)));
+    VEIL_TRY(aead->seal_into({nonce, sizeof nonce}, {aad, sizeof aad},
+                             plaintext.subspan(h.chunk_offsets[i], h.chunk_sizes[i]),
+                             out.data() + h.chunk_file_offset(i)));
   }
   return out;
 }
@@ -194,6 +208,7 @@ Result<std::string> describe_sealed_model(const std::filesystem::path& path, boo
     nlohmann::ordered_json j;
     j["format"] = "veil-sealed-model";
     j["format_version"] = h.format_version;
+    j["key_schedule"] = h.format_version == kFormatVersion1 ? "one key per file" : "one key per part";
     j["model_id"] = h.model_id;
     j["model_version"] = h.model_version;
     j["version_label"] = h.version_label;
@@ -227,7 +242,9 @@ Result<std::string> describe_sealed_model(const std::filesystem::path& path, boo
   }
   std::string s;
   s += fmt::format("file:              {}\n", path.string());
-  s += fmt::format("format:            Veil sealed model v{}\n", h.format_version);
+  s += fmt::format("format:            Veil sealed model v{} ({})\n", h.format_version,
+                   h.format_version == kFormatVersion1 ? "one key per file"
+                                                       : "one key per layer, input, output and rest");
   s += fmt::format("model id:          {}\n", h.model_id);
   s += fmt::format("model version:     {}{}\n", h.model_version,
                    h.version_label.empty() ? "" : fmt::format(" ({})", h.version_label));

@@ -5,6 +5,10 @@
 // associated data binds the header hash, the chunk index and a final-chunk flag, so truncation,
 // reordering and swapping chunks between files or versions are refused. Chunk keys are per file
 // (HKDF over the model key and a random file salt), so chunk-index nonces never repeat under one key.
+// Format 2 (written by default) splits the model into parts -- one per layer, the input globals, the
+// output globals and the rest -- each with its own key derived from the model key; a pipeline stage can
+// hold a RangeKeySet (its parts' keys only) that cannot decrypt any other part. Format 1 (one chunk key
+// for the whole file) is still read.
 //
 // Invariants:
 //  - Plaintext never touches disk: load_sealed_model decrypts from a read-only map of the sealed file
@@ -20,6 +24,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -39,6 +44,18 @@ namespace veil::sealed {
 inline constexpr size_t kModelKeySize = 32;
 inline constexpr uint32_t kNoLayer = 0xFFFFFFFFu;
 inline constexpr uint32_t kDefaultChunkSize = 1u << 20;  // 1 MiB
+inline constexpr uint16_t kFormatVersion1 = 1;  // one chunk key per file
+inline constexpr uint16_t kFormatVersion2 = 2;  // one key per part (layer, input, output, rest)
+
+// Parts of a format-2 model, each with its own key (docs/sealed-format.md, "Parts"). A layer's part id
+// is its index (layer_of() allows at most 7 digits, so below these).
+inline constexpr uint32_t kPartRest = 0xFFFFFFFFu;    // GGUF header, metadata, tokenizer, other globals
+inline constexpr uint32_t kPartInput = 0xFFFFFFFEu;   // token_embd.*, pos_embd.*
+inline constexpr uint32_t kPartOutput = 0xFFFFFFFDu;  // output.*, output_norm.*
+// The part a tensor belongs to, from its name.
+uint32_t part_of_tensor(std::string_view name);
+// "layer 3", "the input globals (token_embd/pos_embd)", ... for error messages.
+std::string part_name(uint32_t part);
 
 // One tensor of the sealed GGUF, as listed in the header.
 struct TensorEntry {
@@ -72,6 +89,7 @@ struct Header {
   std::vector<LayerEntry> layers;
   std::vector<uint32_t> chunk_sizes;     // plaintext bytes per chunk
   std::vector<uint64_t> chunk_offsets;   // derived: plaintext offset of each chunk (prefix sums)
+  std::vector<uint32_t> chunk_parts;     // derived (format 2): the part each chunk belongs to
   crypto::Sha256Digest header_hash{};    // SHA-256 of all header bytes, tag included
 
   uint64_t chunk_count() const { return chunk_sizes.size(); }
@@ -82,6 +100,8 @@ struct Header {
 
 // Parses and structurally validates a header from the start of a sealed file (no key needed).
 // kCorrupt naming the field and byte offset; kUnsupported for another format version or suite.
+// Format 2: a chunk belongs to the part of the last tensor (with bytes) starting at or before it
+// (the rest before the first tensor); a tensor whose bytes lie in chunks of another part is kCorrupt.
 Result<Header> parse_header(ByteView file_prefix);
 
 // The key id a model key is known by (16 bytes, HKDF of the key; reveals nothing about it).
@@ -99,6 +119,7 @@ struct SealOptions {
   std::string version_label;  // 0..128 printable ASCII characters
   crypto::AeadSuite suite = crypto::AeadSuite::kAes256Gcm;
   uint32_t chunk_size = kDefaultChunkSize;  // 4 KiB .. 64 MiB
+  uint16_t format_version = kFormatVersion2;  // 1: one key for the whole file (older readers)
 };
 
 // A tensor's byte span in the plaintext (absolute offsets).
@@ -162,6 +183,57 @@ struct LayerRange {
   uint32_t last = 0;
 };
 
+// The parts a stage for `layers` needs, by the LayerRange rule above: its layers, the rest, the input
+// globals when first == 0 (or, with tied embeddings, when it holds the last layer), the output globals
+// when it holds the last layer (layer_count - 1).
+struct RangeSpec {
+  LayerRange layers;
+  bool input = false;
+  bool output = false;
+};
+inline constexpr uint32_t kMaxModelLayers = 1u << 16;  // layer_count a range request may name
+inline constexpr uint32_t kMaxRangeLayers = 1024;      // layers in one range key set
+// kInvalidArgument unless first <= last < layer_count <= kMaxModelLayers and the range has at most
+// kMaxRangeLayers layers.
+Result<RangeSpec> range_spec_for(LayerRange layers, uint32_t layer_count, bool tied_embeddings);
+// The same from a parsed header (layer_count = last layer + 1; tied: no "output.weight").
+Result<RangeSpec> range_spec_for(const Header& header, LayerRange layers);
+bool has_tied_embeddings(const Header& header);
+uint32_t layer_count(const Header& header);
+
+// The keys of a format-2 model's parts for one layer range (what the key broker releases to a
+// pipeline stage): never the model key, and no key from which another part's key can be derived.
+// Bound to the model id, version and key id it was derived for. Secret bytes live in SecretBytes.
+class RangeKeySet {
+ public:
+  static constexpr uint8_t kWireVersion = 1;
+  // Derives the set from the whole model key (the broker; tests).
+  static Result<RangeKeySet> derive(const SecretBytes& model_key, std::string_view model_id, uint64_t model_version,
+                                    const RangeSpec& spec);
+  // Wire form: u8 version | key_id[16] | str16 model_id | u64 model_version | u32 first | u32 last |
+  // u8 flags (1: input, 2: output) | 32-byte keys: rest, [input], [output], layers first..last.
+  static Result<RangeKeySet> parse(ByteView wire);
+  SecretBytes serialize() const;
+
+  const std::string& model_id() const { return model_id_; }
+  uint64_t model_version() const { return model_version_; }
+  const std::array<uint8_t, 16>& key_id() const { return key_id_; }
+  const RangeSpec& spec() const { return spec_; }
+  bool holds(uint32_t part) const;
+  // The part's key, or an empty view when the set does not hold it.
+  ByteView part_key(uint32_t part) const;
+  // "layers 2..3 + rest + output", for logs and the audit (no key material).
+  std::string describe() const;
+
+ private:
+  size_t slot_of(uint32_t part) const;  // index into keys_ (in 32-byte units), SIZE_MAX if not held
+  std::string model_id_;
+  uint64_t model_version_ = 0;
+  std::array<uint8_t, 16> key_id_{};
+  RangeSpec spec_;
+  SecretBytes keys_;
+};
+
 struct LoadOptions {
   std::string expected_model_id;            // when set, a header naming another model is refused
   std::optional<uint64_t> expected_version;  // when set, another version is refused
@@ -183,19 +255,29 @@ class SealedReader {
 
   // Checks the key id (wrong key), then the header tag. Must succeed before decrypt().
   Status authenticate(const SecretBytes& key);
+  // Format 2 only: checks the set's model id, version and key id against the header, then the header
+  // tag (its key derives from the rest key). decrypt() then opens only the set's parts.
+  Status authenticate(const RangeKeySet& keys);
   // Decrypts the given chunks (sorted indices) into `out` (plaintext-sized), each authenticated first.
+  // A chunk of a part whose key was not given is refused (kSecurity, naming the part) before any
+  // chunk is decrypted.
   Status decrypt(const std::vector<uint64_t>& chunks, uint8_t* out, unsigned threads) const;
+  // The part chunk i belongs to (kPartRest for every chunk of a format-1 file).
+  uint32_t part_of_chunk(uint64_t i) const;
   // The chunks holding the given layer range (see LayerRange), or all of them.
   std::vector<uint64_t> chunks_for(const std::optional<LayerRange>& layers) const;
   std::vector<size_t> tensors_for(const std::optional<LayerRange>& layers) const;
 
  private:
   static Result<SealedReader> from_view(SealedReader r);
+  Status check_key_id(const std::array<uint8_t, 16>& id) const;
+  Status check_header_tag(const SecretBytes& mac_key) const;
   MappedFile file_;
   ByteView data_;
   std::string name_;
   Header header_;
-  SecretBytes chunk_key_;
+  std::map<uint32_t, SecretBytes> chunk_keys_;  // by part; format 1: the file key under kPartRest
+  std::string key_holder_;                      // "the model key" or "the range key set (layers A..B)"
   bool authenticated_ = false;
 };
 
@@ -213,6 +295,10 @@ struct LoadedModel {
 // gguf::File::from_memory. Security refusals are kSecurity; malformed files kCorrupt.
 Result<LoadedModel> load_sealed_model(const std::filesystem::path& path, const SecretBytes& key,
                                       const LoadOptions& options = {});
+// The same with a range key set (format 2): every chunk the load needs must belong to a part the set
+// holds, else kSecurity naming the part; options.layers is required (a set never opens the whole model).
+Result<LoadedModel> load_sealed_model(const std::filesystem::path& path, const RangeKeySet& keys,
+                                      const LoadOptions& options);
 
 // ---- TEE-derived keys ----
 // A 32-byte key for `purpose` (e.g. "node-signing-key", "kbs-master-key", "local-state"):

@@ -36,7 +36,7 @@ class SealedTest : public CliTest {
     RunResult s = veil({"seal", (kStories / "stories260K.gguf").string(), "-o", path("m.vsm").string(), "--model-id",
                         "stories260K", "--version", "1", "--key-file", path("model.key").string()});
     expect_ok(s);
-    EXPECT_NE(s.out.find("model stories260K version 1"), std::string::npos) << s.out;
+    EXPECT_NE(s.out.find("format 2, model stories260K version 1"), std::string::npos) << s.out;
     ASSERT_TRUE(fs::exists(path("m.vsm")));
   }
 };
@@ -67,6 +67,10 @@ TEST_F(SealedTest, SealUsageErrors) {
   RunResult suite = veil({"seal", (kStories / "stories260K.gguf").string(), "-o", path("x.vsm").string(), "--model-id",
                           "m", "--version", "1", "--key-file", path("model.key").string(), "--suite", "rot13"});
   expect_one_line_error(suite, 2);
+  EXPECT_FALSE(fs::exists(path("x.vsm")));
+  RunResult format = veil({"seal", (kStories / "stories260K.gguf").string(), "-o", path("x.vsm").string(),
+                           "--model-id", "m", "--version", "1", "--key-file", path("model.key").string(), "--format", "3"});
+  expect_one_line_error(format, 2);
   EXPECT_FALSE(fs::exists(path("x.vsm")));
   // A missing key file is a runtime failure naming it.
   RunResult missing = veil({"seal", (kStories / "stories260K.gguf").string(), "-o", path("x.vsm").string(),
@@ -118,6 +122,7 @@ TEST_F(SealedTest, ModelInfoOnASealedModelPrintsTheHeader) {
   RunResult r = veil({"model", "info", path("m.vsm").string()});
   expect_ok(r);
   EXPECT_NE(r.out.find("stories260K"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("Veil sealed model v2 (one key per layer, input, output and rest)"), std::string::npos) << r.out;
   RunResult j = veil({"model", "info", "--json", path("m.vsm").string()});
   expect_ok(j);
   EXPECT_FALSE(json::parse(j.out, nullptr, false).is_discarded()) << j.out;
@@ -207,6 +212,13 @@ TEST_F(SealedTest, KbsKeyManagementAndAudit) {
   expect_ok(add);
   EXPECT_NE(add.out.find("stories260K version 1"), std::string::npos) << add.out;
 
+  // A sealed model that is not this model, version and key is refused (exit 1, one line).
+  RunResult mismatch = veil(with_db({"kbs", "add-key", "--model-id", "stories260K", "--version", "2", "--policy",
+                                     path("policy.json").string(), "--key-file", path("model.key").string(),
+                                     "--sealed-model", path("m.vsm").string()}));
+  expect_one_line_error(mismatch, 1);
+  EXPECT_NE(mismatch.err.find("not this model, version and key"), std::string::npos) << mismatch.err;
+
   RunResult list = veil(with_db({"kbs", "list"}));
   expect_ok(list);
   EXPECT_NE(list.out.find("stories260K\tversion 1\tkey id "), std::string::npos) << list.out;
@@ -258,9 +270,10 @@ TEST_F(SealedTest, SealStraightIntoTheBroker) {
 TEST_F(SealedTest, ServeASealedModelWithKeysFromTheBroker) {
   seal();
   expect_ok(veil({"kbs", "gen-master-key", path("master.key").string()}));
+  // With --sealed-model the broker records the layer count (5) and checks stages' range requests against it.
   expect_ok(veil({"kbs", "add-key", "--db", path("kbs.db").string(), "--master-key", path("master.key").string(),
                   "--model-id", "stories260K", "--version", "1", "--policy", path("policy.json").string(),
-                  "--key-file", path("model.key").string()}));
+                  "--key-file", path("model.key").string(), "--sealed-model", path("m.vsm").string()}));
   // One simulated machine: the platform key both processes use.
   expect_ok(veil({"attest", "quote", "--provider", "sim", "--create-key", "--platform-key", path("platform.key").string(),
                   "--report-data", "00", "--out", path("ev.json").string()}));
@@ -319,13 +332,53 @@ TEST_F(SealedTest, ServeASealedModelWithKeysFromTheBroker) {
     RunResult r = srv->finish(60s);
     expect_one_line_error(r, 3, /*logs_before=*/true);
   }
+  // A pipeline stage (the second of two) asks the broker for its layer range only, and loads it.
+  expect_ok(veil({"manifest", "create", path("m.vsm").string(), "--stages", "2", "--endpoints", "127.0.0.1:1,127.0.0.1:2",
+                  "--policy", path("policy.json").string(), "-o", path("stages.json").string()}));
+  json manifest = json::parse(read_text(path("stages.json")), nullptr, false);
+  ASSERT_FALSE(manifest.is_discarded());
+  const int stage_first = manifest["stages"][1]["layer_begin"].get<int>();
+  auto stage_args = [&](const std::string& model, const std::string& manifest_file) {
+    return std::vector<std::string>{"stage", "--manifest", path(manifest_file).string(), "--index", "1", "-m",
+                                    path(model).string(), "--kbs", kbs_address, "--policy", path("policy.json").string(),
+                                    "--tee", "sim", "--sim-platform-key", path("platform.key").string(), "--listen",
+                                    "tcp:127.0.0.1:0", "-t", "1", "--slots", "1"};
+  };
+  {
+    auto stage = start(stage_args("m.vsm", "stages.json"));
+    auto ready = stage->wait_for_stdout_line("veil stage: stage 1", 60s);
+    ASSERT_TRUE(ready.has_value()) << stage->finish(1s).describe();
+    stage->signal(SIGTERM);
+    RunResult r = stage->finish(30s);
+    EXPECT_EQ(r.exit_code, 0) << r.describe();
+  }
+  // A format-1 file has one key for every layer: a stage refuses it before asking the broker for anything.
+  expect_ok(veil({"seal", (kStories / "stories260K.gguf").string(), "-o", path("m1.vsm").string(), "--model-id",
+                  "stories260K", "--version", "1", "--key-file", path("model.key").string(), "--format", "1"}));
+  expect_ok(veil({"manifest", "create", path("m1.vsm").string(), "--stages", "2", "--endpoints",
+                  "127.0.0.1:1,127.0.0.1:2", "--policy", path("policy.json").string(), "-o", path("stages1.json").string()}));
+  RunResult v1 = veil(stage_args("m1.vsm", "stages1.json"));
+  expect_one_line_error(v1, 3, /*logs_before=*/true);
+  EXPECT_NE(v1.err.find("sealed format 1"), std::string::npos) << v1.err;
   kbs->signal(SIGTERM);
   RunResult k = kbs->finish(30s);
   EXPECT_EQ(k.exit_code, 0) << k.describe();
 
   RunResult list = veil({"kbs", "list", "--db", path("kbs.db").string(), "--master-key", path("master.key").string()});
   expect_ok(list);
-  EXPECT_NE(list.out.find("highest released 1"), std::string::npos) << list.out;
+  EXPECT_NE(list.out.find("highest released 1\tlayers 5"), std::string::npos) << list.out;
+  // The audit log: the stage's release names its range and what it got (never the model key).
+  RunResult audit = veil({"kbs", "audit", "show", "--db", path("kbs.db").string(), "--master-key",
+                          path("master.key").string()});
+  expect_ok(audit);
+  std::vector<std::string> lines = split_lines(audit.out);
+  ASSERT_FALSE(lines.empty());
+  json last = json::parse(lines.back().substr(lines.back().find('\t') + 1), nullptr, false);
+  ASSERT_FALSE(last.is_discarded()) << lines.back();
+  EXPECT_EQ(last["event"], "release") << lines.back();
+  EXPECT_EQ(last["range"]["first_layer"], stage_first) << lines.back();
+  EXPECT_EQ(last["range"]["last_layer"], 4) << lines.back();
+  EXPECT_EQ(last["released"], "layers " + std::to_string(stage_first) + "..4 + rest + output") << lines.back();
 }
 
 TEST_F(SealedTest, ServeASealedModelNeedsABroker) {

@@ -42,7 +42,7 @@ struct BrokerFixture : ::testing::Test {
     ASSERT_TRUE(broker->add_key("stories", 1, key1, test::sim_policy(good)).ok());
     ASSERT_TRUE(broker->add_key("stories", 2, key2, test::sim_policy(good)).ok());
   }
-  ReleaseRequest req(uint64_t v) { return {"stories", v, "test-peer"}; }
+  ReleaseRequest req(uint64_t v) { return {"stories", v, "test-peer", std::nullopt}; }
   void sql(const std::string& s) {
     sqlite3* h = nullptr;
     ASSERT_EQ(sqlite3_open(db.c_str(), &h), SQLITE_OK);
@@ -82,7 +82,7 @@ TEST_F(BrokerFixture, OtherMeasurementDebugAndStaleEvidenceAreRefused) {
   real.simulated = false;
   real.type = attest::TeeType::kTdx;
   EXPECT_FALSE(broker->release(req(1), real).ok());
-  auto d = broker->release({"unknown", 1, "p"}, sim_claims(good, now));
+  auto d = broker->release({"unknown", 1, "p", std::nullopt}, sim_claims(good, now));
   ASSERT_FALSE(d.ok());
   EXPECT_EQ(d.error().code(), ErrorCode::kNotFound);
   // Nothing was released, every refusal is audited, and refusals carry no key material.
@@ -194,6 +194,171 @@ TEST_F(AuditFixture, RemovedTailIsDetected) {
 TEST_F(AuditFixture, AppendedForgeryIsDetected) {
   sql("INSERT INTO audit(seq, event, prev, mac) SELECT 6, event, mac, mac FROM audit WHERE seq = 5");
   expect_detected("entry 6");
+}
+
+
+// A range request gets only its parts' keys, after the same policy and rollback checks; the audit records the range.
+TEST_F(BrokerFixture, RangeRequestReleasesOnlyThatRangesKeys) {
+  ReleaseRequest r = req(1);
+  r.range = RangeRequest{1, 2, 5, false};
+  auto rel = broker->release(r, sim_claims(good, now));
+  ASSERT_TRUE(rel.ok()) << rel.error().message();
+  EXPECT_TRUE(rel->key.empty());  // never the model key
+  ASSERT_TRUE(rel->range_keys.has_value());
+  const sealed::RangeKeySet& set = *rel->range_keys;
+  EXPECT_EQ(set.describe(), "layers 1..2 + rest");
+  EXPECT_EQ(set.key_id(), sealed::key_id_for(key1.view()));
+  auto expected = sealed::RangeKeySet::derive(key1, "stories", 1, {{1, 2}, false, false});
+  ASSERT_TRUE(expected.ok());
+  EXPECT_TRUE(ct_equal(set.part_key(2), expected->part_key(2)));
+  EXPECT_FALSE(set.holds(0) || set.holds(3) || set.holds(sealed::kPartInput) || set.holds(sealed::kPartOutput));
+  EXPECT_EQ(*broker->highest_released("stories"), 1u);
+  // The last stage of a tied-embedding model also gets the input globals (token_embd is its head).
+  r.range = RangeRequest{4, 4, 5, true};
+  auto last = broker->release(r, sim_claims(good, now));
+  ASSERT_TRUE(last.ok()) << last.error().message();
+  EXPECT_EQ(last->range_keys->describe(), "layers 4..4 + rest + input + output");
+  auto entries = broker->audit_entries();
+  ASSERT_TRUE(entries.ok());
+  const std::string& ev = entries->back().event_json;
+  EXPECT_NE(ev.find(R"("range":{"first_layer":4,"last_layer":4,"layer_count":5,"tied_embeddings":true})"),
+            std::string::npos) << ev;
+  EXPECT_NE(ev.find(R"("released":"layers 4..4 + rest + input + output")"), std::string::npos) << ev;
+}
+
+TEST_F(BrokerFixture, RangeRequestsFollowPolicyRollbackAndValidation) {
+  ReleaseRequest r = req(1);
+  r.range = RangeRequest{0, 1, 5, false};
+  auto refused = broker->release(r, sim_claims(other, now));
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().code(), ErrorCode::kSecurity);
+  ASSERT_TRUE(broker->release(req(2), sim_claims(good, now)).ok());
+  auto rollback = broker->release(r, sim_claims(good, now));
+  ASSERT_FALSE(rollback.ok());
+  EXPECT_NE(rollback.error().message().find("rollback"), std::string::npos) << rollback.error().message();
+  ReleaseRequest bad = req(2);
+  for (RangeRequest range : {RangeRequest{2, 1, 5, false}, RangeRequest{0, 5, 5, false}, RangeRequest{0, 0, 0, false}}) {
+    bad.range = range;
+    auto b = broker->release(bad, sim_claims(good, now));
+    ASSERT_FALSE(b.ok());
+    EXPECT_EQ(b.error().code(), ErrorCode::kInvalidArgument) << b.error().message();
+  }
+  auto entries = broker->audit_entries();
+  ASSERT_TRUE(entries.ok());
+  EXPECT_NE(entries->back().event_json.find(R"("event":"refuse")"), std::string::npos);
+  EXPECT_NE(entries->back().event_json.find(R"("range":{"first_layer":0,"last_layer":0,"layer_count":0)"),
+            std::string::npos) << entries->back().event_json;
+  EXPECT_TRUE(broker->verify_audit().ok());
+}
+
+// A key stored with its model's layer count: range requests naming another count are refused; the count is bound
+// into the wrapped record, so changing it in the database makes the key unusable.
+TEST_F(BrokerFixture, KnownLayerCountIsEnforcedAndBound) {
+  SecretBytes key3 = sealed::generate_model_key();
+  ASSERT_TRUE(broker->add_key("stories", 3, key3, test::sim_policy(good), 5).ok());
+  EXPECT_FALSE(broker->add_key("other", 1, key3, test::sim_policy(good), 0).ok());
+  ReleaseRequest r = req(3);
+  r.range = RangeRequest{1, 2, 5, false};
+  ASSERT_TRUE(broker->release(r, sim_claims(good, now)).ok());
+  r.range = RangeRequest{1, 2, 6, false};
+  auto wrong = broker->release(r, sim_claims(good, now));
+  ASSERT_FALSE(wrong.ok());
+  EXPECT_EQ(wrong.error().code(), ErrorCode::kInvalidArgument);
+  EXPECT_NE(wrong.error().message().find("the model has 5"), std::string::npos) << wrong.error().message();
+  auto keys = broker->list_keys();
+  ASSERT_TRUE(keys.ok());
+  EXPECT_EQ(keys->back().layer_count, std::optional<uint32_t>(5));
+  EXPECT_FALSE(keys->front().layer_count.has_value());
+  sql("UPDATE model_keys SET layer_count = 6 WHERE version = 3");
+  r.range = RangeRequest{1, 2, 6, false};
+  auto edited = broker->release(r, sim_claims(good, now));
+  ASSERT_FALSE(edited.ok());
+  EXPECT_NE(edited.error().message().find("fails authentication"), std::string::npos) << edited.error().message();
+  EXPECT_TRUE(broker->verify_audit().ok());
+}
+
+// A database created before the layer_count column: opening it adds the column; its records still release.
+TEST(BrokerMigration, ADatabaseWithoutTheLayerCountColumnIsUpgraded) {
+  auto dir = test::temp_dir("kbs_migrate");
+  auto db = dir / "old.db";
+  sqlite3* h = nullptr;
+  ASSERT_EQ(sqlite3_open(db.c_str(), &h), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(h,
+                         "CREATE TABLE model_keys(model_id TEXT NOT NULL, version INTEGER NOT NULL, key_id BLOB NOT NULL,"
+                         " wrapped BLOB NOT NULL, policy TEXT NOT NULL, created_at INTEGER NOT NULL,"
+                         " PRIMARY KEY(model_id, version));",
+                         nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  sqlite3_close(h);
+  SecretBytes master = sealed::generate_model_key();
+  auto b = Broker::open(db, master);
+  ASSERT_TRUE(b.ok()) << b.error().message();
+  SecretBytes key = sealed::generate_model_key();
+  ASSERT_TRUE((*b)->add_key("m", 1, key, test::sim_policy(Bytes(48, 1)), 4).ok());
+  auto keys = (*b)->list_keys();
+  ASSERT_TRUE(keys.ok());
+  ASSERT_EQ(keys->size(), 1u);
+  EXPECT_EQ(keys->front().layer_count, std::optional<uint32_t>(4));
+  b->reset();
+  EXPECT_TRUE(Broker::open(db, master).ok());  // reopening does not migrate twice
+}
+
+// The wire: both request types parse; every field is validated; unknown fields and types are refused.
+TEST(KbsWire, RequestsAreValidatedFieldByField) {
+  auto parse = [](std::string_view text) { return parse_key_request(as_bytes(text), "peer"); };
+  auto whole = parse(R"({"type":"key-request","model_id":"m","version":3})");
+  ASSERT_TRUE(whole.ok()) << whole.error().message();
+  EXPECT_FALSE(whole->range.has_value());
+  auto range = parse(R"({"type":"range-key-request","model_id":"m","version":3,"first_layer":1,"last_layer":2,)"
+                     R"("layer_count":4,"tied_embeddings":false})");
+  ASSERT_TRUE(range.ok()) << range.error().message();
+  ASSERT_TRUE(range->range.has_value());
+  EXPECT_EQ(range->range->last_layer, 2u);
+  EXPECT_EQ(range->range->layer_count, 4u);
+  const char* bad[] = {
+      R"({"type":"key-request","model_id":"m","version":3,"first_layer":1})",  // range field in a whole-key request
+      R"({"type":"range-key-request","model_id":"m","version":3})",            // range fields missing
+      R"({"type":"range-key-request","model_id":"m","version":3,"first_layer":2,"last_layer":1,"layer_count":4,"tied_embeddings":false})",
+      R"({"type":"range-key-request","model_id":"m","version":3,"first_layer":0,"last_layer":4,"layer_count":4,"tied_embeddings":false})",
+      R"({"type":"range-key-request","model_id":"m","version":3,"first_layer":0,"last_layer":1,"layer_count":4294967296,"tied_embeddings":false})",
+      R"({"type":"range-key-request","model_id":"m","version":3,"first_layer":-1,"last_layer":1,"layer_count":4,"tied_embeddings":false})",
+      R"({"type":"range-key-request","model_id":"m","version":3,"first_layer":0,"last_layer":1,"layer_count":4,"tied_embeddings":1})",
+      R"({"type":"range-key-request","model_id":"m","version":3,"first_layer":0,"last_layer":1,"layer_count":4,"tied_embeddings":false,"x":1})",
+      R"({"type":"whole-model","model_id":"m","version":3})",
+      R"({"type":7,"model_id":"m","version":3})",
+  };
+  for (const char* b : bad) {
+    auto r = parse(b);
+    ASSERT_FALSE(r.ok()) << b;
+    EXPECT_EQ(r.error().code(), ErrorCode::kCorrupt) << b;
+    EXPECT_EQ(r.error().message().find('\n'), std::string::npos);
+  }
+}
+
+TEST(KbsWire, RepliesAreCheckedForTheirKind) {
+  SecretBytes key = sealed::generate_model_key();
+  auto set = sealed::RangeKeySet::derive(key, "m", 1, {{0, 0}, true, false});
+  ASSERT_TRUE(set.ok());
+  SecretBytes wire = set->serialize();
+  Bytes range_reply{2};
+  range_reply.insert(range_reply.end(), wire.view().begin(), wire.view().end());
+  auto r = parse_key_reply(range_reply, true);
+  ASSERT_TRUE(r.ok()) << r.error().message();
+  EXPECT_TRUE(ct_equal(r->range_keys->part_key(0), set->part_key(0)));
+  EXPECT_FALSE(parse_key_reply(range_reply, false).ok());  // a range set where the whole key was asked for
+  Bytes whole_reply{0};
+  whole_reply.insert(whole_reply.end(), key.view().begin(), key.view().end());
+  auto id = sealed::key_id_for(key.view());
+  whole_reply.insert(whole_reply.end(), id.begin(), id.end());
+  EXPECT_TRUE(parse_key_reply(whole_reply, false).ok());
+  EXPECT_FALSE(parse_key_reply(whole_reply, true).ok());
+  whole_reply[1] ^= 1;  // the key no longer matches its id
+  EXPECT_EQ(parse_key_reply(whole_reply, false).error().code(), ErrorCode::kSecurity);
+  Bytes refusal{1, static_cast<uint8_t>(ErrorCode::kNotFound), 'n', 'o', '\n'};
+  auto e = parse_key_reply(refusal, true);
+  ASSERT_FALSE(e.ok());
+  EXPECT_EQ(e.error().code(), ErrorCode::kNotFound);
+  EXPECT_EQ(e.error().message(), "refused: no?");
 }
 
 }  // namespace

@@ -211,5 +211,40 @@ TEST_F(E2E, AuditLogVerifiesAndATamperedLogIsDetected) {
   EXPECT_NE(bad.error().message().find("entry 3"), std::string::npos) << bad.error().message();
 }
 
+
+// A pipeline stage asks for its range only: the set it gets loads its layers, and cannot open another layer's chunks.
+TEST_F(E2E, AStageGetsOnlyItsRangesKeysAndLoadsItsLayers) {
+  auto mapped = read_file(sealed_path);
+  ASSERT_TRUE(mapped.ok());
+  auto header = sealed::parse_header(*mapped);
+  ASSERT_TRUE(header.ok()) << header.error().message();
+  ASSERT_EQ(sealed::layer_count(*header), 5u);
+  RangeRequest range{0, 1, sealed::layer_count(*header), sealed::has_tied_embeddings(*header)};
+  auto set = fetch_range_keys(server->address(), "stories260K", 1, range, channel::attester_from_provider(node_a),
+                              broker_check(), FetchOptions{10s});
+  ASSERT_TRUE(set.ok()) << set.error().message();
+  EXPECT_FALSE(set->holds(2));
+  sealed::LoadOptions lo;
+  lo.expected_model_id = "stories260K";
+  lo.layers = sealed::LayerRange{0, 1};
+  auto m = sealed::load_sealed_model(sealed_path, *set, lo);
+  ASSERT_TRUE(m.ok()) << m.error().message();
+  EXPECT_TRUE(m->has_tensor("blk.1.attn_norm.weight"));
+  lo.layers = sealed::LayerRange{1, 2};
+  auto other = sealed::load_sealed_model(sealed_path, *set, lo);
+  ASSERT_FALSE(other.ok());
+  EXPECT_NE(other.error().message().find("belongs to layer 2"), std::string::npos) << other.error().message();
+  // Another measurement gets no range either.
+  auto refused = fetch_range_keys(server->address(), "stories260K", 1, range, channel::attester_from_provider(node_b),
+                                  broker_check(), FetchOptions{10s});
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().code(), ErrorCode::kSecurity);
+  auto entries = broker->audit_entries();
+  ASSERT_TRUE(entries.ok());
+  ASSERT_EQ(entries->size(), 3u);  // add-key, release of the range, refusal
+  EXPECT_NE((*entries)[1].event_json.find(R"("released":"layers 0..1 + rest + input")"), std::string::npos)
+      << (*entries)[1].event_json;
+}
+
 }  // namespace
 }  // namespace veil::kbs

@@ -11,6 +11,7 @@
 
 #include "attest/attest.h"
 #include "attest/sim.h"
+#include "sealed/format.h"
 #include "sealed/sealed.h"
 
 namespace veil::sealed {
@@ -56,10 +57,12 @@ struct Sealed {
   Header header;
 };
 
-Sealed seal_stories(uint64_t version = 1, const SecretBytes* key = nullptr) {
+Sealed seal_stories(uint64_t version = 1, const SecretBytes* key = nullptr, uint16_t format = kFormatVersion2) {
   Sealed s;
   if (key) s.key = *key;
-  Status st = seal_file(kStories, s.path, s.key, options("stories260K", version));
+  SealOptions o = options("stories260K", version);
+  o.format_version = format;
+  Status st = seal_file(kStories, s.path, s.key, o);
   EXPECT_TRUE(st.ok()) << (st.ok() ? "" : st.error().message());
   s.bytes = *read_file(s.path);
   s.header = *parse_header(s.bytes);
@@ -407,6 +410,233 @@ TEST(DeriveKey, StableForTheSameMeasurementDifferentOtherwise) {
   EXPECT_FALSE(derive_key(*a1, "").ok());
 }
 
+
+// ---- Format 2: per-part keys and range key sets ----
+
+RangeKeySet range_keys(const Sealed& s, LayerRange layers) {
+  auto spec = range_spec_for(s.header, layers);
+  EXPECT_TRUE(spec.ok()) << spec.error().message();
+  auto set = RangeKeySet::derive(s.key, s.header.model_id, s.header.model_version, *spec);
+  EXPECT_TRUE(set.ok()) << set.error().message();
+  return std::move(*set);
+}
+
+LoadOptions range_options(LayerRange layers) {
+  LoadOptions lo;
+  lo.layers = layers;
+  lo.verify_plaintext_hashes = true;
+  return lo;
+}
+
+TEST(RangeKeys, ChunksBelongToTheirTensorsParts) {
+  Sealed s = seal_stories();
+  ASSERT_EQ(s.header.format_version, kFormatVersion2);
+  ASSERT_EQ(s.header.chunk_parts.size(), s.header.chunk_count());
+  EXPECT_EQ(s.header.chunk_parts[0], kPartRest);  // GGUF header, metadata, vocabulary
+  for (const TensorEntry& t : s.header.tensors) {
+    auto c = std::lower_bound(s.header.chunk_offsets.begin(), s.header.chunk_offsets.end(), t.offset) -
+             s.header.chunk_offsets.begin();
+    EXPECT_EQ(s.header.chunk_parts[c], part_of_tensor(t.name)) << t.name;
+  }
+  EXPECT_EQ(part_of_tensor("blk.3.attn_q.weight"), 3u);
+  EXPECT_EQ(part_of_tensor("token_embd.weight"), kPartInput);
+  EXPECT_EQ(part_of_tensor("output_norm.weight"), kPartOutput);
+  EXPECT_EQ(part_of_tensor("rope_freqs.weight"), kPartRest);
+}
+
+TEST(RangeKeys, SpecFollowsTheLayerRangeRule) {
+  auto first = range_spec_for(LayerRange{0, 1}, 5, false);
+  ASSERT_TRUE(first.ok());
+  EXPECT_TRUE(first->input);
+  EXPECT_FALSE(first->output);
+  auto middle = range_spec_for(LayerRange{2, 3}, 5, true);
+  ASSERT_TRUE(middle.ok());
+  EXPECT_FALSE(middle->input || middle->output);
+  auto last = range_spec_for(LayerRange{4, 4}, 5, false);
+  ASSERT_TRUE(last.ok());
+  EXPECT_TRUE(last->output);
+  EXPECT_FALSE(last->input);
+  auto tied = range_spec_for(LayerRange{4, 4}, 5, true);  // the head is token_embd: the last stage needs it
+  ASSERT_TRUE(tied.ok());
+  EXPECT_TRUE(tied->input && tied->output);
+  EXPECT_FALSE(range_spec_for(LayerRange{2, 1}, 5, false).ok());
+  EXPECT_FALSE(range_spec_for(LayerRange{0, 5}, 5, false).ok());
+  EXPECT_FALSE(range_spec_for(LayerRange{0, 0}, 0, false).ok());
+  EXPECT_FALSE(range_spec_for(LayerRange{0, kMaxRangeLayers}, kMaxModelLayers, false).ok());
+}
+
+TEST(RangeKeys, ASetDecryptsItsLayersAndRefusesAnotherLayersChunks) {
+  Sealed s = seal_stories();
+  Bytes original = *read_file(kStories);
+  ASSERT_EQ(layer_count(s.header), 5u);
+  RangeKeySet head = range_keys(s, {0, 1});
+  EXPECT_TRUE(head.holds(0) && head.holds(1) && head.holds(kPartInput) && head.holds(kPartRest));
+  EXPECT_FALSE(head.holds(2) || head.holds(kPartOutput));
+  auto m = load_sealed_model(s.path, head, range_options({0, 1}));
+  ASSERT_TRUE(m.ok()) << m.error().message();
+  EXPECT_FALSE(m->complete);
+  EXPECT_TRUE(m->has_tensor("token_embd.weight"));
+  for (const TensorEntry& t : s.header.tensors) {
+    if (!m->has_tensor(t.name)) continue;
+    EXPECT_EQ(0, std::memcmp(m->buffer->data() + t.offset, original.data() + t.offset, t.size)) << t.name;
+  }
+  // A sub-range is fine; a layer outside the set, or the whole model, is refused before decrypting, naming the part.
+  EXPECT_TRUE(load_sealed_model(s.path, head, range_options({0, 0})).ok());
+  auto other = load_sealed_model(s.path, head, range_options({1, 2}));
+  ASSERT_FALSE(other.ok());
+  EXPECT_EQ(other.error().code(), ErrorCode::kSecurity);
+  EXPECT_NE(other.error().message().find("belongs to layer 2"), std::string::npos) << other.error().message();
+  EXPECT_NE(other.error().message().find("range key set (layers 0..1 + rest + input)"), std::string::npos)
+      << other.error().message();
+  EXPECT_EQ(other.error().message().find('\n'), std::string::npos);
+  EXPECT_FALSE(load_sealed_model(s.path, head, LoadOptions{}).ok());
+  // A middle stage holds neither embeddings nor head; asking for the last layer needs the output globals.
+  RangeKeySet middle = range_keys(s, {2, 3});
+  auto mm = load_sealed_model(s.path, middle, range_options({2, 3}));
+  ASSERT_TRUE(mm.ok()) << mm.error().message();
+  EXPECT_FALSE(mm->has_tensor("token_embd.weight"));
+  auto tail = load_sealed_model(s.path, middle, range_options({3, 4}));
+  ASSERT_FALSE(tail.ok());
+  // The first chunk it lacks (in file order) is named: layer 4's or the output globals'.
+  EXPECT_TRUE(tail.error().message().find("belongs to layer 4") != std::string::npos ||
+              tail.error().message().find("belongs to the output globals") != std::string::npos)
+      << tail.error().message();
+  EXPECT_NE(tail.error().message().find("(layers 2..3 + rest)"), std::string::npos) << tail.error().message();
+  RangeKeySet last = range_keys(s, {4, 4});
+  auto lm = load_sealed_model(s.path, last, range_options({4, 4}));
+  ASSERT_TRUE(lm.ok()) << lm.error().message();
+  EXPECT_TRUE(lm->has_tensor("output_norm.weight"));
+}
+
+TEST(RangeKeys, ALayerZeroKeyCannotOpenALayerOneChunk) {
+  Sealed s = seal_stories();
+  RangeKeySet zero = range_keys(s, {0, 0});
+  RangeKeySet one = range_keys(s, {1, 1});
+  EXPECT_TRUE(zero.part_key(1).empty());
+  uint64_t chunk = std::find(s.header.chunk_parts.begin(), s.header.chunk_parts.end(), 1u) - s.header.chunk_parts.begin();
+  ASSERT_LT(chunk, s.header.chunk_count());
+  auto try_open = [&](ByteView part_key) {
+    SecretBytes ck = detail::derive_part_chunk_key(part_key, s.header.file_salt);
+    auto aead = crypto::Aead::create(s.header.suite, ck.view());
+    EXPECT_TRUE(aead.ok());
+    uint8_t nonce[crypto::kAeadNonceSize], aad[detail::kAadSize];
+    detail::chunk_nonce(chunk, nonce);
+    detail::chunk_aad(s.header.header_hash, chunk, chunk + 1 == s.header.chunk_count(), aad);
+    Bytes out(s.header.chunk_sizes[chunk]);
+    ByteView sealed(s.bytes.data() + s.header.chunk_file_offset(chunk), out.size() + crypto::kAeadTagSize);
+    return aead->open_into({nonce, sizeof nonce}, {aad, sizeof aad}, sealed, out.data()).ok();
+  };
+  EXPECT_TRUE(try_open(one.part_key(1)));
+  for (uint32_t part : {0u, kPartRest, kPartInput}) EXPECT_FALSE(try_open(zero.part_key(part))) << part;
+  // The set's wire form holds neither the model key nor another layer's key.
+  SecretBytes wire = zero.serialize();
+  SecretBytes k1 = detail::derive_part_key(s.key.view(), "stories260K", 1, 1);
+  for (ByteView secret : {s.key.view(), k1.view()}) {
+    EXPECT_EQ(std::search(wire.view().begin(), wire.view().end(), secret.begin(), secret.end()), wire.view().end());
+  }
+  // Part keys are bound to the model id and version: another version's layer key differs.
+  SecretBytes k1v2 = detail::derive_part_key(s.key.view(), "stories260K", 2, 1);
+  EXPECT_FALSE(ct_equal(k1.view(), k1v2.view()));
+}
+
+TEST(RangeKeys, SetsFromAnotherKeyModelOrVersionAreRefused) {
+  Sealed s = seal_stories();
+  Sealed other = seal_stories();  // another model key
+  RangeKeySet foreign = range_keys(other, {0, 1});
+  auto wrong = load_sealed_model(s.path, foreign, range_options({0, 1}));
+  ASSERT_FALSE(wrong.ok());
+  EXPECT_NE(wrong.error().message().find("field 'key_id'"), std::string::npos) << wrong.error().message();
+  auto spec = range_spec_for(s.header, {0, 1});
+  auto v9 = RangeKeySet::derive(s.key, "stories260K", 9, *spec);
+  ASSERT_TRUE(v9.ok());
+  auto stale = load_sealed_model(s.path, *v9, range_options({0, 1}));
+  ASSERT_FALSE(stale.ok());
+  EXPECT_NE(stale.error().message().find("version 9"), std::string::npos) << stale.error().message();
+}
+
+TEST(RangeKeys, WireFormRoundTripsAndMalformedSetsAreRefused) {
+  Sealed s = seal_stories();
+  RangeKeySet set = range_keys(s, {3, 4});
+  SecretBytes wire = set.serialize();
+  auto back = RangeKeySet::parse(wire.view());
+  ASSERT_TRUE(back.ok()) << back.error().message();
+  EXPECT_EQ(back->model_id(), "stories260K");
+  EXPECT_EQ(back->model_version(), 1u);
+  EXPECT_EQ(back->key_id(), s.header.key_id);
+  EXPECT_EQ(back->describe(), "layers 3..4 + rest + output");
+  EXPECT_TRUE(ct_equal(back->part_key(4), set.part_key(4)));
+  EXPECT_TRUE(load_sealed_model(s.path, *back, range_options({3, 4})).ok());
+  Bytes w(wire.view().begin(), wire.view().end());
+  auto refused = [](Bytes b) { return !RangeKeySet::parse(b).ok(); };
+  EXPECT_TRUE(refused(Bytes(w.begin(), w.end() - 1)));  // a key byte short
+  Bytes longer = w;
+  longer.push_back(0);
+  EXPECT_TRUE(refused(longer));
+  Bytes version = w;
+  version[0] = 2;
+  EXPECT_TRUE(refused(version));
+  size_t at = 19 + std::string("stories260K").size();  // model_version, first, last, flags follow the id
+  Bytes flags = w;
+  flags[at + 16] |= 4;
+  EXPECT_TRUE(refused(flags));
+  Bytes inverted = w;
+  inverted[at + 8] = 5;  // first 5 > last 4
+  EXPECT_TRUE(refused(inverted));
+  for (size_t n = 0; n < 40; ++n) EXPECT_TRUE(refused(Bytes(w.begin(), w.begin() + n))) << n;
+}
+
+TEST(RangeKeys, FormatOneStillLoadsButNotWithARangeSet) {
+  Sealed s = seal_stories(1, nullptr, kFormatVersion1);
+  ASSERT_EQ(s.header.format_version, kFormatVersion1);
+  EXPECT_TRUE(s.header.chunk_parts.empty());
+  LoadOptions lo;
+  lo.verify_plaintext_hashes = true;
+  auto whole = load_sealed_model(s.path, s.key, lo);
+  ASSERT_TRUE(whole.ok()) << whole.error().message();
+  EXPECT_TRUE(whole->complete);
+  EXPECT_TRUE(load_sealed_model(s.path, s.key, range_options({1, 2})).ok());
+  auto spec = range_spec_for(s.header, {0, 1});
+  auto set = RangeKeySet::derive(s.key, "stories260K", 1, *spec);
+  ASSERT_TRUE(set.ok());
+  auto refused = load_sealed_model(s.path, *set, range_options({0, 1}));
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().code(), ErrorCode::kUnsupported);
+  EXPECT_NE(refused.error().message().find("format 1"), std::string::npos) << refused.error().message();
+  auto text = describe_sealed_model(s.path, false);
+  ASSERT_TRUE(text.ok());
+  EXPECT_NE(text->find("v1 (one key per file)"), std::string::npos) << *text;
+}
+
+TEST(RangeKeys, TensorsStraddlingPartsAreRefused) {
+  SecretBytes k = generate_model_key();
+  Bytes plain(20000, 7);
+  SealOptions o = options();
+  // Two parts starting at one offset, and a layer-0 tensor running into layer 1's chunk.
+  auto same_start = seal_bytes(plain, {{"blk.0.a", 5000, 100}, {"blk.1.b", 5000, 100}}, k, o);
+  ASSERT_FALSE(same_start.ok());
+  EXPECT_NE(same_start.error().message().find("another part"), std::string::npos) << same_start.error().message();
+  auto overlap = seal_bytes(plain, {{"blk.0.a", 5000, 3000}, {"blk.1.b", 6000, 100}}, k, o);
+  ASSERT_FALSE(overlap.ok());
+  EXPECT_NE(overlap.error().message().find("straddle"), std::string::npos) << overlap.error().message();
+  // Format 1 had no parts: the same spans seal there.
+  o.format_version = kFormatVersion1;
+  EXPECT_TRUE(seal_bytes(plain, {{"blk.0.a", 5000, 3000}, {"blk.1.b", 6000, 100}}, k, o).ok());
+  // A parsed format-2 header whose tensor straddles a part is kCorrupt, naming the tensor.
+  o.format_version = kFormatVersion2;
+  auto good = seal_bytes(plain, {{"blk.0.a", 5000, 1000}, {"blk.1.b", 6000, 100}}, k, o);
+  ASSERT_TRUE(good.ok()) << good.error().message();
+  auto h = parse_header(*good);
+  ASSERT_TRUE(h.ok()) << h.error().message();
+  h->tensors[0].size = 1500;  // now runs into blk.1's chunk
+  h->tensors[0].sha256 = crypto::sha256(ByteView(plain.data() + 5000, 1500));
+  h->layers[0].digest = detail::layer_digest(h->tensors, 0);
+  Bytes forged = detail::encode_header_body(*h);
+  forged.resize(forged.size() + detail::kTagSize);
+  auto bad = parse_header(forged);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.error().code(), ErrorCode::kCorrupt);
+  EXPECT_NE(bad.error().message().find("field 'tensor[0]'"), std::string::npos) << bad.error().message();
+}
 }  // namespace
 }  // namespace veil::sealed
 
@@ -428,7 +658,39 @@ TEST(SealedFormat, FuzzSeedsWrittenFromTheSpecParse) {
     EXPECT_EQ(r->authenticate(generate_model_key()).error().code(), ErrorCode::kSecurity);
     ++n;
   }
-  EXPECT_GE(n, 3);
+  EXPECT_GE(n, 4);
+}
+
+// fuzz/make_sealed_v2_seed.py built a format-2 file from docs/sealed-format.md alone (its own HKDF, MAC and
+// AES-GCM): this reader authenticates and decrypts it with the model key and with a range key set, so the
+// documented key schedule is the implemented one.
+TEST(SealedFormat, FormatTwoSeedFromTheSpecDecrypts) {
+  auto bytes = read_file(fs::path(VEIL_SOURCE_DIR) / "fuzz/corpus/sealed_header/v2_four_parts");
+  ASSERT_TRUE(bytes.ok());
+  Bytes plain(11364);
+  for (size_t i = 0; i < plain.size(); ++i) plain[i] = static_cast<uint8_t>((i * 7 + 3) & 0xFF);
+  SecretBytes key(32);
+  for (size_t i = 0; i < 32; ++i) key.data()[i] = static_cast<uint8_t>(i);
+  auto r = SealedReader::open_memory(*bytes, "v2_four_parts");
+  ASSERT_TRUE(r.ok()) << r.error().message();
+  ASSERT_EQ(r->header().format_version, kFormatVersion2);
+  EXPECT_EQ(r->header().chunk_parts, (std::vector<uint32_t>{kPartRest, kPartInput, 0, 1, kPartOutput}));
+  ASSERT_TRUE(r->authenticate(key).ok());
+  Bytes out(plain.size());
+  ASSERT_TRUE(r->decrypt(r->chunks_for(std::nullopt), out.data(), 1).ok());
+  EXPECT_EQ(out, plain);
+  auto spec = range_spec_for(r->header(), {1, 1});
+  ASSERT_TRUE(spec.ok());
+  auto set = RangeKeySet::derive(key, "synthetic-seed", 3, *spec);
+  ASSERT_TRUE(set.ok());
+  auto r2 = SealedReader::open_memory(*bytes, "v2_four_parts");
+  ASSERT_TRUE(r2->authenticate(*set).ok());
+  Bytes part(plain.size());
+  ASSERT_TRUE(r2->decrypt({0, 3, 4}, part.data(), 1).ok());  // rest, layer 1, output
+  EXPECT_EQ(0, std::memcmp(part.data() + 9216, plain.data() + 9216, 2148));
+  auto refused = r2->decrypt({2}, part.data(), 1);  // layer 0
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.error().message().find("chunk 2 belongs to layer 0"), std::string::npos) << refused.error().message();
 }
 
 }  // namespace
