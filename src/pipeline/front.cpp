@@ -288,10 +288,12 @@ struct PipelineStepModel::Impl {
     return st.ok() ? st : Status(l.named(st.error()));
   }
 
-  // Sends `msgs` to stage `stage` and waits for every reply, in order; any failure ends the session.
+  // Sends `msgs` to stage `stage` and waits for every reply, in order; any failure ends the session. `*session`:
+  // the session they went through.
   Result<std::vector<Message>> exchange(size_t stage, std::vector<Message>& msgs, Deadline deadline,
-                                        int max_attempts = 0) {
+                                        uint64_t* session, int max_attempts = 0) {
     VEIL_ASSIGN_OR_RETURN(uint64_t s, ensure_session(deadline, max_attempts));
+    *session = s;
     std::vector<uint64_t> ids;
     for (Message& m : msgs) ids.push_back(m.request_id);
     Status st = ok_status();
@@ -345,19 +347,14 @@ struct PipelineStepModel::Impl {
       m.request_id = next_request++;
       mbs.push_back(std::move(m));
     }
-    Result<std::vector<Message>> outs = exchange(0, mbs, deadline);
+    uint64_t s = 0;
+    Result<std::vector<Message>> outs = exchange(0, mbs, deadline, &s);
     if (!outs.ok()) return as_stage_failure(outs.error());
-    uint64_t s = current_session();
     for (size_t i = 0; i < mbs.size(); ++i) {
       VEIL_TRY(check_output((*outs)[i], mbs[i], s));
       logits.insert(logits.end(), (*outs)[i].values.begin(), (*outs)[i].values.end());
     }
     return ok_status();
-  }
-
-  uint64_t current_session() const {
-    std::lock_guard lock(session_mu);
-    return session;
   }
 
   uint32_t max_concurrent_forwards() const {
@@ -427,10 +424,11 @@ struct PipelineStepModel::Impl {
       std::vector<Message> ping(1);
       ping[0].type = MsgType::kPing;
       ping[0].request_id = next_ping.fetch_add(1) | (1ull << 63);  // disjoint from forward request ids
-      auto pong = exchange(i, ping, deadline, /*max_attempts=*/1);
+      uint64_t s = 0;
+      auto pong = exchange(i, ping, deadline, &s, /*max_attempts=*/1);
       if (!pong.ok()) return;  // the session was dropped; the next round reconnects
       if (pong->front().type != MsgType::kPong) {
-        fail_session(current_session(), links[i]->named(make_error(ErrorCode::kCorrupt, "answered a ping with message type {}",
+        fail_session(s, links[i]->named(make_error(ErrorCode::kCorrupt, "answered a ping with message type {}",
                                                                    static_cast<int>(pong->front().type))));
         return;
       }
