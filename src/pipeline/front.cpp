@@ -94,14 +94,15 @@ struct PipelineStepModel::Impl {
     return ok_status();
   }
 
-  // The stage an error sentinel names (a stage reports its own failures and an unreachable successor).
-  Error sentinel_error(const Message& m) const {
+  // The stage an error sentinel names (a stage reports its own failures and an unreachable successor). While
+  // serving, every stage failure is unavailable (or a timeout); `keep_code` keeps the stage's code (a refusal while
+  // connecting stays kSecurity).
+  Error sentinel_error(const Message& m, bool keep_code = false) const {
     if (m.error_stage >= links.size()) {
       return make_error(ErrorCode::kCorrupt, "an error sentinel names stage {} of {}", m.error_stage, links.size());
     }
-    return links[m.error_stage]->named(Error(m.error_code == ErrorCode::kTimeout ? ErrorCode::kTimeout
-                                                                                 : ErrorCode::kUnavailable,
-                                             fmt::format("failed: {}", m.reason)));
+    ErrorCode code = keep_code || m.error_code == ErrorCode::kTimeout ? m.error_code : ErrorCode::kUnavailable;
+    return links[m.error_stage]->named(Error(code, fmt::format("failed: {}", m.reason)));
   }
 
   // Connect (with retries, within `deadline`), verify the evidence in the handshake, exchange hello/info; the stage
@@ -128,7 +129,7 @@ struct PipelineStepModel::Impl {
     }
     Status ok = ok_status();
     if (reply->type == MsgType::kError) {
-      ok = sentinel_error(*reply);
+      ok = sentinel_error(*reply, /*keep_code=*/true);
     } else if (reply->type != MsgType::kInfo) {
       ok = l.named(make_error(ErrorCode::kCorrupt, "answered the hello with message type {}", static_cast<int>(reply->type)));
     } else if (Status info = check_info(l, reply->info); !info.ok()) {

@@ -573,6 +573,7 @@ TEST_F(PipelineRuntime, MutualDataChannelRefusesAPredecessorOutsideItsPolicy) {
   fo.channel.attester = channel::attester_from_provider(provider_);
   auto front = PipelineStepModel::connect(m, fo);
   ASSERT_FALSE(front.ok());
+  EXPECT_EQ(front.error().code(), ErrorCode::kSecurity) << front.error().message();
   EXPECT_NE(front.error().message().find("pipeline stage 1"), std::string::npos) << front.error().message();
   EXPECT_NE(front.error().message().find("unreachable from stage 0"), std::string::npos) << front.error().message();
   EXPECT_EQ(stages_[1]->data_sessions(), 0u);
