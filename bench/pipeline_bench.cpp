@@ -84,16 +84,17 @@ Result<std::unique_ptr<Cluster>> make_cluster(uint32_t n_stages, uint32_t slots)
     s.policy = policy;
     m.stages.push_back(s);
   }
-  for (uint32_t i = 0; i < n_stages; ++i) {
+  c->stages.resize(n_stages);
+  for (uint32_t i = n_stages; i-- > 0;) {  // the last first: a stage reads its successor's endpoint from the manifest
     VEIL_ASSIGN_OR_RETURN(auto model, engine::Model::load(bench_model(), {.layers = {ranges[i].first, ranges[i].second}}));
     StageOptions so;
     so.threads = n_stages == 1 ? 2 : 1;
     so.max_slots = slots;
     so.n_ctx = 256;
     so.channel.attester = channel::attester_from_provider(provider);
-    VEIL_ASSIGN_OR_RETURN(auto stage, StageServer::start(m, i, model, so));
-    m.stages[i].endpoint = stage->address();
-    c->stages.push_back(std::move(stage));
+    so.collateral = collateral;
+    VEIL_ASSIGN_OR_RETURN(c->stages[i], StageServer::start(m, i, model, so));
+    m.stages[i].endpoint = c->stages[i]->address();
   }
   FrontOptions fo;
   fo.collateral = collateral;

@@ -82,19 +82,15 @@ Status run_stage(StageArgs a) {
   if (!a.front_policy.empty() && manifest.front_policy) {
     return make_error(ErrorCode::kUsage, "stage: --front-policy and the manifest's front_policy are both given: keep one");
   }
-  if (!a.front_policy.empty() || manifest.front_policy) {
-    // Mutual attestation: only a front whose evidence satisfies this policy may drive the stage.
-    attest::Policy front_policy;
-    if (manifest.front_policy) {
-      front_policy = *manifest.front_policy;
-    } else {
-      VEIL_ASSIGN_OR_RETURN(front_policy, attest::load_policy(a.front_policy));
-    }
-    VEIL_ASSIGN_OR_RETURN(attest::Collateral collateral, peer_collateral(a.source));
-    so.channel.mode = channel::Mode::kMutual;
-    so.channel.verifier = channel::verifier_from_policy(std::move(front_policy), std::move(collateral));
-  } else {
-    spdlog::warn("stage: no front policy (manifest front_policy or --front-policy): the front is not attested, any client that reaches {} may drive this stage",
+  // The successor's evidence is checked against the manifest's policy for it (and, in mutual mode, the front's and
+  // the predecessor's against theirs) with this collateral.
+  VEIL_ASSIGN_OR_RETURN(so.collateral, peer_collateral(a.source));
+  if (!a.front_policy.empty()) {
+    // Mutual attestation for this stage only: its predecessor must then attest itself too (a manifest front_policy
+    // tells every stage).
+    VEIL_ASSIGN_OR_RETURN(so.front_policy, attest::load_policy(a.front_policy));
+  } else if (!manifest.front_policy) {
+    spdlog::warn("stage: no front policy (manifest front_policy or --front-policy): the front and the previous stage are not attested, any client that reaches {} may drive this stage",
                  a.listen.empty() ? spec.endpoint : a.listen);
   }
 

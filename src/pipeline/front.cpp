@@ -1,10 +1,15 @@
-// PipelineStepModel: the front's StepModel over attested stages (runtime.h, docs/pipeline.md).
+// PipelineStepModel: the front's StepModel over attested stages (runtime.h, docs/pipeline.md). The front holds one
+// control channel per stage; batches enter at stage 0 and their logits come back from the last stage. A reader
+// thread per channel hands replies to the waiting forward passes by request id (the mailbox); any failure ends the
+// pipeline session, and the next use reconnects every stage, the last first (each stage opens its data channel to
+// its successor while it answers the hello, so the successor must already be in the new session).
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
+#include <unordered_map>
 
 #include "pipeline/runtime.h"
 
@@ -16,13 +21,19 @@ using channel::Deadline;
 
 namespace {
 
-// One stage as the front sees it. `mu` serialises the forward path, resets and health checks on the channel.
+std::chrono::milliseconds until(Deadline d) {
+  return std::max(0ms, std::chrono::duration_cast<std::chrono::milliseconds>(d - Clock::now()));
+}
+
+// One stage as the front sees it. `ch` and `reader` are replaced only by the session owner (Impl::session_mu held);
+// `send_mu` serialises senders on `ch` (lanes, resets, pings).
 struct StageLink {
   const StageSpec* spec = nullptr;
   channel::Endpoint endpoint;
   channel::ChannelOptions options;  // with this stage's verifier
-  std::mutex mu;
+  std::mutex send_mu;
   std::unique_ptr<channel::Channel> ch;
+  std::thread reader;
   StageInfo info;  // as reported at the first connection; later sessions must match it
   bool ever_connected = false;
   uint64_t reconnects = 0;
@@ -31,19 +42,14 @@ struct StageLink {
   Error named(const Error& e) const {
     return Error(e.code(), fmt::format("pipeline stage {} ({}): {}", spec->index, spec->endpoint, e.message()));
   }
-  void drop(const Error& e) {
-    if (ch) {
-      ch->abort();
-      ch.reset();
-      spdlog::warn("pipeline: stage {} ({}) dropped: {}", spec->index, spec->endpoint, e.message());
-    }
-    last_error = e.message();
-  }
 };
 
-std::chrono::milliseconds until(Deadline d) {
-  return std::max(0ms, std::chrono::duration_cast<std::chrono::milliseconds>(d - Clock::now()));
-}
+// A forward pass, reset or ping waiting for its answer.
+struct Waiter {
+  uint64_t session = 0;
+  uint32_t passed = 0;  // stages that noted the request done (passed it on): the first one that did not is blamed
+  std::optional<Result<Message>> reply;
+};
 
 }  // namespace
 
@@ -54,6 +60,19 @@ struct PipelineStepModel::Impl {
   uint32_t n_embd = 0, n_vocab = 0, n_ctx = 0, slots = 0;
   std::atomic<uint64_t> next_request{1};
   std::atomic<uint64_t> next_ping{1};
+
+  // The pipeline session: every link connected (`up`), numbered so that late failures of an old one are ignored.
+  mutable std::mutex session_mu;
+  bool up = false;
+  uint64_t session = 1;
+
+  // The mailbox: replies by request id, for the current session.
+  std::mutex mbox_mu;
+  std::condition_variable mbox_cv;
+  std::unordered_map<uint64_t, Waiter> waiting;
+  uint64_t mbox_session = 1;
+  std::optional<Error> broken;  // why the current session failed
+
   std::mutex health_mu;
   std::condition_variable health_cv;
   bool stopping = false;
@@ -75,100 +94,236 @@ struct PipelineStepModel::Impl {
     return ok_status();
   }
 
-  // Connect (with retries, within `deadline`), verify the evidence in the handshake, exchange hello/info.
-  Status connect_link(StageLink& l, Deadline deadline, int max_attempts = 0) {
+  // The stage an error sentinel names (a stage reports its own failures and an unreachable successor). While
+  // serving, every stage failure is unavailable (or a timeout); `keep_code` keeps the stage's code (a refusal while
+  // connecting stays kSecurity).
+  Error sentinel_error(const Message& m, bool keep_code = false) const {
+    if (m.error_stage >= links.size()) {
+      return make_error(ErrorCode::kCorrupt, "an error sentinel names stage {} of {}", m.error_stage, links.size());
+    }
+    ErrorCode code = keep_code || m.error_code == ErrorCode::kTimeout ? m.error_code : ErrorCode::kUnavailable;
+    return links[m.error_stage]->named(Error(code, fmt::format("failed: {}", m.reason)));
+  }
+
+  // Connect (with retries, within `deadline`), verify the evidence in the handshake, exchange hello/info; the stage
+  // opens its data channel to its successor before it answers. Errors name the stage at fault. session_mu held.
+  Status connect_link(StageLink& l, Deadline deadline, int max_attempts) {
     channel::RetryPolicy p = options.retry;
     if (max_attempts > 0) p.max_attempts = max_attempts;
     p.overall_timeout = std::min(p.overall_timeout, until(deadline));
     auto ch = channel::connect_channel(l.endpoint, l.options, p);
-    if (!ch.ok()) return l.named(ch.error());
+    if (!ch.ok()) return record(l, l.named(ch.error()));
     Message hello;
     hello.type = MsgType::kHello;
+    hello.hello_from = Peer::kFront;
     hello.request_id = next_request++;
     hello.info = {l.spec->index, l.spec->layer_begin, l.spec->layer_end, manifest.n_layers, 0, 0, 0, 0};
+    // The stage reaches its successor within three quarters of what is left, so that its sentinel naming an
+    // unreachable successor arrives before this hello times out.
+    hello.timeout_ms = static_cast<uint32_t>(until(deadline).count() * 3 / 4);
     Status st = send_message(**ch, hello, deadline);
     Result<Message> reply = st.ok() ? recv_message(**ch, deadline) : Result<Message>(st.error());
-    if (reply.ok() && reply->type == MsgType::kError) {
-      reply = make_error(reply->error_code, "refused the hello: {}", reply->reason);
-    } else if (reply.ok() && reply->type != MsgType::kInfo) {
-      reply = make_error(ErrorCode::kCorrupt, "answered the hello with message type {}", static_cast<int>(reply->type));
-    }
-    if (reply.ok()) {
-      Status ok = check_info(l, reply->info);
-      if (!ok.ok()) reply = ok.error();
-    }
     if (!reply.ok()) {
       (*ch)->abort();
-      return l.named(reply.error());
+      return record(l, l.named(reply.error()));
+    }
+    Status ok = ok_status();
+    if (reply->type == MsgType::kError) {
+      ok = sentinel_error(*reply, /*keep_code=*/true);
+    } else if (reply->type != MsgType::kInfo) {
+      ok = l.named(make_error(ErrorCode::kCorrupt, "answered the hello with message type {}", static_cast<int>(reply->type)));
+    } else if (Status info = check_info(l, reply->info); !info.ok()) {
+      ok = l.named(info.error());
+    }
+    if (!ok.ok()) {
+      (*ch)->abort();
+      return record(reply->type == MsgType::kError && reply->error_stage < links.size() ? *links[reply->error_stage] : l,
+                    ok.error());
     }
     if (l.ever_connected) ++l.reconnects;
     l.info = reply->info;
     l.ever_connected = true;
+    std::lock_guard lock(l.send_mu);
     l.ch = std::move(*ch);
     l.last_error.clear();
     return ok_status();
   }
 
-  // Sends `m` to a stage and returns its reply (not an error sentinel), holding the link for the whole exchange so
-  // that concurrent users of the link (lanes, the health thread) never read each other's replies. Any failure
-  // drops the channel: the next use reconnects, and the new session starts with empty caches.
-  Result<Message> exchange(StageLink& l, const Message& m, Deadline deadline) {
-    std::lock_guard lock(l.mu);
-    VEIL_TRY(send_locked(l, m, deadline));
-    return receive_locked(l, m.request_id, deadline);
+  static Error record(StageLink& l, const Error& e) {
+    l.last_error = e.message();
+    return e;
   }
 
-  Status send_to(StageLink& l, const Message& m, Deadline deadline) {
-    std::lock_guard lock(l.mu);
-    return send_locked(l, m, deadline);
+  // The current session, connecting every stage (the last first) when it is down. Returns its number.
+  Result<uint64_t> ensure_session(Deadline deadline, int max_attempts = 0) {
+    std::lock_guard lock(session_mu);
+    if (up) return session;
+    for (size_t i = links.size(); i-- > 0;) {
+      Status st = connect_link(*links[i], deadline, max_attempts);
+      if (!st.ok()) {
+        close_links();
+        return st.error();
+      }
+    }
+    {
+      std::lock_guard mbox(mbox_mu);
+      mbox_session = session;
+      broken.reset();
+    }
+    for (size_t i = 0; i < links.size(); ++i) {
+      StageLink& l = *links[i];
+      l.reader = std::thread([this, &l, i, s = session] { read_loop(l, static_cast<uint32_t>(i), s); });
+    }
+    up = true;
+    return session;
   }
 
-  Result<Message> receive_from(StageLink& l, uint64_t request_id, Deadline deadline) {
-    std::lock_guard lock(l.mu);
-    return receive_locked(l, request_id, deadline);
+  // Aborts every channel and joins the readers. session_mu held.
+  void close_links() {
+    for (auto& l : links) {
+      if (l->ch) l->ch->abort();
+    }
+    for (auto& l : links) {
+      if (l->reader.joinable()) l->reader.join();
+      std::lock_guard lock(l->send_mu);
+      l->ch.reset();
+    }
   }
 
-  Status send_locked(StageLink& l, const Message& m, Deadline deadline) {
-    if (!l.ch) VEIL_TRY(connect_link(l, deadline));
-    Status st = send_message(*l.ch, m, deadline);
-    if (!st.ok()) return failed(l, st.error());
+  // Ends session `s` because of `e` (the first failure wins): every waiter of it gets the error, every channel is
+  // dropped (the stages drop their data channels and caches), and the next use reconnects.
+  void fail_session(uint64_t s, const Error& e) {
+    break_session(s, e);
+    std::lock_guard lock(session_mu);
+    if (!up || session != s) return;
+    spdlog::warn("pipeline: session dropped: {}", e.message());
+    for (auto& l : links) {
+      if (e.message().starts_with(fmt::format("pipeline stage {} (", l->spec->index))) l->last_error = e.message();
+    }
+    close_links();
+    up = false;
+    ++session;
+  }
+
+  // Hands `e` to every waiter of session `s` (called by readers, which must not join themselves).
+  void break_session(uint64_t s, const Error& e) {
+    std::lock_guard lock(mbox_mu);
+    if (mbox_session != s || broken) return;
+    broken = e;
+    for (auto& [id, w] : waiting) {
+      if (w.session == s && !w.reply) w.reply = Result<Message>(e);
+    }
+    mbox_cv.notify_all();
+  }
+
+  // One stage's control channel: outputs and sentinels (to their waiters), done notes, pongs.
+  void read_loop(StageLink& l, uint32_t index, uint64_t s) {
+    const bool last = index + 1 == links.size();
+    for (;;) {
+      Result<Message> m = recv_message(*l.ch, channel::deadline_in(24h * 365));
+      Error why = m.ok() ? Error(ErrorCode::kInternal, "") : l.named(m.error());
+      if (m.ok()) {
+        const bool expected = m->type == MsgType::kError || m->type == MsgType::kPong ||
+                              (last ? m->type == MsgType::kOutput : m->type == MsgType::kDone);
+        if (expected && deliver(*m, index, s)) continue;
+        // A sentinel for no waiting request (a reset's, say) still ends the session, naming the stage it names.
+        why = m->type == MsgType::kError
+                  ? sentinel_error(*m)
+                  : l.named(make_error(ErrorCode::kCorrupt, "sent message type {} for request {}, which is not expected",
+                                       static_cast<int>(m->type), m->request_id));
+      }
+      if (why.code() == ErrorCode::kCancelled) why = l.named(make_error(ErrorCode::kUnavailable, "closed the session"));
+      break_session(s, why);
+      return;
+    }
+  }
+
+  // Hands a message to its waiter; false when nobody waits for it in this session.
+  bool deliver(const Message& m, uint32_t index, uint64_t s) {
+    std::lock_guard lock(mbox_mu);
+    if (mbox_session != s) return true;  // an old session's reader is being stopped
+    auto it = waiting.find(m.request_id);
+    // A done note may arrive after the last stage's output (the request is then finished): it is only progress.
+    if (it == waiting.end() || it->second.session != s) return m.type == MsgType::kDone;
+    Waiter& w = it->second;
+    if (m.type == MsgType::kDone) {
+      w.passed = std::max(w.passed, index + 1);
+    } else if (!w.reply) {
+      w.reply = m.type == MsgType::kError ? Result<Message>(sentinel_error(m)) : Result<Message>(m);
+    }
+    mbox_cv.notify_all();
+    return true;
+  }
+
+  // Registers a waiter for `id` in session `s` (a timeout blames stage `first` or a later one that had not passed
+  // the request on); fails when the session is already broken.
+  Status expect(uint64_t id, uint64_t s, uint32_t first) {
+    std::lock_guard lock(mbox_mu);
+    if (mbox_session != s || broken) {
+      return broken ? *broken : make_error(ErrorCode::kUnavailable, "pipeline: the session ended");
+    }
+    waiting[id] = Waiter{s, first, std::nullopt};
     return ok_status();
   }
 
-  Result<Message> receive_locked(StageLink& l, uint64_t request_id, Deadline deadline) {
+  void forget(std::span<const uint64_t> ids) {
+    std::lock_guard lock(mbox_mu);
+    for (uint64_t id : ids) waiting.erase(id);
+  }
+
+  // The reply to `id`, or the session's failure, or a timeout naming the first stage that had not passed it on.
+  Result<Message> await(uint64_t id, Deadline deadline) {
+    std::unique_lock lock(mbox_mu);
+    Waiter& w = waiting.at(id);
+    if (!mbox_cv.wait_until(lock, deadline, [&] { return w.reply.has_value(); })) {
+      return links[std::min<size_t>(w.passed, links.size() - 1)]->named(
+          make_error(ErrorCode::kTimeout, "no reply within {} ms", options.request_timeout.count()));
+    }
+    return *w.reply;
+  }
+
+  Status send_to(StageLink& l, const Message& m, Deadline deadline) {
+    std::lock_guard lock(l.send_mu);
     if (!l.ch) return l.named(make_error(ErrorCode::kUnavailable, "the connection was dropped"));
-    Result<Message> reply = recv_message(*l.ch, deadline);
-    if (!reply.ok()) return failed(l, reply.error());
-    if (reply->type == MsgType::kError) {
-      Error e(reply->error_code == ErrorCode::kTimeout ? ErrorCode::kTimeout : ErrorCode::kUnavailable,
-              fmt::format("failed: {}", reply->reason));
-      if (reply->error_stage != l.spec->index) e = make_error(ErrorCode::kCorrupt, "sent an error naming stage {}", reply->error_stage);
-      return failed(l, e);
-    }
-    if (reply->request_id != request_id) {
-      return failed(l, make_error(ErrorCode::kCorrupt, "replied to request {} instead of {}", reply->request_id, request_id));
-    }
-    return reply;
+    Status st = send_message(*l.ch, m, deadline);
+    return st.ok() ? st : Status(l.named(st.error()));
   }
 
-  // Drops the link (the caller holds its lock) and names the stage.
-  Error failed(StageLink& l, const Error& why) {
-    Error e = why.code() == ErrorCode::kTimeout
-                  ? make_error(ErrorCode::kTimeout, "no reply within {} ms", options.request_timeout.count())
-                  : why;
-    l.drop(e);
-    return l.named(e);
+  // Sends `msgs` to stage `stage` and waits for every reply, in order; any failure ends the session. `*session`:
+  // the session they went through.
+  Result<std::vector<Message>> exchange(size_t stage, std::vector<Message>& msgs, Deadline deadline,
+                                        uint64_t* session, int max_attempts = 0) {
+    VEIL_ASSIGN_OR_RETURN(uint64_t s, ensure_session(deadline, max_attempts));
+    *session = s;
+    std::vector<uint64_t> ids;
+    for (Message& m : msgs) ids.push_back(m.request_id);
+    Status st = ok_status();
+    for (uint64_t id : ids) {
+      if (st.ok()) st = expect(id, s, static_cast<uint32_t>(stage));
+    }
+    std::vector<Message> replies;
+    for (size_t i = 0; i < msgs.size() && st.ok(); ++i) st = send_to(*links[stage], msgs[i], deadline);
+    for (size_t i = 0; i < msgs.size() && st.ok(); ++i) {
+      Result<Message> r = await(ids[i], deadline);
+      if (r.ok()) replies.push_back(std::move(r).value());
+      else st = r.error();
+    }
+    forget(ids);
+    if (!st.ok()) {
+      fail_session(s, st.error());
+      return st.error();
+    }
+    return replies;
   }
 
-  Status check_output(StageLink& l, const Message& out, bool last, size_t tokens, size_t rows) {
-    OutputKind kind = last ? OutputKind::kLogits : OutputKind::kHidden;
-    size_t want_rows = last ? rows : tokens, want_width = last ? n_vocab : n_embd;
-    if (out.type != MsgType::kOutput || out.output != kind || out.rows != want_rows || out.width != want_width) {
-      Error e = make_error(ErrorCode::kCorrupt, "returned {} rows of width {}, expected {} rows of width {}", out.rows,
-                           out.width, want_rows, want_width);
-      std::lock_guard lock(l.mu);
-      l.drop(e);
-      return l.named(e);
+  Status check_output(const Message& out, const Message& in, uint64_t s) {
+    size_t rows = 0;
+    for (const Segment& seg : in.segments) rows += seg.want_logits;
+    if (out.type != MsgType::kOutput || out.output != OutputKind::kLogits || out.rows != rows || out.width != n_vocab) {
+      Error e = links.back()->named(make_error(ErrorCode::kCorrupt, "returned {} rows of width {}, expected {} rows of width {}",
+                                               out.rows, out.width, rows, n_vocab));
+      fail_session(s, e);
+      return e;
     }
     return ok_status();
   }
@@ -186,37 +341,19 @@ struct PipelineStepModel::Impl {
       m.tokens.insert(m.tokens.end(), in.tokens.begin(), in.tokens.end());
     }
     logits.clear();
-    Status st = ok_status();
+    std::vector<Message> mbs;
     if (links.size() > 1 && options.micro_batches > 1) {
-      std::vector<Message> mbs = split_batch(m, options.micro_batches);
-      st = fill_drain(mbs, logits, deadline);
+      mbs = split_batch(m, options.micro_batches);
     } else {
       m.request_id = next_request++;
-      st = chain(m, logits, deadline);
+      mbs.push_back(std::move(m));
     }
-    return st.ok() ? st : as_stage_failure(st.error());
-  }
-
-  // Whole batch through the stages in order, one link held at a time: several lanes may run this at once, each
-  // in a different stage (lane A in stage 1 while lane B is in stage 0), so every stage stays busy.
-  Status chain(Message& m, std::vector<float>& logits, Deadline deadline) {
-    size_t rows = 0, tokens = 0;
-    for (const Segment& seg : m.segments) {
-      rows += seg.want_logits;
-      tokens += seg.n_tokens;
-    }
-    for (size_t s = 0; s < links.size(); ++s) {
-      const bool last = s + 1 == links.size();
-      Result<Message> out = exchange(*links[s], m, deadline);
-      if (!out.ok()) return out.error();
-      VEIL_TRY(check_output(*links[s], *out, last, tokens, rows));
-      if (last) {
-        logits = std::move(out->values);
-      } else {
-        m.tokens.clear();
-        m.values = std::move(out->values);
-        m.request_id = next_request++;
-      }
+    uint64_t s = 0;
+    Result<std::vector<Message>> outs = exchange(0, mbs, deadline, &s);
+    if (!outs.ok()) return as_stage_failure(outs.error());
+    for (size_t i = 0; i < mbs.size(); ++i) {
+      VEIL_TRY(check_output((*outs)[i], mbs[i], s));
+      logits.insert(logits.end(), (*outs)[i].values.begin(), (*outs)[i].values.end());
     }
     return ok_status();
   }
@@ -227,6 +364,8 @@ struct PipelineStepModel::Impl {
 
   // Splits the batch's token stream into at most `k` contiguous micro-batches (split_micro_batches). A segment cut
   // in two continues at the next position; only its last piece asks for logits, so logit rows keep batch order.
+  // Stage 0 receives them one after the other and passes each on when it is done, so consecutive micro-batches run
+  // on consecutive stages at once (fill-drain, pipeline.h).
   std::vector<Message> split_batch(const Message& m, uint32_t k) {
     std::vector<Message> out;
     size_t off = 0, seg = 0;
@@ -248,87 +387,51 @@ struct PipelineStepModel::Impl {
     return out;
   }
 
-  // Fill-drain over the stages: at step t stage s runs micro-batch t - s; every stage has at most one message
-  // outstanding. On a failure every stage with an outstanding message is dropped too (its reply would be stale).
-  Status fill_drain(std::vector<Message>& mbs, std::vector<float>& logits, Deadline deadline) {
-    const size_t S = links.size(), K = mbs.size();
-    for (size_t t = 0; t + 1 < S + K; ++t) {
-      size_t lo = t >= K ? t - K + 1 : 0, hi = std::min(t, S - 1);
-      for (size_t s = lo; s <= hi; ++s) {
-        Status st = send_to(*links[s], mbs[t - s], deadline);
-        if (!st.ok()) return abandon(st.error(), lo, s);
-      }
-      for (size_t s = lo; s <= hi; ++s) {
-        Message& mb = mbs[t - s];
-        Result<Message> out = receive_from(*links[s], mb.request_id, deadline);
-        size_t rows = 0, tokens = 0;
-        for (const Segment& seg : mb.segments) {
-          rows += seg.want_logits;
-          tokens += seg.n_tokens;
-        }
-        Status st = out.ok() ? check_output(*links[s], *out, s + 1 == S, tokens, rows) : Status(out.error());
-        if (!st.ok()) return abandon(st.error(), s + 1, hi + 1);
-        if (s + 1 == S) {
-          logits.insert(logits.end(), out->values.begin(), out->values.end());
-        } else {
-          mb.tokens.clear();
-          mb.values = std::move(out->values);
-          mb.request_id = next_request++;
-        }
-      }
-    }
-    return ok_status();
-  }
-
-  // Drops links [from, to) (they hold a message whose reply nobody will read) and returns `e`.
-  Error abandon(const Error& e, size_t from, size_t to) {
-    for (size_t s = from; s < to; ++s) {
-      std::lock_guard lock(links[s]->mu);
-      links[s]->drop(make_error(ErrorCode::kCancelled, "abandoned after another stage failed"));
-    }
-    return e;
-  }
-
   // During serving, a stage that fails in any way (connection lost or truncated, refused on reconnection,
   // malformed reply, error sentinel) is unavailable; a deadline stays a timeout. The message names the stage.
   static Error as_stage_failure(const Error& e) {
     return Error(e.code() == ErrorCode::kTimeout ? ErrorCode::kTimeout : ErrorCode::kUnavailable, e.message());
   }
 
+  // A reset enters at stage 0 and travels down the chain in order with the batches (no reply). When the session is
+  // down there is nothing to reset: the next session starts with empty caches.
   void reset_slot(uint32_t slot) {
+    uint64_t s;
+    {
+      std::lock_guard lock(session_mu);
+      if (!up) return;
+      s = session;
+    }
     Message m;
     m.type = MsgType::kReset;
     m.slot = slot;
-    for (auto& l : links) {
-      std::lock_guard lock(l->mu);
-      if (!l->ch) continue;  // its next session starts with empty caches anyway
-      Status st = send_message(*l->ch, m, channel::deadline_in(options.request_timeout));
-      if (!st.ok()) l->drop(st.error());
-    }
+    Status st = send_to(*links[0], m, channel::deadline_in(options.request_timeout));
+    if (!st.ok()) fail_session(s, st.error());
   }
 
   void check_health() {
-    for (auto& l : links) {
-      Deadline deadline = channel::deadline_in(std::min<std::chrono::milliseconds>(options.request_timeout, 10s));
-      bool connected;
-      {
-        std::lock_guard lock(l->mu);
-        connected = l->ch != nullptr;
-        if (!connected) {
-          // One try per health round: the interval is the backoff.
-          Status st = connect_link(*l, deadline, /*max_attempts=*/1);
-          if (!st.ok()) l->last_error = st.error().message();
-          else spdlog::info("pipeline: stage {} ({}) is back", l->spec->index, l->spec->endpoint);
-          continue;
-        }
-      }
-      Message ping;
-      ping.type = MsgType::kPing;
-      ping.request_id = next_ping.fetch_add(1) | (1ull << 63);  // disjoint from forward request ids
-      auto pong = exchange(*l, ping, deadline);
-      if (pong.ok() && pong->type != MsgType::kPong) {
-        std::lock_guard lock(l->mu);
-        l->drop(make_error(ErrorCode::kCorrupt, "answered a ping with message type {}", static_cast<int>(pong->type)));
+    Deadline deadline = channel::deadline_in(std::min<std::chrono::milliseconds>(options.request_timeout, 10s));
+    bool was_up;
+    {
+      std::lock_guard lock(session_mu);
+      was_up = up;
+    }
+    if (!was_up) {
+      // One try per health round: the interval is the backoff.
+      if (ensure_session(deadline, /*max_attempts=*/1).ok()) spdlog::info("pipeline: every stage is back");
+      return;
+    }
+    for (size_t i = 0; i < links.size(); ++i) {
+      std::vector<Message> ping(1);
+      ping[0].type = MsgType::kPing;
+      ping[0].request_id = next_ping.fetch_add(1) | (1ull << 63);  // disjoint from forward request ids
+      uint64_t s = 0;
+      auto pong = exchange(i, ping, deadline, &s, /*max_attempts=*/1);
+      if (!pong.ok()) return;  // the session was dropped; the next round reconnects
+      if (pong->front().type != MsgType::kPong) {
+        fail_session(s, links[i]->named(make_error(ErrorCode::kCorrupt, "answered a ping with message type {}",
+                                                                   static_cast<int>(pong->front().type))));
+        return;
       }
     }
   }
@@ -353,7 +456,6 @@ Result<std::unique_ptr<PipelineStepModel>> PipelineStepModel::connect(const Shar
   auto impl = std::make_unique<Impl>();
   impl->manifest = manifest;
   impl->options = std::move(options);
-  Deadline deadline = channel::deadline_in(impl->options.request_timeout);
   for (const StageSpec& s : impl->manifest.stages) {
     auto l = std::make_unique<StageLink>();
     l->spec = &s;
@@ -362,9 +464,10 @@ Result<std::unique_ptr<PipelineStepModel>> PipelineStepModel::connect(const Shar
     l->endpoint = *ep;
     l->options = impl->options.channel;
     l->options.verifier = channel::verifier_from_policy(s.policy, impl->options.collateral);
-    VEIL_TRY(impl->connect_link(*l, deadline));
     impl->links.push_back(std::move(l));
   }
+  auto first_session = impl->ensure_session(channel::deadline_in(impl->options.request_timeout));
+  if (!first_session.ok()) return first_session.error();
   const StageInfo& first = impl->links.front()->info;
   impl->n_embd = first.n_embd;
   impl->n_vocab = impl->links.back()->info.n_vocab;
@@ -394,10 +497,12 @@ PipelineStepModel::~PipelineStepModel() {
   }
   impl_->health_cv.notify_all();
   if (impl_->health_thread.joinable()) impl_->health_thread.join();
+  std::lock_guard lock(impl_->session_mu);
   for (auto& l : impl_->links) {
-    std::lock_guard lock(l->mu);
+    std::lock_guard send(l->send_mu);
     if (l->ch) (void)l->ch->close(channel::deadline_in(1s));
   }
+  impl_->close_links();
 }
 
 uint32_t PipelineStepModel::context_length() const { return impl_->n_ctx; }
@@ -416,9 +521,9 @@ void PipelineStepModel::check_health() { impl_->check_health(); }
 
 std::vector<StageHealth> PipelineStepModel::health() const {
   std::vector<StageHealth> out;
+  std::lock_guard lock(impl_->session_mu);
   for (const auto& l : impl_->links) {
-    std::lock_guard lock(l->mu);
-    out.push_back({l->spec->index, l->spec->endpoint, l->ch != nullptr, l->reconnects, l->last_error});
+    out.push_back({l->spec->index, l->spec->endpoint, impl_->up && l->ch != nullptr, l->reconnects, l->last_error});
   }
   return out;
 }

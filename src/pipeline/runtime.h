@@ -1,37 +1,45 @@
 // pipeline runtime: stages that serve a layer range over attested channels, and the front that drives
 // them as a server::StepModel. Read pipeline.h first; the topology and wire format are docs/pipeline.md.
 //
-// Topology (this version): the front opens one attested channel to every stage (the front is the channel
-// client; it verifies each stage's evidence against that stage's manifest policy during the handshake,
-// before it sends a byte) and relays the activations: tokens -> stage 0 -> hidden states -> stage 1 ...
-// -> the last stage returns the logits of the rows asked for. Stage 0 runs the token embedding and the
-// last stage the output head (the engine binds them with the range); the front holds the tokenizer and
-// sampling and never a weight. A stage only its host can reach sits behind a Relay (below): a TCP forwarder on the
-// host that carries the channel's ciphertext and cannot read it.
+// Topology: the front opens one attested control channel to every stage (the front is the channel client; it
+// verifies each stage's evidence against that stage's manifest policy during the handshake, before it sends a byte):
+// Hello/Info, pings, done notes and error sentinels travel on it. Activations do not pass through the front: it sends
+// each forward pass's tokens to stage 0, stage i (not last) sends its hidden states to stage i + 1 over a data
+// channel it opens itself to stage i + 1's manifest endpoint (verifying stage i + 1's evidence against the
+// manifest's policy for it), and the last stage returns the logits to the front on its control channel. A stage
+// learns who connected from the hello that follows the handshake and accepts a data channel only from its
+// predecessor; with a manifest front_policy every channel is mutual and a predecessor's evidence must satisfy the
+// manifest's policy for that stage. Stage 0 runs the token embedding and the last stage the output head (the engine
+// binds them with the range); the front holds the tokenizer and sampling and never a weight. A stage only its host
+// can reach sits behind a Relay (below): a TCP forwarder on the host that carries channel ciphertext and cannot read
+// it, for the front's channel and the predecessor's alike.
 //
-// Messages (a small versioned binary format, little-endian): Hello/Info (the front checks each stage's
-// index, layer range and shapes), Forward (sequence segments: slot, first position, token count, whether
-// logits are wanted; token ids for stage 0, f32 hidden states [tokens x n_embd] otherwise), Output
-// (hidden states or logits), Error (the failing stage's index, an error code and a content-free reason),
-// Reset (forget a slot's KV cache), Ping/Pong (health). Every message is validated before use: sizes
-// against the counts and n_embd / n_vocab, slots against the stage's slots, positions against its caches.
-// A message larger than one channel record travels as several records.
+// Messages (a small versioned binary format, little-endian): Hello/Info (who connects, which stage it expects; the
+// stage's range and shapes), Forward (sequence segments: slot, first position, token count, whether logits are
+// wanted; token ids for stage 0, f32 hidden states [tokens x n_embd] otherwise), Output (logits, to the front), Done
+// (a stage passed a request on), Error (the failing stage's index, an error code and a content-free reason), Reset
+// (forget a slot's KV cache; travels down the chain like a batch), Ping/Pong (health). Every message is validated
+// before use: sizes against the counts and n_embd / n_vocab, slots against the stage's slots, positions against its
+// caches. A message larger than one channel record travels as several records.
 //
-// Robustness: every exchange with a stage has a deadline (FrontOptions::request_timeout, default 60 s);
-// a stage that times out or whose connection fails is dropped and reconnected (channel::connect_channel:
-// backoff with jitter) before the next forward pass; a health thread pings every stage
-// (health_interval, default 10 s) and reconnects stages that came back. Errors name the stage index and
-// its endpoint; a new session with a stage starts with empty KV caches.
+// Robustness: every forward pass has a deadline (FrontOptions::request_timeout, default 60 s); on a timeout the front
+// names the first stage that has not passed the request on. A stage that cannot reach its successor sends an error
+// sentinel naming the successor on its control channel; a stage whose batch fails sends one down the chain. Any
+// failure ends the pipeline session: the front drops every channel (each stage then drops its data channels and
+// caches) and the next forward pass or health round reconnects every stage, last first (channel::connect_channel:
+// backoff with jitter). A health thread pings every stage (health_interval, default 10 s). Errors name the stage
+// index and its endpoint.
 //
 // Thread-safety: StageServer's methods are safe from any thread. PipelineStepModel follows StepModel:
-// forward/reset_slot from up to max_concurrent_forwards() threads at once, on disjoint slots (each exchange
-// holds its stage's link, so replies never cross); health() and the health thread are safe alongside.
+// forward/reset_slot from up to max_concurrent_forwards() threads at once, on disjoint slots (replies are matched by
+// request id); health() and the health thread are safe alongside.
 #pragma once
 
 #include <atomic>
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -48,21 +56,25 @@ namespace veil::pipeline {
 // ---------------------------------------------------------------------------------------------------------------
 // Wire format
 
-inline constexpr uint8_t kWireVersion = 1;
+inline constexpr uint8_t kWireVersion = 2;
 inline constexpr size_t kMaxReasonBytes = 200;
 inline constexpr size_t kMaxSegments = 4096;
 inline constexpr size_t kMaxWireMessage = 256u << 20;  // reassembled message cap (across records)
 
 enum class MsgType : uint8_t {
-  kHello = 1,   // front -> stage: which stage it expects
-  kInfo = 2,    // stage -> front: what the stage runs
-  kForward = 3, // front -> stage: a batch
-  kOutput = 4,  // stage -> front: hidden states or logits
-  kError = 5,   // stage -> front: error sentinel
-  kReset = 6,   // front -> stage: forget a slot
-  kPing = 7,
-  kPong = 8,
+  kHello = 1,   // front or predecessor -> stage, first after the handshake: who connects, which stage it expects
+  kInfo = 2,    // stage -> front or predecessor: what the stage runs
+  kForward = 3, // front -> stage 0 (token ids), stage i -> stage i + 1 (hidden states): a batch
+  kOutput = 4,  // last stage -> front: logits (kind kHidden is not sent in this topology)
+  kError = 5,   // error sentinel: down the chain, then to the front; or stage -> front naming its successor
+  kReset = 6,   // front -> stage 0 -> ... -> last stage: forget a slot (no reply)
+  kPing = 7,    // front -> stage
+  kPong = 8,    // stage -> front
+  kDone = 9,    // stage (not last) -> front: the request was passed on to the next stage
 };
+
+// Who sent a Hello.
+enum class Peer : uint8_t { kFront = 1, kPredecessor = 2 };
 
 struct StageInfo {
   uint32_t stage_index = 0;
@@ -88,7 +100,10 @@ enum class OutputKind : uint8_t { kHidden = 1, kLogits = 2 };
 struct Message {
   MsgType type = MsgType::kPing;
   uint64_t request_id = 0;  // echoed by the reply; pings carry their nonce here
-  StageInfo info;           // kHello (stage_index, layer range, n_layers), kInfo (all)
+  StageInfo info;           // kHello (stage_index, layer range, n_layers of the expected stage or, from a
+                            // predecessor, of the sender itself), kInfo (all)
+  Peer hello_from = Peer::kFront;  // kHello
+  uint32_t timeout_ms = 0;  // kHello from the front: how long the stage may take to reach its successor
   std::vector<Segment> segments;  // kForward
   std::vector<int32_t> tokens;    // kForward to the stage holding layer 0
   std::vector<float> values;      // kForward hidden states in; kOutput hidden states or logits
@@ -121,11 +136,21 @@ struct StageOptions {
   uint32_t max_slots = 16;  // KV caches (sequences in flight)
   engine::KvType kv_type = engine::KvType::kF32;
   std::string listen;       // endpoint to listen on; empty: the manifest's endpoint for this stage
-  channel::ChannelOptions channel;  // server side: attester required
+  // Server side: attester required. Its attester also proves this stage to its successor. Leave mode and verifier
+  // unset: the stage sets them from front_policy.
+  channel::ChannelOptions channel;
+  // Mutual attestation: the policy the front's evidence must satisfy; unset: the manifest's front_policy, if any.
+  // When there is one, every channel of this stage is mutual: the front must satisfy it, a predecessor the
+  // manifest's policy for the previous stage, and this stage presents its evidence to its successor.
+  std::optional<attest::Policy> front_policy;
+  attest::Collateral collateral;  // for verifying neighbouring stages' evidence (e.g. the sim platform public key)
+  channel::RetryPolicy retry;     // reaching the successor (also bounded by the front's hello timeout)
   // Test hook, called before every forward pass (e.g. to hold a stage mid-request).
   std::function<void()> before_forward;
 };
 
+// A stage accepts one control session (the front) and, for stages after the first, one data session from its
+// predecessor inside it; a new control session ends the previous one (its data channels and caches with it).
 class StageServer {
  public:
   // `model` must be loaded with exactly the manifest's layer range for stage `index`.
@@ -136,11 +161,12 @@ class StageServer {
   StageServer& operator=(const StageServer&) = delete;
 
   std::string address() const;  // the bound endpoint (actual port)
-  // Stops accepting, ends the current session, joins the thread. Idempotent.
+  // Stops accepting, ends the current session, joins the threads. Idempotent.
   void stop();
-  // Messages received after a successful handshake (for tests: a refused front sent nothing).
+  // Messages received after a successful handshake, on any channel (for tests: a refused peer sent nothing).
   uint64_t messages_received() const;
-  uint64_t sessions() const;
+  uint64_t sessions() const;       // control sessions (fronts) accepted
+  uint64_t data_sessions() const;  // data sessions (the predecessor) accepted
 
   struct Impl;
 
@@ -158,9 +184,9 @@ struct FrontOptions {
   std::chrono::milliseconds request_timeout{60000};
   std::chrono::milliseconds health_interval{10000};  // 0: no health thread
   channel::RetryPolicy retry;                        // reconnection: backoff with jitter
-  // Fill-drain: a forward pass's tokens are split into this many micro-batches so stages work concurrently
-  // (pipeline.h fill_drain_schedule). 1 (the default): each forward pass visits the stages one after the other,
-  // and up to one forward pass per stage may be in flight at once (max_concurrent_forwards(): the serving
+  // Fill-drain: a forward pass's tokens are split into this many micro-batches, sent to stage 0 one after the
+  // other, so stages work on consecutive micro-batches at once (pipeline.h fill_drain_schedule). 1 (the default):
+  // up to one forward pass per stage may be in flight at once (max_concurrent_forwards(): the serving
   // scheduler's lanes keep every stage busy with a different batch of sequences).
   uint32_t micro_batches = 1;
 };
@@ -185,11 +211,11 @@ class PipelineStepModel final : public server::StepModel {
   uint32_t max_slots() const override;
   Status forward(std::span<const server::StepInput> batch, std::vector<float>& logits) override;
   void reset_slot(uint32_t slot) override;
-  // The number of stages with micro_batches == 1 (each forward pass holds one stage at a time), else 1.
+  // The number of stages with micro_batches == 1 (one forward pass per stage in flight), else 1.
   uint32_t max_concurrent_forwards() const override;
 
   std::vector<StageHealth> health() const;
-  // Pings every stage now (what the health thread does each interval); reconnects stages that are down.
+  // Pings every stage now (what the health thread does each interval); reconnects the pipeline when it is down.
   void check_health();
 
   struct Impl;
@@ -204,7 +230,7 @@ class PipelineStepModel final : public server::StepModel {
 //
 // For stages that only the host can reach: a TCP forwarder on the host accepts connections on `listen` and, for
 // each, opens a connection to the fixed `target` (the stage) and copies bytes both ways. The attested channel runs
-// end to end between the front and the stage, so the relay only ever holds channel ciphertext: it cannot read an
+// end to end between the front (or the predecessor stage) and the stage, so the relay only ever holds channel ciphertext: it cannot read an
 // activation, and a byte it changes makes the channel refuse the record (kSecurity at the receiver). A manifest
 // stage's endpoint simply names the relay.
 //

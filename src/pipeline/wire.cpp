@@ -89,6 +89,17 @@ Status decode_info(Reader& r, StageInfo& i) {
   return ok_status();
 }
 
+Status decode_hello(Reader& r, Message& m) {
+  VEIL_TRY(decode_info(r, m.info));
+  VEIL_ASSIGN_OR_RETURN(uint8_t from, r.u8("hello sender"));
+  if (from != static_cast<uint8_t>(Peer::kFront) && from != static_cast<uint8_t>(Peer::kPredecessor)) {
+    return make_error(ErrorCode::kCorrupt, "pipeline message: hello sender {} is unknown", from);
+  }
+  m.hello_from = static_cast<Peer>(from);
+  VEIL_ASSIGN_OR_RETURN(m.timeout_ms, r.u32("hello timeout"));
+  return ok_status();
+}
+
 void encode_forward(Writer& w, const Message& m) {
   w.reserve(64 + m.segments.size() * 13 + m.tokens.size() * 4 + m.values.size() * 4);
   w.u32(static_cast<uint32_t>(m.segments.size()));
@@ -171,6 +182,10 @@ Bytes encode_message(const Message& m) {
   w.u64(m.request_id);
   switch (m.type) {
     case MsgType::kHello:
+      encode_info(w, m.info);
+      w.u8(static_cast<uint8_t>(m.hello_from));
+      w.u32(m.timeout_ms);
+      break;
     case MsgType::kInfo:
       encode_info(w, m.info);
       break;
@@ -196,6 +211,7 @@ Bytes encode_message(const Message& m) {
       break;
     case MsgType::kPing:
     case MsgType::kPong:
+    case MsgType::kDone:
       break;
   }
   return w.take();
@@ -209,7 +225,7 @@ Result<Message> decode_message(ByteView data) {
                       kWireVersion);
   }
   VEIL_ASSIGN_OR_RETURN(uint8_t type, r.u8("type"));
-  if (type < static_cast<uint8_t>(MsgType::kHello) || type > static_cast<uint8_t>(MsgType::kPong)) {
+  if (type < static_cast<uint8_t>(MsgType::kHello) || type > static_cast<uint8_t>(MsgType::kDone)) {
     return make_error(ErrorCode::kCorrupt, "pipeline message: type {} is unknown", type);
   }
   Message m;
@@ -217,6 +233,8 @@ Result<Message> decode_message(ByteView data) {
   VEIL_ASSIGN_OR_RETURN(m.request_id, r.u64("request id"));
   switch (m.type) {
     case MsgType::kHello:
+      VEIL_TRY(decode_hello(r, m));
+      break;
     case MsgType::kInfo:
       VEIL_TRY(decode_info(r, m.info));
       break;
@@ -235,6 +253,7 @@ Result<Message> decode_message(ByteView data) {
     }
     case MsgType::kPing:
     case MsgType::kPong:
+    case MsgType::kDone:
       break;
   }
   VEIL_TRY(r.done());

@@ -1,6 +1,7 @@
 // Three stages on three hosts: each `veil stage` runs in its own Linux network namespace, joined to the front's
-// namespace by a veth pair (front side 10.77.<i>.1/24, stage side 10.77.<i>.2/24), with a 2 ms netem delay on
-// every link when the kernel has netem. `veil serve --manifest` (the front, in a fourth namespace) must return
+// namespace by a veth pair (front side 10.77.<i>.1/24, stage side 10.77.<i>.2/24), and stage i to stage i + 1 by
+// another (10.78.<i>.0/24, carrying the data channel between them), with a 2 ms netem delay on every link when the
+// kernel has netem. `veil serve --manifest` (the front, in a fourth namespace) must return
 // the same greedy text as single-node serving. The test builds the namespaces itself and removes them on any
 // exit; it is skipped, saying why, where namespaces cannot be made (not root, no capability, no `ip`).
 #include <fcntl.h>
@@ -125,14 +126,24 @@ TEST_F(NetnsTest, ThreeStagesInThreeNamespacesServeTheSingleNodeText) {
     ASSERT_EQ(nets.link(front_ns, stage_ns[i], "veil" + std::to_string(i), net + ".1/24", net + ".2/24"), "");
     endpoints.push_back(net + ".2:7400");
   }
+  // Stage i opens its data channel to stage i + 1's manifest endpoint over a link of their own (10.78.<i>.0/24, with
+  // a host route to that endpoint): the front's namespace does not forward, so the activations cross from stage
+  // namespace to stage namespace.
+  std::vector<std::pair<std::string, std::string>> devices;  // (namespace, device) of every link end
+  for (int i = 0; i < 3; ++i) devices.insert(devices.end(), {{front_ns, "veil" + std::to_string(i)}, {stage_ns[i], "veil" + std::to_string(i)}});
+  for (int i = 0; i + 1 < 3; ++i) {
+    std::string net = "10.78." + std::to_string(i), dev = "vchain" + std::to_string(i);
+    ASSERT_EQ(nets.link(stage_ns[i], stage_ns[i + 1], dev, net + ".1/24", net + ".2/24"), "");
+    ASSERT_EQ(nets.ip({"-n", stage_ns[i], "route", "add", endpoints[i + 1].substr(0, endpoints[i + 1].find(':')) + "/32",
+                       "via", net + ".2"}),
+              "");
+    devices.insert(devices.end(), {{stage_ns[i], dev}, {stage_ns[i + 1], dev}});
+  }
   // A 2 ms delay each way on every link, where the kernel has netem.
   std::string tc = find_tool("tc"), netem = tc.empty() ? "no `tc` binary" : "";
-  for (int i = 0; i < 3 && netem.empty(); ++i) {
-    for (const auto& ns : {front_ns, stage_ns[i]}) {
-      RunResult r = run_tool({tc, "-n", ns, "qdisc", "add", "dev", "veil" + std::to_string(i), "root", "netem",
-                              "delay", "2ms"});
-      if (r.exit_code != 0) netem = first_line(r.err);
-    }
+  for (size_t d = 0; d < devices.size() && netem.empty(); ++d) {
+    RunResult r = run_tool({tc, "-n", devices[d].first, "qdisc", "add", "dev", devices[d].second, "root", "netem", "delay", "2ms"});
+    if (r.exit_code != 0) netem = first_line(r.err);
   }
   std::printf("[ netns    ] %s\n", netem.empty() ? "netem: 2 ms delay each way on every link"
                                                   : ("netem unavailable (" + netem + "): links without delay").c_str());

@@ -13,10 +13,13 @@ using json = nlohmann::json;
 TEST_F(PipelineCliTest, TwoStageProcessesServeGreedyTextAndSurviveKillNine) {
   std::string meas = measurement();
   ASSERT_FALSE(meas.empty());
+  // The last stage first: stage 0 reads stage 1's endpoint (where it opens its data channel) from the manifest.
   write_text(path("stages.json"), manifest(meas, {"127.0.0.1:1", "127.0.0.1:2"}));
-  std::string ep0 = start_stage(0, "tcp:127.0.0.1:0"), ep1 = start_stage(1, "tcp:127.0.0.1:0");
-  ASSERT_FALSE(ep0.empty());
+  std::string ep1 = start_stage(1, "tcp:127.0.0.1:0");
   ASSERT_FALSE(ep1.empty());
+  write_text(path("stages.json"), manifest(meas, {"127.0.0.1:1", ep1}));
+  std::string ep0 = start_stage(0, "tcp:127.0.0.1:0");
+  ASSERT_FALSE(ep0.empty());
   write_text(path("front.json"), manifest(meas, {ep0, ep1}));
 
   // A front whose manifest expects another measurement refuses the stage: exit 3, the stage named.
@@ -25,7 +28,7 @@ TEST_F(PipelineCliTest, TwoStageProcessesServeGreedyTextAndSurviveKillNine) {
                             (kStories / "stories260K.gguf").string(), "--insecure-http", "--no-auth", "--listen",
                             "127.0.0.1:0", "-t", "1"});
   expect_one_line_error(refused, 3, /*logs_before=*/true);
-  EXPECT_NE(refused.err.find("pipeline stage 0"), std::string::npos) << refused.describe();
+  EXPECT_NE(refused.err.find("pipeline stage 1"), std::string::npos) << refused.describe();  // the last is reached first
 
   Front started = start_front("front.json");
   auto& front = started.process;
@@ -70,14 +73,13 @@ TEST_F(PipelineCliTest, TwoStageProcessesServeGreedyTextAndSurviveKillNine) {
   }
 }
 
-// `veil relay`: the front reaches stage 1 only through a host relay process; malformed addresses are usage errors,
+// `veil relay`: the front and stage 0 reach stage 1 only through a host relay process; malformed addresses are usage errors,
 // an address in use a runtime failure, each on one line.
 TEST_F(PipelineCliTest, StageBehindVeilRelayServesTheSameText) {
   std::string meas = measurement();
   ASSERT_FALSE(meas.empty());
   write_text(path("stages.json"), manifest(meas, {"127.0.0.1:1", "127.0.0.1:2"}));
-  std::string ep0 = start_stage(0, "tcp:127.0.0.1:0"), ep1 = start_stage(1, "tcp:127.0.0.1:0");
-  ASSERT_FALSE(ep0.empty());
+  std::string ep1 = start_stage(1, "tcp:127.0.0.1:0");
   ASSERT_FALSE(ep1.empty());
   auto relay = start({"relay", "--listen", "127.0.0.1:0", "--to", ep1, "--connect-timeout", "2"});
   auto relay_line = relay->wait_for_stdout_line("veil relay: forwarding ", 20s);
@@ -92,6 +94,10 @@ TEST_F(PipelineCliTest, StageBehindVeilRelayServesTheSameText) {
   expect_one_line_error(in_use, 1);
   EXPECT_NE(in_use.err.find("relay: listening on"), std::string::npos) << in_use.describe();
 
+  // Stage 0 reaches stage 1 through the relay too: its data channel and the front's control channel both cross it.
+  write_text(path("stages.json"), manifest(meas, {"127.0.0.1:1", relay_ep}));
+  std::string ep0 = start_stage(0, "tcp:127.0.0.1:0");
+  ASSERT_FALSE(ep0.empty());
   write_text(path("front.json"), manifest(meas, {ep0, relay_ep}));
   Front started = start_front("front.json");
   auto& front = started.process;
@@ -147,7 +153,10 @@ TEST_F(PipelineCliTest, ThreeSealedStagesServeTheSameGreedyText) {
   expect_one_line_error(twice, 2, /*logs_before=*/true);
   EXPECT_NE(twice.err.find("front_policy"), std::string::npos) << twice.describe();
   // Mutual attestation from the manifest: the stages accept only a front running the same (measured) executable.
-  for (int i = 0; i < 3; ++i) {
+  // The last first, each started with a manifest naming its successor's real endpoint; the data channels between
+  // stages are mutual too.
+  for (int i = 2; i >= 0; --i) {
+    write_text(path("sealed.json"), m.dump(2));
     std::string ep = start_stage(i, "tcp:127.0.0.1:0", "sealed.json", sealed_model);
     ASSERT_FALSE(ep.empty());
     m["stages"][i]["endpoint"] = ep;

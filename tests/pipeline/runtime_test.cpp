@@ -134,18 +134,26 @@ class PipelineRuntime : public ::testing::Test {
     so.n_ctx = 256;
     so.listen = listen;
     so.channel.attester = channel::attester_from_provider(provider_);
+    so.collateral = collateral_;
+    so.retry.initial_backoff = 5ms;
+    so.retry.max_backoff = 50ms;
     so.before_forward = std::move(hook);
     auto s = StageServer::start(m, i, *model, so);
     EXPECT_TRUE(s.ok()) << s.error().message();
     return s.ok() ? std::move(*s) : nullptr;
   }
 
-  // Starts every stage on an ephemeral port and points the manifest at them.
-  void start_stages(ShardManifest& m, std::map<uint32_t, std::function<void()>> hooks = {}) {
-    for (uint32_t i = 0; i < m.stages.size(); ++i) {
-      stages_.push_back(start_stage(m, i, "tcp:127.0.0.1:0", hooks[i]));
-      ASSERT_TRUE(stages_.back());
-      m.stages[i].endpoint = stages_.back()->address();
+  // Starts every stage on an ephemeral port and points the manifest at them, the last first: a stage reads its
+  // successor's endpoint from the manifest it starts with. `endpoint_of` may put something in front of a stage (a
+  // relay); the stages before it and the front then reach it there.
+  void start_stages(ShardManifest& m, std::map<uint32_t, std::function<void()>> hooks = {},
+                    const std::function<std::string(uint32_t, const std::string&)>& endpoint_of = {}) {
+    stages_.resize(m.stages.size());
+    for (size_t i = m.stages.size(); i-- > 0;) {
+      stages_[i] = start_stage(m, static_cast<uint32_t>(i), "tcp:127.0.0.1:0", hooks[static_cast<uint32_t>(i)]);
+      ASSERT_TRUE(stages_[i]);
+      m.stages[i].endpoint = endpoint_of ? endpoint_of(static_cast<uint32_t>(i), stages_[i]->address())
+                                         : stages_[i]->address();
     }
   }
 
@@ -205,6 +213,27 @@ TEST(PipelineWire, RoundTripsAndRejectsMalformedMessages) {
   std::memset(b.data() + b.size() - 16, 0xff, 8);  // the token count
   EXPECT_EQ(decode_message(b).error().code(), ErrorCode::kCorrupt);
 
+  Message h;
+  h.type = MsgType::kHello;
+  h.hello_from = Peer::kPredecessor;
+  h.timeout_ms = 1234;
+  h.info = {1, 2, 4, 5, 0, 0, 0, 0};
+  auto hb = decode_message(encode_message(h));
+  ASSERT_TRUE(hb.ok()) << hb.error().message();
+  EXPECT_EQ(hb->hello_from, Peer::kPredecessor);
+  EXPECT_EQ(hb->timeout_ms, 1234u);
+  EXPECT_EQ(hb->info, h.info);
+  b = encode_message(h);
+  b[2 + 8 + 32] = 3;  // an unknown sender
+  EXPECT_EQ(decode_message(b).error().code(), ErrorCode::kCorrupt);
+  Message done;
+  done.type = MsgType::kDone;
+  done.request_id = 77;
+  auto db = decode_message(encode_message(done));
+  ASSERT_TRUE(db.ok());
+  EXPECT_EQ(db->type, MsgType::kDone);
+  EXPECT_EQ(db->request_id, 77u);
+
   Message e;
   e.type = MsgType::kError;
   e.error_stage = 2;
@@ -230,6 +259,12 @@ TEST_F(PipelineRuntime, OneTwoAndThreeStagesMatchOneProcess) {
     ASSERT_TRUE(got.ok()) << got.error().message();
     EXPECT_EQ((*got)[0], want);
     EXPECT_EQ((*got)[1], want);
+    (*front)->check_health();  // a ping over every control channel
+    for (const StageHealth& h : (*front)->health()) {
+      EXPECT_TRUE(h.connected) << h.index << ": " << h.last_error;
+      EXPECT_EQ(h.reconnects, 0u);
+    }
+    for (size_t i = 1; i < stages_.size(); ++i) EXPECT_EQ(stages_[i]->data_sessions(), 1u) << i;
     front->reset();
     stages_.clear();
   }
@@ -298,13 +333,13 @@ std::unique_ptr<Relay> relay_to(const std::string& stage_address, RelayOptions o
 TEST_F(PipelineRuntime, StagesBehindRelaysMatchOneProcess) {
   const int n = 12;
   ShardManifest m = make_manifest({0, 2, 4, 5});
-  start_stages(m);
-  std::vector<std::unique_ptr<Relay>> relays;
-  for (auto& s : m.stages) {
-    relays.push_back(relay_to(s.endpoint));
-    ASSERT_TRUE(relays.back());
-    s.endpoint = relays.back()->address();
-  }
+  std::vector<std::unique_ptr<Relay>> relays(m.stages.size());
+  // Every stage behind its relay: the front's control channels and the stage-to-stage data channels cross them.
+  start_stages(m, {}, [&](uint32_t i, const std::string& address) {
+    relays[i] = relay_to(address);
+    return relays[i] ? relays[i]->address() : address;
+  });
+  for (auto& r : relays) ASSERT_TRUE(r);
   auto front = PipelineStepModel::connect(m, front_options());
   ASSERT_TRUE(front.ok()) << front.error().message();
   auto got = step_greedy(**front, kPrompt, n, /*n_seq=*/2);
@@ -312,13 +347,14 @@ TEST_F(PipelineRuntime, StagesBehindRelaysMatchOneProcess) {
   EXPECT_EQ((*got)[0], reference_greedy(kPrompt, n));
   EXPECT_EQ((*got)[1], (*got)[0]);
   front->reset();
-  for (auto& r : relays) {
-    r->stop();
-    RelayStats st = r->stats();
-    EXPECT_EQ(st.accepted, 1u);
+  for (size_t i = 0; i < relays.size(); ++i) {
+    relays[i]->stop();
+    RelayStats st = relays[i]->stats();
+    EXPECT_EQ(st.accepted, i == 0 ? 1u : 2u) << i;  // the front, and the previous stage
     EXPECT_GT(st.bytes_to_target, 0u);
     EXPECT_GT(st.bytes_to_client, 0u);
   }
+  for (size_t i = 1; i < stages_.size(); ++i) EXPECT_EQ(stages_[i]->data_sessions(), 1u) << i;
 }
 
 // A relay that changes one byte of what a stage sends: the front's channel refuses the record, the request fails
@@ -360,42 +396,125 @@ TEST_F(PipelineRuntime, ARelayThatFlipsAByteFailsTheRequestNamingTheStage) {
   EXPECT_EQ(relay->stats().accepted, 2u);
 }
 
+// Raw channels to a stage: a hello as the front or as a predecessor, then the stage's answer.
+Result<std::unique_ptr<channel::Channel>> open_raw(const ShardManifest& m, uint32_t index, Peer from, uint32_t as,
+                                                   channel::ChannelOptions co, Message* answer) {
+  VEIL_ASSIGN_OR_RETURN(auto ep, stage_endpoint(m.stages[index].endpoint));
+  VEIL_ASSIGN_OR_RETURN(auto ch, channel::connect_channel(ep, co, channel::RetryPolicy{}));
+  Message hello;
+  hello.type = MsgType::kHello;
+  hello.request_id = 1;
+  hello.hello_from = from;
+  hello.timeout_ms = 5000;
+  hello.info = {as, m.stages[as].layer_begin, m.stages[as].layer_end, m.n_layers, 0, 0, 0, 0};
+  VEIL_TRY(send_message(*ch, hello, channel::deadline_in(5s)));
+  VEIL_ASSIGN_OR_RETURN(*answer, recv_message(*ch, channel::deadline_in(5s)));
+  return ch;
+}
+
 // A stage checks a batch's payload against its segments before it uses it: hidden states sent to stage 0 (which
-// takes token ids), or rows of another width to a later stage, get an error naming the counts. (A payload that is not a
-// whole row per token is refused earlier, by the wire decoder, and ends the session.)
+// takes token ids), or rows of another width to a later stage, get an error sentinel naming the counts. The sentinel
+// travels down the chain to the last stage, which hands it to the front. (A payload that is not a whole row per token
+// is refused earlier, by the wire decoder, and ends the session.)
 TEST_F(PipelineRuntime, StageRefusesAPayloadThatDoesNotMatchItsSegments) {
   ShardManifest m = make_manifest({0, 2, 5});
   start_stages(m);
-  auto talk = [&](uint32_t index, Message forward) -> Result<Message> {
-    channel::ChannelOptions co;
-    co.verifier = channel::verifier_from_policy(policy(true), collateral_);
-    VEIL_ASSIGN_OR_RETURN(auto ep, stage_endpoint(m.stages[index].endpoint));
-    VEIL_ASSIGN_OR_RETURN(auto ch, channel::connect_channel(ep, co, channel::RetryPolicy{}));
-    Message hello;
-    hello.type = MsgType::kHello;
-    hello.request_id = 1;
-    hello.info = {index, m.stages[index].layer_begin, m.stages[index].layer_end, m.n_layers, 0, 0, 0, 0};
-    VEIL_TRY(send_message(*ch, hello, channel::deadline_in(5s)));
-    VEIL_ASSIGN_OR_RETURN(Message info, recv_message(*ch, channel::deadline_in(5s)));
-    if (info.type != MsgType::kInfo) return make_error(ErrorCode::kCorrupt, "no info");
-    VEIL_TRY(send_message(*ch, forward, channel::deadline_in(5s)));
-    return recv_message(*ch, channel::deadline_in(5s));
-  };
-  Message hidden;  // 2 tokens of hidden states (64 wide): right for stage 1, wrong for stage 0
+  channel::ChannelOptions co;
+  co.verifier = channel::verifier_from_policy(policy(true), collateral_);
+  Message answer;
+  // A front session with the last stage, and a data channel into it from a raw "stage 0".
+  auto ctl1 = open_raw(m, 1, Peer::kFront, 1, co, &answer);
+  ASSERT_TRUE(ctl1.ok()) << ctl1.error().message();
+  ASSERT_EQ(answer.type, MsgType::kInfo);
+  auto data1 = open_raw(m, 1, Peer::kPredecessor, 0, co, &answer);
+  ASSERT_TRUE(data1.ok()) << data1.error().message();
+  ASSERT_EQ(answer.type, MsgType::kInfo);
+  Message hidden;  // 2 tokens of hidden states, 32 wide where the model is 64
   hidden.type = MsgType::kForward;
   hidden.request_id = 2;
   hidden.segments = {{0, 0, 2, true}};
-  hidden.values.assign(2 * 64, 0.5f);
-  auto to_first = talk(0, hidden);
-  ASSERT_TRUE(to_first.ok()) << to_first.error().message();
-  EXPECT_EQ(to_first->type, MsgType::kError);
-  EXPECT_NE(to_first->reason.find("0 token ids and 128 hidden values for 2 tokens"), std::string::npos)
-      << to_first->reason;
-  hidden.values.assign(2 * 32, 0.5f);  // a whole row per token, but 32 wide where the model is 64
-  auto narrow = talk(1, hidden);
+  hidden.values.assign(2 * 32, 0.5f);
+  ASSERT_TRUE(send_message(**data1, hidden, channel::deadline_in(5s)).ok());
+  auto narrow = recv_message(**ctl1, channel::deadline_in(5s));
   ASSERT_TRUE(narrow.ok()) << narrow.error().message();
   EXPECT_EQ(narrow->type, MsgType::kError);
+  EXPECT_EQ(narrow->error_stage, 1u);
   EXPECT_NE(narrow->reason.find("64 hidden values for 2 tokens of width 64"), std::string::npos) << narrow->reason;
+
+  // A front session with stage 0 (it opens its data channel to stage 1, replacing the raw one): hidden states are
+  // wrong for stage 0, and its sentinel reaches the front's channel with the last stage.
+  auto ctl0 = open_raw(m, 0, Peer::kFront, 0, co, &answer);
+  ASSERT_TRUE(ctl0.ok()) << ctl0.error().message();
+  ASSERT_EQ(answer.type, MsgType::kInfo);
+  hidden.request_id = 3;
+  hidden.values.assign(2 * 64, 0.5f);
+  ASSERT_TRUE(send_message(**ctl0, hidden, channel::deadline_in(5s)).ok());
+  auto travelled = recv_message(**ctl1, channel::deadline_in(5s));
+  ASSERT_TRUE(travelled.ok()) << travelled.error().message();
+  EXPECT_EQ(travelled->type, MsgType::kError);
+  EXPECT_EQ(travelled->request_id, 3u);
+  EXPECT_EQ(travelled->error_stage, 0u);
+  EXPECT_NE(travelled->reason.find("0 token ids and 128 hidden values for 2 tokens"), std::string::npos)
+      << travelled->reason;
+  EXPECT_EQ(stages_[1]->data_sessions(), 2u);
+}
+
+// A data channel is accepted only from the stage's predecessor, and only inside a front's session.
+TEST_F(PipelineRuntime, StageAcceptsADataChannelOnlyFromItsPredecessor) {
+  ShardManifest m = make_manifest({0, 2, 4, 5});
+  start_stages(m);
+  channel::ChannelOptions co;
+  co.verifier = channel::verifier_from_policy(policy(true), collateral_);
+  Message answer;
+  auto early = open_raw(m, 2, Peer::kPredecessor, 1, co, &answer);  // no front session yet
+  ASSERT_TRUE(early.ok()) << early.error().message();
+  EXPECT_EQ(answer.type, MsgType::kError);
+  EXPECT_EQ(answer.error_code, ErrorCode::kUnavailable);
+  auto ctl = open_raw(m, 2, Peer::kFront, 2, co, &answer);
+  ASSERT_TRUE(ctl.ok()) << ctl.error().message();
+  ASSERT_EQ(answer.type, MsgType::kInfo);
+  auto skipping = open_raw(m, 2, Peer::kPredecessor, 0, co, &answer);  // stage 0 is not stage 2's predecessor
+  ASSERT_TRUE(skipping.ok()) << skipping.error().message();
+  EXPECT_EQ(answer.type, MsgType::kError);
+  EXPECT_EQ(answer.error_code, ErrorCode::kSecurity);
+  auto first = open_raw(m, 0, Peer::kPredecessor, 0, co, &answer);  // stage 0 has none
+  ASSERT_TRUE(first.ok()) << first.error().message();
+  EXPECT_EQ(answer.type, MsgType::kError);
+  EXPECT_EQ(answer.error_code, ErrorCode::kSecurity);
+  EXPECT_EQ(stages_[2]->data_sessions(), 0u);
+  EXPECT_EQ(stages_[0]->data_sessions(), 0u);
+}
+
+// A stage that cannot reach its successor sends an error sentinel naming it: the front fails the request with the
+// successor named, within the timeout, while the front itself still reaches every stage.
+TEST_F(PipelineRuntime, UnreachableSuccessorIsNamedByItsPredecessor) {
+  ShardManifest m = make_manifest({0, 2, 4, 5});
+  std::unique_ptr<Relay> relay;  // stage 1 reaches stage 2 only through it
+  std::string stage2;
+  start_stages(m, {}, [&](uint32_t i, const std::string& address) {
+    if (i != 2) return address;
+    stage2 = address;
+    relay = relay_to(address);
+    return relay ? relay->address() : address;
+  });
+  ASSERT_TRUE(relay);
+  ShardManifest direct = m;  // the front reaches stage 2 directly
+  direct.stages[2].endpoint = stage2;
+  auto front = PipelineStepModel::connect(direct, front_options(1s));
+  ASSERT_TRUE(front.ok()) << front.error().message();
+  ASSERT_TRUE(step_greedy(**front, kPrompt, 2).ok());
+  relay->stop();  // the data channel from stage 1 to stage 2 is cut
+  auto t0 = std::chrono::steady_clock::now();
+  auto got = step_greedy(**front, kPrompt, 2);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 3s);
+  ASSERT_FALSE(got.ok());
+  EXPECT_NE(got.error().message().find("pipeline stage 2"), std::string::npos) << got.error().message();
+  // Reconnecting, stage 1 cannot open its data channel: it answers the front's hello with the sentinel.
+  auto again = step_greedy(**front, kPrompt, 2);
+  ASSERT_FALSE(again.ok());
+  EXPECT_EQ(again.error().code(), ErrorCode::kUnavailable);
+  EXPECT_NE(again.error().message().find("pipeline stage 2"), std::string::npos) << again.error().message();
+  EXPECT_NE(again.error().message().find("unreachable from stage 1"), std::string::npos) << again.error().message();
 }
 
 TEST_F(PipelineRuntime, StageWithWrongMeasurementIsRefusedBeforeItReceivesAnything) {
@@ -411,32 +530,18 @@ TEST_F(PipelineRuntime, StageWithWrongMeasurementIsRefusedBeforeItReceivesAnythi
 }
 
 TEST_F(PipelineRuntime, MutualAttestationRefusesAnUnattestedFront) {
-  ShardManifest m = make_manifest({0, 5});
-  stages_.push_back(nullptr);
-  {
-    auto model = engine::Model::load(model_file(), {.layers = {0, 5}});
-    ASSERT_TRUE(model.ok());
-    StageOptions so;
-    so.max_slots = 2;
-    so.n_ctx = 64;
-    so.listen = "tcp:127.0.0.1:0";
-    so.channel.mode = channel::Mode::kMutual;
-    so.channel.attester = channel::attester_from_provider(provider_);
-    so.channel.verifier = channel::verifier_from_policy(policy(true), collateral_);
-    auto s = StageServer::start(m, 0, *model, so);
-    ASSERT_TRUE(s.ok()) << s.error().message();
-    stages_[0] = std::move(*s);
-    m.stages[0].endpoint = stages_[0]->address();
-  }
+  ShardManifest m = make_manifest({0, 2, 5});
+  m.front_policy = policy(true);  // every channel mutual: front -> stages and stage 0 -> stage 1
+  start_stages(m);
   // A front that does not present evidence is refused in the handshake (the stage closes the connection, so the
   // front sees it as unavailable); the stage receives nothing.
   FrontOptions quick = front_options();
   quick.retry.max_attempts = 2;
   auto anonymous = PipelineStepModel::connect(m, quick);
   ASSERT_FALSE(anonymous.ok());
-  EXPECT_NE(anonymous.error().message().find("pipeline stage 0"), std::string::npos) << anonymous.error().message();
-  EXPECT_EQ(stages_[0]->messages_received(), 0u);
-  // An attested front is accepted and gets the single-process tokens.
+  EXPECT_NE(anonymous.error().message().find("pipeline stage 1"), std::string::npos) << anonymous.error().message();
+  EXPECT_EQ(stages_[1]->messages_received(), 0u);
+  // An attested front is accepted, stage 0 attests itself to stage 1, and the tokens are the single-process ones.
   FrontOptions fo = front_options();
   fo.channel.mode = channel::Mode::kMutual;
   fo.channel.attester = channel::attester_from_provider(provider_);
@@ -445,13 +550,42 @@ TEST_F(PipelineRuntime, MutualAttestationRefusesAnUnattestedFront) {
   auto got = step_greedy(**front, kPrompt, 6);
   ASSERT_TRUE(got.ok()) << got.error().message();
   EXPECT_EQ((*got)[0], reference_greedy(kPrompt, 6));
+  EXPECT_EQ(stages_[1]->data_sessions(), 1u);
 }
 
+// Mutual data channels hold the predecessor to the manifest's policy for its stage: a stage 1 whose manifest expects
+// another measurement for stage 0 refuses stage 0's data channel (though the same evidence satisfies the front's
+// policy), and the front learns it from stage 0, naming stage 1.
+TEST_F(PipelineRuntime, MutualDataChannelRefusesAPredecessorOutsideItsPolicy) {
+  ShardManifest m = make_manifest({0, 2, 5});
+  m.front_policy = policy(true);
+  ShardManifest strict = m;
+  strict.stages[0].policy = policy(false);
+  stages_.resize(2);
+  stages_[1] = start_stage(strict, 1, "tcp:127.0.0.1:0");
+  ASSERT_TRUE(stages_[1]);
+  m.stages[1].endpoint = stages_[1]->address();
+  stages_[0] = start_stage(m, 0, "tcp:127.0.0.1:0");
+  ASSERT_TRUE(stages_[0]);
+  m.stages[0].endpoint = stages_[0]->address();
+  FrontOptions fo = front_options();
+  fo.channel.mode = channel::Mode::kMutual;
+  fo.channel.attester = channel::attester_from_provider(provider_);
+  auto front = PipelineStepModel::connect(m, fo);
+  ASSERT_FALSE(front.ok());
+  EXPECT_EQ(front.error().code(), ErrorCode::kSecurity) << front.error().message();
+  EXPECT_NE(front.error().message().find("pipeline stage 1"), std::string::npos) << front.error().message();
+  EXPECT_NE(front.error().message().find("unreachable from stage 0"), std::string::npos) << front.error().message();
+  EXPECT_EQ(stages_[1]->data_sessions(), 0u);
+}
+
+// A middle stage hangs: the front cannot see it directly (the batch went to stage 0), but stage 0 noted the request
+// done, so the timeout names stage 1.
 TEST_F(PipelineRuntime, HungStageTimesOutNamedAndTheNextRequestSucceeds) {
   std::promise<void> release_p;
   std::shared_future<void> release = release_p.get_future().share();
   std::atomic<int> calls{0};
-  ShardManifest m = make_manifest({0, 2, 5});
+  ShardManifest m = make_manifest({0, 2, 4, 5});
   start_stages(m, {{1, [&] {
                       if (calls.fetch_add(1) == 1) release.wait();  // the second forward pass hangs
                     }}});
