@@ -2,7 +2,6 @@
 // below only move frames between step() and the transport.
 #include <spdlog/spdlog.h>
 
-#include "channel/assist.h"
 #include "channel/session.h"
 
 namespace veil::channel {
@@ -69,14 +68,8 @@ class Handshake {
                             sh.hello.mode, uint8_t(options_.mode));
         }
         append(ByteView(*in).first(wire::kHelloSize));
-        th_hello_ = th();
-        // The key agreement runs beside the evidence check (both need only the hellos).
-        Result<SecretBytes> shared = make_error(ErrorCode::kInternal, "X25519 not run");
-        detail::AssistTask agreement = agree_assisted(sh.hello.ephemeral, shared);
-        auto claims = options_.verifier(sh.evidence, report_data_for(kLabelServerEvidence, th_hello_));
-        agreement.wait();
-        VEIL_TRY(derive_handshake_keys(std::move(shared)));
-        // Key confirmation is reported first, then the evidence bound to this transcript.
+        VEIL_TRY(derive_handshake_keys(sh.hello.ephemeral));
+        // Key confirmation first (cheap), then the evidence bound to this transcript.
         append(ByteView(*in).subspan(wire::kHelloSize, sh.evidence_end - wire::kHelloSize));
         auto mac = crypto::hmac(crypto::HashAlg::kSha256, server_fin_.view(), th());
         if (!ct_equal(mac, sh.finished)) {
@@ -84,6 +77,7 @@ class Handshake {
                             "ServerHello: byte {}: server_finished does not match (peer lacks the session key)",
                             sh.evidence_end);
         }
+        auto claims = options_.verifier(sh.evidence, report_data_for(kLabelServerEvidence, th_hello_));
         if (!claims.ok()) return std::move(claims).error().wrap("ServerHello: server evidence refused");
         result_.peer_claims = std::move(*claims);
         append(sh.finished);
@@ -118,13 +112,8 @@ class Handshake {
         Bytes body;
         start_hello(body);
         append(body);
-        th_hello_ = th();
-        // The key agreement runs beside the quote (both need only the hellos).
-        Result<SecretBytes> shared = make_error(ErrorCode::kInternal, "X25519 not run");
-        detail::AssistTask agreement = agree_assisted(ch.hello.ephemeral, shared);
+        VEIL_TRY(derive_handshake_keys(ch.hello.ephemeral));
         auto ev = options_.attester(report_data_for(kLabelServerEvidence, th_hello_));
-        agreement.wait();
-        VEIL_TRY(derive_handshake_keys(std::move(shared)));
         if (!ev.ok()) return std::move(ev).error().wrap("ServerHello: producing server evidence");
         size_t at = body.size();
         wire::encode_evidence(*ev, body);
@@ -175,18 +164,11 @@ class Handshake {
   void append(ByteView b) { transcript_.insert(transcript_.end(), b.begin(), b.end()); }
   crypto::Sha256Digest th() const { return crypto::sha256(transcript_); }
 
-  // X25519 with the peer's ephemeral key into `out`, on the assist thread when it is free. The private key is
-  // erased once used.
-  detail::AssistTask agree_assisted(const std::array<uint8_t, 32>& peer_ephemeral, Result<SecretBytes>& out) {
-    return detail::run_assisted([this, peer_ephemeral, &out] {
-      out = crypto::x25519_shared(ephemeral_, peer_ephemeral);
-      ephemeral_.private_key.clear();
-      ephemeral_.handle.reset();
-    });
-  }
-
-  // After both hellos (th_hello_ set) and the key agreement: prk and the finished keys.
-  Status derive_handshake_keys(Result<SecretBytes> shared) {
+  // After both hellos: th_hello, the shared secret, prk and the finished keys.
+  Status derive_handshake_keys(const std::array<uint8_t, 32>& peer_ephemeral) {
+    th_hello_ = th();
+    auto shared = crypto::x25519_shared(ephemeral_, peer_ephemeral);
+    ephemeral_.private_key.clear();
     if (!shared.ok()) return std::move(shared).error().wrap("hello: peer ephemeral key refused");
     prk_ = crypto::hkdf_extract(crypto::HashAlg::kSha256, th_hello_, shared->view());
     server_fin_ = crypto::hkdf_expand(crypto::HashAlg::kSha256, prk_.view(), as_bytes(kLabelServerFinished), 32);
