@@ -63,6 +63,23 @@ GroupPtr group(EcCurve curve) {
   return g;
 }
 
+// A curve's group order n and floor(n / 2), computed once per curve (making a group costs more than a signature's
+// arithmetic). Immutable after construction, shared by all threads.
+struct GroupOrder {
+  BnPtr n, half;
+  explicit GroupOrder(EcCurve curve) {
+    GroupPtr g = group(curve);
+    n.reset(BN_dup(EC_GROUP_get0_order(g.get())));
+    half.reset(BN_dup(n.get()));
+    if (!n || !half || BN_rshift1(half.get(), half.get()) != 1) fatal("group order");
+  }
+};
+
+const GroupOrder& group_order(EcCurve curve) {
+  static const GroupOrder p256(EcCurve::kP256), p384(EcCurve::kP384), k1(EcCurve::kSecp256k1);
+  return curve == EcCurve::kP384 ? p384 : curve == EcCurve::kSecp256k1 ? k1 : p256;
+}
+
 // True when 1 <= k < n.
 bool valid_scalar(const EC_GROUP* g, ByteView k) {
   BnPtr bn(BN_bin2bn(k.data(), static_cast<int>(k.size()), nullptr));
@@ -213,12 +230,11 @@ Result<Bytes> ecdsa_sign_digest(const EcKeyPair& key, ByteView digest) {
   if (!sig) fatal("d2i_ECDSA_SIG");
   const BIGNUM* r = ECDSA_SIG_get0_r(sig.get());
   const BIGNUM* s = ECDSA_SIG_get0_s(sig.get());
-  GroupPtr g = group(key.curve);
+  const GroupOrder& order = group_order(key.curve);
   BnPtr s_low(BN_dup(s));
-  BnPtr half(BN_dup(EC_GROUP_get0_order(g.get())));
-  if (!s_low || !half || BN_rshift1(half.get(), half.get()) != 1) fatal("BN");
-  if (BN_cmp(s_low.get(), half.get()) > 0) {
-    if (BN_sub(s_low.get(), EC_GROUP_get0_order(g.get()), s_low.get()) != 1) fatal("BN_sub");
+  if (!s_low) fatal("BN_dup");
+  if (BN_cmp(s_low.get(), order.half.get()) > 0) {
+    if (BN_sub(s_low.get(), order.n.get(), s_low.get()) != 1) fatal("BN_sub");
   }
   const int n = static_cast<int>(ec_curve_bytes(key.curve));
   Bytes out(2 * static_cast<size_t>(n));
