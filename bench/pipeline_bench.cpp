@@ -118,14 +118,18 @@ struct LaneRun {
 
 constexpr int kPrompt = 32, kDecode = 32;
 
-void run_lane(server::StepModel& m, uint32_t first, uint32_t n, std::barrier<>& decode_start, LaneRun& r) {
+// TTFT is measured from `start`, one instant for every lane taken before any lane resets its slots: a lane whose
+// reset waits behind another lane's prefill (the relaying front held a stage's link for a whole exchange) must not
+// start its clock late.
+void run_lane(server::StepModel& m, uint32_t first, uint32_t n, Clock::time_point start, std::barrier<>& decode_start,
+              LaneRun& r) {
   std::vector<int32_t> prompt(kPrompt);
   for (int i = 0; i < kPrompt; ++i) prompt[i] = 100 + i;
   std::vector<float> logits;
   std::vector<server::StepInput> batch;
   for (uint32_t s = 0; s < n; ++s) m.reset_slot(first + s);
   for (uint32_t s = 0; s < n; ++s) batch.push_back({first + s, prompt, 0, true});
-  auto t0 = Clock::now();
+  const auto t0 = start;
   Status st = m.forward(batch, logits);
   r.ttft_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
   decode_start.arrive_and_wait();
@@ -170,9 +174,10 @@ void BM_PipelineDecode(benchmark::State& state) {
     std::vector<LaneRun> runs(lanes);
     std::barrier<> decode_start(static_cast<std::ptrdiff_t>(lanes) + 1);
     std::vector<std::thread> threads;
+    const auto start = Clock::now();
     for (uint32_t l = 0, first = 0; l < lanes; ++l) {
       const uint32_t n = n_seq / lanes + (l < n_seq % lanes ? 1 : 0);
-      threads.emplace_back(run_lane, std::ref(m), first, n, std::ref(decode_start), std::ref(runs[l]));
+      threads.emplace_back(run_lane, std::ref(m), first, n, start, std::ref(decode_start), std::ref(runs[l]));
       first += n;
     }
     decode_start.arrive_and_wait();
