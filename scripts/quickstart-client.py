@@ -20,32 +20,42 @@ import os
 import ssl
 import sys
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "server"))
 import verify_signatures as verifier  # noqa: E402  (the independent implementation)
 
 
-def der_element(der, i):
-    """(tag, content start, end) of the DER element at offset i."""
-    tag, n = der[i], der[i + 1]
-    if n < 0x80:
-        return tag, i + 2, i + 2 + n
-    k = n & 0x7F
-    length = int.from_bytes(der[i + 2:i + 2 + k], "big")
-    return tag, i + 2 + k, i + 2 + k + length
+CMW_OID = "1.3.6.1.5.5.7.1.35"  # id-pe-cmw (RFC 9999): the certificate's evidence extension
+CMW_TYPE = "application/vnd.veil.attestation+json"
 
 
-def subject_public_key_info(pem):
-    """The certificate's SubjectPublicKeyInfo, DER. Walked by hand: Debian's python3-cryptography (38) refuses the
-    RA-TLS extension's OID, whose UUID arc is larger than 64 bits (docs/api.md)."""
-    der = ssl.PEM_cert_to_DER_cert(pem)
-    _, tbs, _ = der_element(der, 0)            # Certificate ::= SEQUENCE { tbsCertificate, ... }
-    _, i, _ = der_element(der, tbs)            # TBSCertificate ::= SEQUENCE {
-    if der[i] == 0xA0:                         #   [0] version (optional)
-        i = der_element(der, i)[2]
-    for _ in range(5):                         #   serial, signature, issuer, validity, subject
-        i = der_element(der, i)[2]
-    _, _, end = der_element(der, i)            #   subjectPublicKeyInfo
-    return der[i:end]
+def certificate_evidence(pem):
+    """(SubjectPublicKeyInfo DER, attestation JSON) of the server's RA-TLS certificate, read with `cryptography`'s
+    X.509 parser: the evidence extension is a CMW record (docs/api.md), a DER UTF8String holding
+    [type, base64url(attestation JSON), indicator]."""
+    cert = x509.load_pem_x509_certificate(pem.encode("ascii"))
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    try:
+        value = cert.extensions.get_extension_for_oid(x509.ObjectIdentifier(CMW_OID)).value.value
+    except x509.ExtensionNotFound:
+        verifier.fail("the certificate has no evidence extension (id-pe-cmw)")
+    if len(value) < 2 or value[0] != 0x0C:
+        verifier.fail("the evidence extension is not a DER UTF8String")
+    n, start = value[1], 2
+    if n & 0x80:
+        k = n & 0x7F
+        n, start = int.from_bytes(value[2:2 + k], "big"), 2 + k
+    if start + n != len(value):
+        verifier.fail("the evidence extension's length does not match its content")
+    record = json.loads(value[start:].decode("utf-8"))
+    if not isinstance(record, list) or len(record) not in (2, 3) or record[0] != CMW_TYPE:
+        verifier.fail("the evidence extension is not a Veil CMW record")
+    if len(record) == 3 and not (isinstance(record[2], int) and record[2] & 4):
+        verifier.fail("the CMW record does not say it carries Evidence")
+    body = record[1]
+    return spki, json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
 
 
 def request(conn, method, path, body=None, key=None):
@@ -77,7 +87,12 @@ def main():
     with open(args.collateral, "r", encoding="utf-8") as f:
         platform_public_key = base64.b64decode(json.load(f)["sim_platform_public_key"]).hex()
     with open(args.cert, "r", encoding="ascii") as f:
-        spki = subject_public_key_info(f.read())
+        spki, cert_att = certificate_evidence(f.read())
+    # The certificate's own evidence (empty nonce) must bind its key: a certificate made outside the TEE cannot.
+    if cert_att["tls_spki_sha256"] != hashlib.sha256(spki).hexdigest():
+        verifier.fail("the certificate's evidence binds another TLS key")
+    verifier.verify_attestation(cert_att, "", platform_public_key, {})
+    print("certificate: its evidence extension (CMW, id-pe-cmw) binds its TLS key and the signing keys: OK")
     ctx = ssl.create_default_context(cafile=args.cert)
     conn = http.client.HTTPSConnection("127.0.0.1", args.port, context=ctx, timeout=120)
 

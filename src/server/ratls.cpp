@@ -8,6 +8,7 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include <cctype>
 #include <ctime>
 #include <nlohmann/json.hpp>
 
@@ -43,6 +44,74 @@ std::string base64(ByteView data) {
   int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()), data.data(), static_cast<int>(data.size()));
   out.resize(static_cast<size_t>(n));
   return out;
+}
+
+// base64url without padding (RFC 4648 section 5), as CMW JSON records carry their value.
+std::string base64url(ByteView data) {
+  std::string out = base64(data);
+  while (!out.empty() && out.back() == '=') out.pop_back();
+  for (char& c : out) c = c == '+' ? '-' : c == '/' ? '_' : c;
+  return out;
+}
+
+Result<std::string> from_base64url(std::string_view text) {
+  std::string b64(text);
+  for (char& c : b64) {
+    if (c == '-') c = '+';
+    else if (c == '_') c = '/';
+    else if (!std::isalnum(static_cast<unsigned char>(c))) {
+      return make_error(ErrorCode::kCorrupt, "RA-TLS CMW record: value is not base64url (character 0x{:02x})",
+                        static_cast<unsigned>(static_cast<unsigned char>(c)));
+    }
+  }
+  if (b64.size() % 4 == 1) return make_error(ErrorCode::kCorrupt, "RA-TLS CMW record: value has a base64url length of {}", text.size());
+  const size_t pad = (4 - b64.size() % 4) % 4;
+  b64.append(pad, '=');
+  std::string out(b64.size() / 4 * 3, '\0');
+  int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()), reinterpret_cast<const unsigned char*>(b64.data()),
+                          static_cast<int>(b64.size()));
+  if (n < 0) return make_error(ErrorCode::kCorrupt, "RA-TLS CMW record: value is not base64url");
+  out.resize(static_cast<size_t>(n) - pad);  // EVP_DecodeBlock counts the padding as zero bytes
+  return out;
+}
+
+// extnValue of the evidence extension: DER UTF8String of the JSON CMW record.
+Result<Bytes> cmw_extension_value(const std::string& attestation) {
+  const std::string record = nlohmann::json::array({kCmwMediaType, base64url(as_bytes(attestation)), kCmwIndicatorEvidence}).dump();
+  std::unique_ptr<ASN1_STRING, decltype(&ASN1_STRING_free)> utf8(ASN1_STRING_type_new(V_ASN1_UTF8STRING), ASN1_STRING_free);
+  if (!utf8 || ASN1_STRING_set(utf8.get(), record.data(), static_cast<int>(record.size())) != 1) {
+    return ossl_error("encoding the CMW record");
+  }
+  unsigned char* der = nullptr;
+  int n = i2d_ASN1_UTF8STRING(utf8.get(), &der);
+  if (n <= 0) return ossl_error("encoding the CMW record");
+  Bytes out(der, der + n);
+  OPENSSL_free(der);
+  return out;
+}
+
+// The attestation JSON out of an extnValue (the inverse of cmw_extension_value; every field checked).
+Result<std::string> attestation_from_cmw(ByteView value) {
+  const unsigned char* p = value.data();
+  std::unique_ptr<ASN1_STRING, decltype(&ASN1_STRING_free)> utf8(
+      d2i_ASN1_UTF8STRING(nullptr, &p, static_cast<long>(value.size())), ASN1_STRING_free);
+  if (!utf8 || p != value.data() + value.size()) {
+    ERR_clear_error();
+    return make_error(ErrorCode::kCorrupt, "RA-TLS evidence extension: value is not one DER UTF8String (a CMW JSON record)");
+  }
+  const auto* text = reinterpret_cast<const char*>(ASN1_STRING_get0_data(utf8.get()));
+  auto record = nlohmann::json::parse(text, text + ASN1_STRING_length(utf8.get()), nullptr, false);
+  if (record.is_discarded() || !record.is_array() || record.size() < 2 || record.size() > 3) {
+    return make_error(ErrorCode::kCorrupt, "RA-TLS CMW record: not a JSON array [type, value, ind?]");
+  }
+  if (!record[0].is_string() || record[0].get<std::string>() != kCmwMediaType) {
+    return make_error(ErrorCode::kCorrupt, "RA-TLS CMW record: field 0 (type) is not \"{}\"", kCmwMediaType);
+  }
+  if (!record[1].is_string()) return make_error(ErrorCode::kCorrupt, "RA-TLS CMW record: field 1 (value) is not a string");
+  if (record.size() == 3 && (!record[2].is_number_unsigned() || (record[2].get<uint64_t>() & kCmwIndicatorEvidence) == 0)) {
+    return make_error(ErrorCode::kCorrupt, "RA-TLS CMW record: field 2 (ind) does not say Evidence");
+  }
+  return from_base64url(record[1].get<std::string>());
 }
 
 Status add_ext(X509* cert, int nid, const char* value) {
@@ -104,9 +173,8 @@ Result<TlsIdentity> make_tls_identity(attest::Provider& provider, const SigningK
 
   std::unique_ptr<ASN1_OBJECT, ObjDeleter> oid(OBJ_txt2obj(kRaTlsExtensionOid, 1));
   std::unique_ptr<ASN1_OCTET_STRING, OctDeleter> oct(ASN1_OCTET_STRING_new());
-  if (!oid || !oct ||
-      ASN1_OCTET_STRING_set(oct.get(), reinterpret_cast<const unsigned char*>(id.extension_json.data()),
-                            static_cast<int>(id.extension_json.size())) != 1)
+  VEIL_ASSIGN_OR_RETURN(Bytes cmw, cmw_extension_value(id.extension_json));
+  if (!oid || !oct || ASN1_OCTET_STRING_set(oct.get(), cmw.data(), static_cast<int>(cmw.size())) != 1)
     return ossl_error("encoding the evidence extension");
   std::unique_ptr<X509_EXTENSION, ExtDeleter> ext(X509_EXTENSION_create_by_OBJ(nullptr, oid.get(), 0, oct.get()));
   if (!ext || X509_add_ext(cert.get(), ext.get(), -1) != 1) return ossl_error("adding the evidence extension");
@@ -146,11 +214,11 @@ Result<RaTlsCertificateInfo> read_ratls_certificate(ByteView cert_der) {
   VEIL_ASSIGN_OR_RETURN(info.spki_sha256, spki_hash(pk));
   std::unique_ptr<ASN1_OBJECT, ObjDeleter> oid(OBJ_txt2obj(kRaTlsExtensionOid, 1));
   int idx = X509_get_ext_by_OBJ(cert.get(), oid.get(), -1);
-  if (idx < 0) return make_error(ErrorCode::kNotFound, "certificate has no Veil evidence extension ({})", kRaTlsExtensionOid);
+  if (idx < 0) return make_error(ErrorCode::kNotFound, "certificate has no evidence extension (id-pe-cmw, {})", kRaTlsExtensionOid);
   X509_EXTENSION* ext = X509_get_ext(cert.get(), idx);
   ASN1_OCTET_STRING* data = X509_EXTENSION_get_data(ext);
-  info.extension_json.assign(reinterpret_cast<const char*>(ASN1_STRING_get0_data(data)),
-                             static_cast<size_t>(ASN1_STRING_length(data)));
+  VEIL_ASSIGN_OR_RETURN(info.extension_json,
+                        attestation_from_cmw(ByteView(ASN1_STRING_get0_data(data), static_cast<size_t>(ASN1_STRING_length(data)))));
   return info;
 }
 

@@ -20,7 +20,11 @@
 
 namespace veil::server {
 
-inline constexpr const char* kRaTlsExtensionOid = "2.25.17505852550387204589340577362206097946.1";
+// The evidence travels as an RFC 9999 conceptual message wrapper: extension id-pe-cmw, whose value is the DER
+// UTF8String of a JSON CMW record [media type, base64url(attestation JSON), indicator 4 = Evidence].
+inline constexpr const char* kRaTlsExtensionOid = "1.3.6.1.5.5.7.1.35";  // id-pe-cmw
+inline constexpr const char* kCmwMediaType = "application/vnd.veil.attestation+json";
+inline constexpr unsigned kCmwIndicatorEvidence = 4;  // bit 2 of the CMW indicator bitmap
 
 struct TlsIdentity {
   std::string cert_pem;
@@ -36,7 +40,8 @@ Result<TlsIdentity> make_tls_identity(attest::Provider& provider, const SigningK
                                       const std::vector<std::string>& dns_names);
 
 // Reads the Veil evidence extension and the SPKI hash from a DER certificate (for verifying clients and
-// tests). kNotFound when the extension is absent, kCorrupt when the certificate does not parse.
+// tests). kNotFound when the extension is absent, kCorrupt when the certificate or the CMW record does not parse
+// (the message names the field).
 struct RaTlsCertificateInfo {
   std::string extension_json;
   crypto::Sha256Digest spki_sha256{};
