@@ -39,23 +39,23 @@ using PkeyCtxPtr = std::unique_ptr<EVP_PKEY_CTX, PkeyCtxDeleter>;
   throw std::runtime_error(std::string("crypto: ecdsa: ") + what);
 }
 
-const char* group_name(EcCurve curve) {
-  switch (curve) {
-    case EcCurve::kP256: return "prime256v1";
-    case EcCurve::kP384: return "secp384r1";
-    case EcCurve::kSecp256k1: return "secp256k1";
-  }
-  return "prime256v1";
+// Everything the module needs to know of a curve, in one row per curve.
+struct CurveInfo {
+  const char* group_name;  // OpenSSL's
+  int nid;
+  const char* display;     // in messages
+  size_t bytes;            // scalar and coordinate size
+};
+
+const CurveInfo& info(EcCurve curve) {
+  static const CurveInfo kP256{"prime256v1", NID_X9_62_prime256v1, "P-256", 32};
+  static const CurveInfo kP384{"secp384r1", NID_secp384r1, "P-384", 48};
+  static const CurveInfo kK1{"secp256k1", NID_secp256k1, "secp256k1", 32};
+  return curve == EcCurve::kP384 ? kP384 : curve == EcCurve::kSecp256k1 ? kK1 : kP256;
 }
 
-int curve_nid(EcCurve curve) {
-  switch (curve) {
-    case EcCurve::kP256: return NID_X9_62_prime256v1;
-    case EcCurve::kP384: return NID_secp384r1;
-    case EcCurve::kSecp256k1: return NID_secp256k1;
-  }
-  return NID_X9_62_prime256v1;
-}
+const char* group_name(EcCurve curve) { return info(curve).group_name; }
+int curve_nid(EcCurve curve) { return info(curve).nid; }
 
 GroupPtr group(EcCurve curve) {
   GroupPtr g(EC_GROUP_new_by_curve_name(curve_nid(curve)));
@@ -152,16 +152,9 @@ EVP_PKEY* pkey_of(const std::shared_ptr<const void>& handle) {
 
 }  // namespace
 
-size_t ec_curve_bytes(EcCurve curve) { return curve == EcCurve::kP384 ? 48 : 32; }
+size_t ec_curve_bytes(EcCurve curve) { return info(curve).bytes; }
 
-const char* ec_curve_name(EcCurve curve) {
-  switch (curve) {
-    case EcCurve::kP256: return "P-256";
-    case EcCurve::kP384: return "P-384";
-    case EcCurve::kSecp256k1: return "secp256k1";
-  }
-  return "P-256";
-}
+const char* ec_curve_name(EcCurve curve) { return info(curve).display; }
 
 Result<EcKeyPair> ec_from_private(EcCurve curve, ByteView private_key) {
   const size_t n = ec_curve_bytes(curve);

@@ -130,14 +130,19 @@ Bytes encode_header_body(const Header& h) {
   return b;
 }
 
+// HKDF-SHA256 with the file salt over `ikm`, expanded under `label` to 32 bytes: every key below except the part
+// keys, which are not bound to a file.
+static SecretBytes salted_key(ByteView ikm, ByteView file_salt, std::string_view label) {
+  SecretBytes prk = crypto::hkdf_extract(crypto::HashAlg::kSha256, file_salt, ikm);
+  return crypto::hkdf_expand(crypto::HashAlg::kSha256, prk.view(), as_bytes(label), 32);
+}
+
 SecretBytes derive_chunk_key(ByteView model_key, ByteView file_salt) {
-  SecretBytes prk = crypto::hkdf_extract(crypto::HashAlg::kSha256, file_salt, model_key);
-  return crypto::hkdf_expand(crypto::HashAlg::kSha256, prk.view(), as_bytes("veil-sealed-v1 chunk key"), 32);
+  return salted_key(model_key, file_salt, "veil-sealed-v1 chunk key");
 }
 
 SecretBytes derive_header_mac_key(ByteView model_key, ByteView file_salt) {
-  SecretBytes prk = crypto::hkdf_extract(crypto::HashAlg::kSha256, file_salt, model_key);
-  return crypto::hkdf_expand(crypto::HashAlg::kSha256, prk.view(), as_bytes("veil-sealed-v1 header mac"), 32);
+  return salted_key(model_key, file_salt, "veil-sealed-v1 header mac");
 }
 
 SecretBytes derive_part_key(ByteView model_key, std::string_view model_id, uint64_t model_version, uint32_t part) {
@@ -151,13 +156,11 @@ SecretBytes derive_part_key(ByteView model_key, std::string_view model_id, uint6
 }
 
 SecretBytes derive_part_chunk_key(ByteView part_key, ByteView file_salt) {
-  SecretBytes prk = crypto::hkdf_extract(crypto::HashAlg::kSha256, file_salt, part_key);
-  return crypto::hkdf_expand(crypto::HashAlg::kSha256, prk.view(), as_bytes("veil-sealed-v2 chunk key"), 32);
+  return salted_key(part_key, file_salt, "veil-sealed-v2 chunk key");
 }
 
 SecretBytes derive_v2_header_mac_key(ByteView rest_key, ByteView file_salt) {
-  SecretBytes prk = crypto::hkdf_extract(crypto::HashAlg::kSha256, file_salt, rest_key);
-  return crypto::hkdf_expand(crypto::HashAlg::kSha256, prk.view(), as_bytes("veil-sealed-v2 header mac"), 32);
+  return salted_key(rest_key, file_salt, "veil-sealed-v2 header mac");
 }
 
 FileKeys file_keys_from_model_key(const Header& h, ByteView model_key) {
