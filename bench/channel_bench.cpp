@@ -244,46 +244,107 @@ void BM_Handshake_FakeAttestation(benchmark::State& state) {
 }
 BENCHMARK(BM_Handshake_FakeAttestation)->ArgsProduct({{1, 2}, {0, 1}})->ArgNames({"mode", "isolated"})->UseRealTime();
 
+// A simulated TEE for the benches: a platform key in a temporary folder, the provider, the verifier's collateral and
+// a policy that allows sim with this build's measurement.
+struct SimTee {
+  std::filesystem::path dir = std::filesystem::temp_directory_path() / fmt::format("veil-bench-sim-{}", ::getpid());
+  std::shared_ptr<attest::Provider> provider;
+  attest::Collateral collateral;
+  attest::Policy policy;
+  std::string error;  // empty when usable
+
+  SimTee() {
+    std::filesystem::create_directories(dir);
+    attest::ProviderOptions po;
+    po.sim_platform_key = dir / "platform.key";
+    po.sim_create_key = true;
+    auto made = attest::make_provider("sim", po);
+    auto pub = attest::sim_platform_public_key(po.sim_platform_key, false);
+    if (!made.ok() || !pub.ok()) {
+      error = "sim provider unavailable";
+      return;
+    }
+    provider = std::move(*made);
+    collateral.items["sim_platform_public_key"] = *pub;
+    auto ev = provider->quote(attest::ReportData{});
+    auto claims = attest::verifier_for(attest::TeeType::kSim)->verify(*ev, collateral, std::chrono::system_clock::now());
+    if (!claims.ok()) {
+      error = claims.error().message();
+      return;
+    }
+    policy.allowed_types = {attest::TeeType::kSim};
+    policy.allow_simulated = true;
+    policy.expected_measurements[attest::TeeType::kSim]["measurement"] = {claims->measurements.at("measurement")};
+    policy.max_evidence_age = std::chrono::seconds(60);
+  }
+  ~SimTee() { std::filesystem::remove_all(dir); }
+};
+
 // Real sim provider + attest::verify_evidence. range(0): 1 = mutual attestation (both sides quote and verify), else
 // the server alone is attested; range(1): isolated (see run_handshakes).
 void BM_Handshake_SimAttestation(benchmark::State& state) {
-  auto dir = std::filesystem::temp_directory_path() / fmt::format("veil-bench-sim-{}", ::getpid());
-  std::filesystem::create_directories(dir);
-  attest::ProviderOptions po;
-  po.sim_platform_key = dir / "platform.key";
-  po.sim_create_key = true;
-  auto provider = attest::make_provider("sim", po);
-  auto pub = attest::sim_platform_public_key(po.sim_platform_key, false);
-  if (!provider.ok() || !pub.ok()) {
-    state.SkipWithError("sim provider unavailable");
+  SimTee tee;
+  if (!tee.error.empty()) {
+    state.SkipWithError(tee.error.c_str());
     return;
   }
-  attest::Collateral collateral;
-  collateral.items["sim_platform_public_key"] = *pub;
-  std::shared_ptr<attest::Provider> shared = std::move(*provider);
-  auto ev = shared->quote(attest::ReportData{});
-  auto claims = attest::verifier_for(attest::TeeType::kSim)->verify(*ev, collateral, std::chrono::system_clock::now());
-  if (!claims.ok()) {
-    state.SkipWithError(claims.error().message().c_str());
-    return;
-  }
-  attest::Policy policy;
-  policy.allowed_types = {attest::TeeType::kSim};
-  policy.allow_simulated = true;
-  policy.expected_measurements[attest::TeeType::kSim]["measurement"] = {claims->measurements.at("measurement")};
-  policy.max_evidence_age = std::chrono::seconds(60);
   ChannelOptions s, c;
-  s.attester = attester_from_provider(shared);
-  c.verifier = verifier_from_policy(policy, collateral);
+  s.attester = attester_from_provider(tee.provider);
+  c.verifier = verifier_from_policy(tee.policy, tee.collateral);
   if (state.range(0) == 1) {
     s.mode = c.mode = Mode::kMutual;
-    c.attester = attester_from_provider(shared);
-    s.verifier = verifier_from_policy(policy, collateral);
+    c.attester = attester_from_provider(tee.provider);
+    s.verifier = verifier_from_policy(tee.policy, tee.collateral);
   }
   run_handshakes(state, s, c, state.range(1) == 1);
-  std::filesystem::remove_all(dir);
 }
 BENCHMARK(BM_Handshake_SimAttestation)->ArgsProduct({{0, 1}, {0, 1}})->ArgNames({"mutual", "isolated"})->UseRealTime();
+
+// The sim evidence of a handshake: the server's quote and the client's full verify_evidence (policy included).
+void BM_HandshakePart_Sim(benchmark::State& state) {
+  SimTee tee;
+  if (!tee.error.empty()) {
+    state.SkipWithError(tee.error.c_str());
+    return;
+  }
+  auto attester = attester_from_provider(tee.provider);
+  auto verifier = verifier_from_policy(tee.policy, tee.collateral);
+  attest::ReportData rd{};
+  rd[0] = 7;
+  auto ev = attester(rd);
+  for (auto _ : state) {
+    if (state.range(0) == 0) {
+      benchmark::DoNotOptimize(attester(rd));
+    } else if (!verifier(*ev, rd).ok()) {
+      state.SkipWithError("verify failed");
+      break;
+    }
+  }
+  state.SetLabel(state.range(0) == 0 ? "sim quote" : "sim verify_evidence");
+}
+BENCHMARK(BM_HandshakePart_Sim)->DenseRange(0, 1)->ArgName("part");
+
+// The handshake's building blocks, each as the handshake calls it (the costs the two handshake rows add up).
+void BM_HandshakePart(benchmark::State& state) {
+  const Bytes key(32, 0x11), data(200, 0x22);
+  auto own = crypto::x25519_generate();
+  auto peer = crypto::x25519_generate();
+  auto aead_key = crypto::random_bytes(32);
+  for (auto _ : state) {
+    switch (state.range(0)) {
+      case 0: benchmark::DoNotOptimize(crypto::hmac(crypto::HashAlg::kSha256, key, data)); break;
+      case 1: benchmark::DoNotOptimize(crypto::hkdf_expand(crypto::HashAlg::kSha256, key, data, 32)); break;
+      case 2: benchmark::DoNotOptimize(crypto::sha256(data)); break;
+      case 3: benchmark::DoNotOptimize(crypto::x25519_generate()); break;
+      case 4: benchmark::DoNotOptimize(crypto::x25519_shared(own, peer.public_key)); break;
+      case 5: benchmark::DoNotOptimize(crypto::Aead::create(crypto::AeadSuite::kAes256Gcm, aead_key)); break;
+    }
+  }
+  static const char* const kNames[] = {"hmac-sha256 200 B", "hkdf-expand 32 B", "sha256 200 B",
+                                       "x25519 keygen",     "x25519 derive",    "aes-256-gcm key setup"};
+  state.SetLabel(kNames[state.range(0)]);
+}
+BENCHMARK(BM_HandshakePart)->DenseRange(0, 5)->ArgName("part");
 
 }  // namespace
 }  // namespace veil::channel
