@@ -30,23 +30,43 @@ attest::ReportData report_data_for(std::string_view label, const crypto::Sha256D
 
 class Handshake {
  public:
-  enum class State { kClientStart, kClientWaitServerHello, kServerWaitClientHello, kServerWaitClientFinish, kDone };
+  // The server's flight is three frames sent back to back (docs/protocol.md "Handshake"): its hello first, so the
+  // client computes the shared secret while the server produces its evidence; the evidence, which the client verifies
+  // while the server computes the shared secret; and the finished MAC.
+  enum class State {
+    kClientStart,
+    kClientWaitServerHello,
+    kClientWaitServerEvidence,
+    kClientWaitServerFinished,
+    kServerWaitClientHello,
+    kServerSendEvidence,
+    kServerSendFinished,
+    kServerWaitClientFinish,
+    kDone
+  };
 
   Handshake(bool client, const ChannelOptions& options)
       : options_(options), state_(client ? State::kClientStart : State::kServerWaitClientHello) {}
 
   bool done() const { return state_ == State::kDone; }
-  bool wants_input() const { return state_ != State::kClientStart && state_ != State::kDone; }
+  bool wants_input() const {
+    return state_ != State::kClientStart && state_ != State::kServerSendEvidence &&
+           state_ != State::kServerSendFinished && state_ != State::kDone;
+  }
   // The frame type the next incoming frame must have.
   FrameType expected() const {
-    return state_ == State::kClientWaitServerHello    ? FrameType::kServerHello
-           : state_ == State::kServerWaitClientHello ? FrameType::kClientHello
-                                                     : FrameType::kClientFinish;
+    switch (state_) {
+      case State::kClientWaitServerHello: return FrameType::kServerHello;
+      case State::kClientWaitServerEvidence: return FrameType::kServerEvidence;
+      case State::kClientWaitServerFinished: return FrameType::kServerFinished;
+      case State::kServerWaitClientHello: return FrameType::kClientHello;
+      default: return FrameType::kClientFinish;
+    }
   }
   HandshakeResult take_result() { return std::move(result_); }
 
-  // The one place where the handshake changes state. `in` is the received frame body (nullptr only in
-  // kClientStart). Returns the frame to send, if any. Any error is final: the caller abandons the handshake.
+  // The one place where the handshake changes state. `in` is the received frame body (nullptr exactly when
+  // !wants_input()). Returns the frame to send, if any. Any error is final: the caller abandons the handshake.
   Result<std::optional<Frame>> step(const Bytes* in) {
     if (wants_input() != (in != nullptr)) return make_error(ErrorCode::kInternal, "handshake: step input mismatch");
     switch (state_) {
@@ -55,33 +75,41 @@ class Handshake {
         start_hello(body);
         transcript_ = concat(wire::kLabel, body);
         state_ = State::kClientWaitServerHello;
-        return std::optional<Frame>(Frame{FrameType::kClientHello, std::move(body)});
+        return send(FrameType::kClientHello, std::move(body));
       }
       case State::kClientWaitServerHello: {
-        VEIL_ASSIGN_OR_RETURN(auto sh, wire::parse_server_hello(*in));
-        if (sh.hello.suite != uint16_t(options_.suite)) {
+        VEIL_ASSIGN_OR_RETURN(auto hello, wire::parse_server_hello(*in));
+        if (hello.suite != uint16_t(options_.suite)) {
           return make_error(ErrorCode::kSecurity, "ServerHello: byte 2: suite {} differs from the requested {}",
-                            sh.hello.suite, uint16_t(options_.suite));
+                            hello.suite, uint16_t(options_.suite));
         }
-        if (sh.hello.mode != uint8_t(options_.mode)) {
+        if (hello.mode != uint8_t(options_.mode)) {
           return make_error(ErrorCode::kSecurity, "ServerHello: byte 4: mode {} differs from the requested {}",
-                            sh.hello.mode, uint8_t(options_.mode));
+                            hello.mode, uint8_t(options_.mode));
         }
-        append(ByteView(*in).first(wire::kHelloSize));
-        VEIL_TRY(derive_handshake_keys(sh.hello.ephemeral));
-        // Key confirmation first (cheap), then the evidence bound to this transcript.
-        append(ByteView(*in).subspan(wire::kHelloSize, sh.evidence_end - wire::kHelloSize));
-        auto mac = crypto::hmac(crypto::HashAlg::kSha256, server_fin_.view(), th());
-        if (!ct_equal(mac, sh.finished)) {
-          return make_error(ErrorCode::kSecurity,
-                            "ServerHello: byte {}: server_finished does not match (peer lacks the session key)",
-                            sh.evidence_end);
-        }
-        auto claims = options_.verifier(sh.evidence, report_data_for(kLabelServerEvidence, th_hello_));
-        if (!claims.ok()) return std::move(claims).error().wrap("ServerHello: server evidence refused");
+        append(*in);
+        th_hello_ = th();
+        VEIL_TRY(derive_handshake_keys(hello.ephemeral));
+        state_ = State::kClientWaitServerEvidence;
+        return nothing();
+      }
+      case State::kClientWaitServerEvidence: {
+        VEIL_ASSIGN_OR_RETURN(auto evidence, wire::parse_server_evidence(*in));
+        auto claims = options_.verifier(evidence, report_data_for(kLabelServerEvidence, th_hello_));
+        if (!claims.ok()) return std::move(claims).error().wrap("ServerEvidence: server evidence refused");
         result_.peer_claims = std::move(*claims);
-        append(sh.finished);
-
+        append(*in);
+        state_ = State::kClientWaitServerFinished;
+        return nothing();
+      }
+      case State::kClientWaitServerFinished: {
+        VEIL_ASSIGN_OR_RETURN(auto finished, wire::parse_server_finished(*in));
+        auto mac = crypto::hmac(crypto::HashAlg::kSha256, server_fin_.view(), th());
+        if (!ct_equal(mac, finished)) {
+          return make_error(ErrorCode::kSecurity, "ServerFinished: server_finished does not match (the server lacks "
+                                                  "the session key, or the hello or evidence was altered)");
+        }
+        append(finished);
         Bytes body;
         if (options_.mode == Mode::kMutual) {
           auto ev = options_.attester(report_data_for(kLabelClientEvidence, th()));
@@ -94,35 +122,45 @@ class Handshake {
         append(cmac);
         VEIL_TRY(derive_traffic_keys(/*client=*/true));
         state_ = State::kDone;
-        return std::optional<Frame>(Frame{FrameType::kClientFinish, std::move(body)});
+        return send(FrameType::kClientFinish, std::move(body));
       }
       case State::kServerWaitClientHello: {
-        VEIL_ASSIGN_OR_RETURN(auto ch, wire::parse_client_hello(*in));
-        if (ch.hello.mode != uint8_t(options_.mode)) {
+        VEIL_ASSIGN_OR_RETURN(auto hello, wire::parse_client_hello(*in));
+        if (hello.mode != uint8_t(options_.mode)) {
           return make_error(ErrorCode::kSecurity, "ClientHello: byte 4: client asks for mode {}, this server requires {}",
-                            ch.hello.mode, uint8_t(options_.mode));
+                            hello.mode, uint8_t(options_.mode));
         }
-        auto suite = *crypto::aead_suite_from_id(ch.hello.suite);  // parse_hello checked the id
+        auto suite = *crypto::aead_suite_from_id(hello.suite);  // parse_hello checked the id
         if (!options_.accepted_suites.count(suite)) {
           return make_error(ErrorCode::kSecurity, "ClientHello: byte 2: suite {} is not accepted by this server",
                             crypto::aead_suite_name(suite));
         }
         options_.suite = suite;
+        peer_ephemeral_ = hello.ephemeral;
         transcript_ = concat(wire::kLabel, *in);
         Bytes body;
         start_hello(body);
         append(body);
-        VEIL_TRY(derive_handshake_keys(ch.hello.ephemeral));
+        th_hello_ = th();
+        state_ = State::kServerSendEvidence;
+        return send(FrameType::kServerHello, std::move(body));
+      }
+      case State::kServerSendEvidence: {
         auto ev = options_.attester(report_data_for(kLabelServerEvidence, th_hello_));
-        if (!ev.ok()) return std::move(ev).error().wrap("ServerHello: producing server evidence");
-        size_t at = body.size();
+        if (!ev.ok()) return std::move(ev).error().wrap("ServerEvidence: producing server evidence");
+        Bytes body;
         wire::encode_evidence(*ev, body);
-        append(ByteView(body).subspan(at));
+        append(body);
+        state_ = State::kServerSendFinished;
+        return send(FrameType::kServerEvidence, std::move(body));
+      }
+      case State::kServerSendFinished: {
+        VEIL_TRY(derive_handshake_keys(peer_ephemeral_));
         auto mac = crypto::hmac(crypto::HashAlg::kSha256, server_fin_.view(), th());
-        body.insert(body.end(), mac.begin(), mac.end());
-        append(mac);
+        Bytes body(mac.begin(), mac.end());
+        append(body);
         state_ = State::kServerWaitClientFinish;
-        return std::optional<Frame>(Frame{FrameType::kServerHello, std::move(body)});
+        return send(FrameType::kServerFinished, std::move(body));
       }
       case State::kServerWaitClientFinish: {
         VEIL_ASSIGN_OR_RETURN(auto cf, wire::parse_client_finish(*in, options_.mode));
@@ -142,7 +180,7 @@ class Handshake {
         append(cf.finished);
         VEIL_TRY(derive_traffic_keys(/*client=*/false));
         state_ = State::kDone;
-        return std::optional<Frame>();
+        return nothing();
       }
       case State::kDone:
         break;
@@ -161,12 +199,16 @@ class Handshake {
     wire::encode_hello(h, body);
   }
 
+  static Result<std::optional<Frame>> send(FrameType type, Bytes body) {
+    return std::optional<Frame>(Frame{type, std::move(body)});
+  }
+  static Result<std::optional<Frame>> nothing() { return std::optional<Frame>(); }
+
   void append(ByteView b) { transcript_.insert(transcript_.end(), b.begin(), b.end()); }
   crypto::Sha256Digest th() const { return crypto::sha256(transcript_); }
 
-  // After both hellos: th_hello, the shared secret, prk and the finished keys.
+  // After both hellos (th_hello_ set): the shared secret, prk and the finished keys.
   Status derive_handshake_keys(const std::array<uint8_t, 32>& peer_ephemeral) {
-    th_hello_ = th();
     auto shared = crypto::x25519_shared(ephemeral_, peer_ephemeral);
     ephemeral_.private_key.clear();
     if (!shared.ok()) return std::move(shared).error().wrap("hello: peer ephemeral key refused");
@@ -195,6 +237,7 @@ class Handshake {
   ChannelOptions options_;
   State state_;
   crypto::X25519KeyPair ephemeral_;
+  std::array<uint8_t, 32> peer_ephemeral_{};  // the server's copy of the client's, until it derives
   Bytes transcript_;  // label || every message body so far (docs/protocol.md "Transcript")
   crypto::Sha256Digest th_hello_{};
   SecretBytes prk_, server_fin_, client_fin_;

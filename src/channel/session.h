@@ -11,15 +11,15 @@
 namespace veil::channel {
 
 // Labels of the key schedule (docs/protocol.md "Key schedule").
-inline constexpr std::string_view kLabelServerFinished = "veil-channel/1 server finished";
-inline constexpr std::string_view kLabelClientFinished = "veil-channel/1 client finished";
-inline constexpr std::string_view kLabelServerEvidence = "veil-channel/1 server evidence";
-inline constexpr std::string_view kLabelClientEvidence = "veil-channel/1 client evidence";
-inline constexpr std::string_view kLabelC2s = "veil-channel/1 c2s";
-inline constexpr std::string_view kLabelS2c = "veil-channel/1 s2c";
-inline constexpr std::string_view kLabelKey = "veil-channel/1 key";
-inline constexpr std::string_view kLabelIv = "veil-channel/1 iv";
-inline constexpr std::string_view kLabelNext = "veil-channel/1 next";
+inline constexpr std::string_view kLabelServerFinished = "veil-channel/2 server finished";
+inline constexpr std::string_view kLabelClientFinished = "veil-channel/2 client finished";
+inline constexpr std::string_view kLabelServerEvidence = "veil-channel/2 server evidence";
+inline constexpr std::string_view kLabelClientEvidence = "veil-channel/2 client evidence";
+inline constexpr std::string_view kLabelC2s = "veil-channel/2 c2s";
+inline constexpr std::string_view kLabelS2c = "veil-channel/2 s2c";
+inline constexpr std::string_view kLabelKey = "veil-channel/2 key";
+inline constexpr std::string_view kLabelIv = "veil-channel/2 iv";
+inline constexpr std::string_view kLabelNext = "veil-channel/2 next";
 
 // One direction of the record layer: a traffic secret, the AEAD key and IV derived from it, a sequence number.
 struct DirectionState {

@@ -290,6 +290,15 @@ struct Pipe {
 };
 
 class InProcessTransport final : public Transport {
+  // Waits for `ready`; before sleeping, wakes the other side, which may be waiting for what this side did so far
+  // (a writer that filled the pipe, a reader that drained it). Other wake-ups happen once per call, after unlocking.
+  template <typename Ready>
+  static bool wait_for(Pipe& p, std::unique_lock<std::mutex>& lock, Deadline deadline, Ready ready) {
+    if (ready()) return true;
+    p.cv.notify_all();
+    return p.cv.wait_until(lock, deadline, ready);
+  }
+
  public:
   InProcessTransport(std::shared_ptr<Pipe> in, std::shared_ptr<Pipe> out, std::string name)
       : in_(std::move(in)), out_(std::move(out)), name_(std::move(name)) {}
@@ -300,7 +309,7 @@ class InProcessTransport final : public Transport {
     std::unique_lock<std::mutex> lock(p.mu);
     for (ByteView part : parts) {
       while (!part.empty()) {
-        if (!p.cv.wait_until(lock, deadline, [&] { return p.closed || p.available() < p.capacity; })) {
+        if (!wait_for(p, lock, deadline, [&] { return p.closed || p.available() < p.capacity; })) {
           return make_error(ErrorCode::kTimeout, "write to {}: deadline passed", name_);
         }
         if (p.closed) return make_error(ErrorCode::kUnavailable, "write to {}: closed", name_);
@@ -311,9 +320,10 @@ class InProcessTransport final : public Transport {
         size_t n = std::min(part.size(), p.capacity - p.available());
         p.buf.insert(p.buf.end(), part.begin(), part.begin() + static_cast<std::ptrdiff_t>(n));
         part = part.subspan(n);
-        p.cv.notify_all();
       }
     }
+    lock.unlock();
+    p.cv.notify_all();  // once, after the whole write: the reader wakes to a complete frame and a free lock
     return ok_status();
   }
 
@@ -322,7 +332,7 @@ class InProcessTransport final : public Transport {
     std::unique_lock<std::mutex> lock(p.mu);
     size_t got = 0;
     while (got < out.size()) {
-      if (!p.cv.wait_until(lock, deadline, [&] { return p.closed || p.available() > 0; })) {
+      if (!wait_for(p, lock, deadline, [&] { return p.closed || p.available() > 0; })) {
         return make_error(ErrorCode::kTimeout, "read from {}: deadline passed", name_);
       }
       if (p.available() == 0) {
@@ -341,8 +351,9 @@ class InProcessTransport final : public Transport {
         p.buf.erase(p.buf.begin(), p.buf.begin() + static_cast<std::ptrdiff_t>(p.start));
         p.start = 0;
       }
-      p.cv.notify_all();
     }
+    lock.unlock();
+    p.cv.notify_all();  // a writer may wait for the space just freed
     return ok_status();
   }
 

@@ -9,6 +9,8 @@ const char* frame_type_name(uint8_t type) {
     case FrameType::kClientHello: return "ClientHello";
     case FrameType::kServerHello: return "ServerHello";
     case FrameType::kClientFinish: return "ClientFinish";
+    case FrameType::kServerEvidence: return "ServerEvidence";
+    case FrameType::kServerFinished: return "ServerFinished";
     case FrameType::kData: return "Data";
     case FrameType::kKeyUpdate: return "KeyUpdate";
     case FrameType::kClose: return "Close";
@@ -141,27 +143,31 @@ static Mac read_mac(ByteView body, size_t offset) {
   return m;
 }
 
-Result<ClientHello> parse_client_hello(ByteView body) {
+static Result<Hello> parse_exact_hello(ByteView body, std::string_view what) {
   if (body.size() != kHelloSize) {
-    return make_error(ErrorCode::kCorrupt, "ClientHello: {} bytes, must be exactly {}", body.size(), kHelloSize);
+    return make_error(ErrorCode::kCorrupt, "{}: {} bytes, must be exactly {}", what, body.size(), kHelloSize);
   }
-  VEIL_ASSIGN_OR_RETURN(auto hello, parse_hello(body, "ClientHello"));
-  return ClientHello{hello};
+  return parse_hello(body, what);
 }
 
-Result<ServerHello> parse_server_hello(ByteView body) {
-  VEIL_ASSIGN_OR_RETURN(auto hello, parse_hello(body, "ServerHello"));
-  ServerHello sh;
-  sh.hello = hello;
-  size_t offset = kHelloSize;
-  VEIL_ASSIGN_OR_RETURN(sh.evidence, parse_evidence(body, offset, "ServerHello"));
-  sh.evidence_end = offset;
-  if (body.size() - offset != kMacSize) {
-    return make_error(ErrorCode::kCorrupt, "ServerHello: byte {}: {} bytes left for server_finished, must be {}",
-                      offset, body.size() - offset, kMacSize);
+Result<Hello> parse_client_hello(ByteView body) { return parse_exact_hello(body, "ClientHello"); }
+Result<Hello> parse_server_hello(ByteView body) { return parse_exact_hello(body, "ServerHello"); }
+
+Result<attest::Evidence> parse_server_evidence(ByteView body) {
+  size_t offset = 0;
+  VEIL_ASSIGN_OR_RETURN(auto ev, parse_evidence(body, offset, "ServerEvidence"));
+  if (offset != body.size()) {
+    return make_error(ErrorCode::kCorrupt, "ServerEvidence: byte {}: {} bytes after the evidence", offset,
+                      body.size() - offset);
   }
-  sh.finished = read_mac(body, offset);
-  return sh;
+  return ev;
+}
+
+Result<Mac> parse_server_finished(ByteView body) {
+  if (body.size() != kMacSize) {
+    return make_error(ErrorCode::kCorrupt, "ServerFinished: {} bytes, must be exactly {}", body.size(), kMacSize);
+  }
+  return read_mac(body, 0);
 }
 
 Result<ClientFinish> parse_client_finish(ByteView body, Mode mode) {

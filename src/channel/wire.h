@@ -11,13 +11,15 @@
 
 namespace veil::channel::wire {
 
-inline constexpr std::string_view kLabel = "veil-channel/1";
-inline constexpr uint16_t kVersion = 1;
+inline constexpr std::string_view kLabel = "veil-channel/2";
+inline constexpr uint16_t kVersion = 2;
 
 enum class FrameType : uint8_t {
   kClientHello = 0x01,
   kServerHello = 0x02,
   kClientFinish = 0x03,
+  kServerEvidence = 0x04,
+  kServerFinished = 0x05,
   kData = 0x17,
   kKeyUpdate = 0x18,
   kClose = 0x19,
@@ -32,7 +34,7 @@ void encode_frame_header(const FrameHeader& header, uint8_t out[kFrameHeaderSize
 // Checks that the type is one of `expected` ones and that length <= max_length. `expected` empty: any type.
 Result<FrameHeader> parse_frame_header(ByteView bytes, size_t max_length, std::initializer_list<FrameType> expected);
 
-// The 72-byte hello shared by ClientHello and the start of ServerHello.
+// The 72-byte hello: the whole ClientHello and ServerHello bodies.
 inline constexpr size_t kHelloSize = 72;
 struct Hello {
   uint16_t version = kVersion;
@@ -56,18 +58,14 @@ Result<attest::Evidence> parse_evidence(ByteView body, size_t& offset, std::stri
 inline constexpr size_t kMacSize = 32;
 using Mac = std::array<uint8_t, kMacSize>;
 
-struct ClientHello {
-  Hello hello;
-};
-Result<ClientHello> parse_client_hello(ByteView body);
-
-struct ServerHello {
-  Hello hello;
-  attest::Evidence evidence;
-  size_t evidence_end = 0;  // body offset where server_finished starts
-  Mac finished{};
-};
-Result<ServerHello> parse_server_hello(ByteView body);
+// The server's flight is three frames (docs/protocol.md "Handshake"): its hello, its evidence, its finished MAC, so
+// the client can compute the shared secret while the server produces its evidence.
+Result<Hello> parse_client_hello(ByteView body);
+Result<Hello> parse_server_hello(ByteView body);
+// The whole body is one evidence encoding.
+Result<attest::Evidence> parse_server_evidence(ByteView body);
+// The whole body is the 32-byte server_finished MAC.
+Result<Mac> parse_server_finished(ByteView body);
 
 struct ClientFinish {
   std::optional<attest::Evidence> evidence;  // present exactly in kMutual mode

@@ -269,13 +269,17 @@ TEST(ChannelBadPeer, RecordedServerHelloReplayedIntoNewSessionRefused) {
     ASSERT_TRUE(p.client.ok());
   }
   ASSERT_FALSE(server_writes.empty());
-  // An impostor answers a fresh ClientHello with the recorded ServerHello.
+  // An impostor answers a fresh ClientHello with the recorded server flight (hello, evidence, finished).
+  ASSERT_GE(server_writes.size(), 3u);
+  server_writes.resize(3);
   auto [a, b] = make_in_process_pair();
   auto impostor = std::async(std::launch::async, [&, t = std::move(b)]() mutable {
     Bytes hello(kFrameHeaderSize + wire::kHelloSize);
     EXPECT_TRUE(t->read_exact(hello, soon()).ok());
-    ByteView v(server_writes[0]);
-    EXPECT_TRUE(t->write_all(std::span<const ByteView>(&v, 1), soon()).ok());
+    for (const Bytes& w : server_writes) {
+      ByteView v(w);
+      (void)t->write_all(std::span<const ByteView>(&v, 1), soon());  // the client may hang up midway
+    }
     Bytes rest(1);
     (void)t->read_exact(rest, soon());  // wait for the client to hang up
   });
@@ -283,24 +287,26 @@ TEST(ChannelBadPeer, RecordedServerHelloReplayedIntoNewSessionRefused) {
   impostor.get();
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.error().code(), ErrorCode::kSecurity);
+  EXPECT_NE(r.error().message().find("ServerEvidence: server evidence refused"), std::string::npos)
+      << r.error().message();
 }
 
 TEST(ChannelBadPeer, TamperedHandshakeRefused) {
-  // Flip one bit in each byte position class of the ServerHello: hello fields, evidence, finished.
-  for (size_t pos : {size_t(8), size_t(50), size_t(100), size_t(0)}) {
+  // Flip one bit in each part of the server's flight: hello (ephemeral key, nonce), evidence, finished MAC.
+  struct Flip {
+    size_t write;  // which of the server's frames
+    size_t pos;    // body offset; SIZE_MAX: the last byte
+  };
+  for (Flip flip : {Flip{0, 8}, Flip{0, 50}, Flip{1, 20}, Flip{2, SIZE_MAX}}) {
     Fixture f;
     auto [a, b] = make_in_process_pair();
-    bool first = true;
+    size_t writes = 0;
     auto tap = std::make_unique<TapTransport>(std::move(b), [&](Bytes w) {
-      if (first) {
-        first = false;
-        size_t at = pos == 0 ? w.size() - 1 : kFrameHeaderSize + pos;
-        w[at] ^= 0x01;
-      }
+      if (writes++ == flip.write) w[flip.pos == SIZE_MAX ? w.size() - 1 : kFrameHeaderSize + flip.pos] ^= 0x01;
       return std::vector<Bytes>{std::move(w)};
     });
     auto p = handshake(std::move(a), std::move(tap), f.client, f.server);
-    ASSERT_FALSE(p.client.ok()) << "bit flip at " << pos;
+    ASSERT_FALSE(p.client.ok()) << "bit flip in frame " << flip.write << " at " << flip.pos;
     EXPECT_EQ(p.client.error().code(), ErrorCode::kSecurity) << p.client.error().message();
   }
 }
@@ -681,7 +687,9 @@ TEST(ChannelWire, HelloValidation) {
   bad[6] = 1;
   EXPECT_EQ(wire::parse_client_hello(bad).error().code(), ErrorCode::kCorrupt);
   bad = body;
-  bad[1] = 2;
+  bad[1] = 1;  // version 1
+  EXPECT_EQ(wire::parse_client_hello(bad).error().code(), ErrorCode::kUnsupported);
+  bad[1] = 3;
   EXPECT_EQ(wire::parse_client_hello(bad).error().code(), ErrorCode::kUnsupported);
   bad = body;
   bad[3] = 9;
@@ -695,21 +703,43 @@ TEST(ChannelWire, HelloValidation) {
 }
 
 TEST(ChannelWire, EvidenceLengthPastEndRefused) {
+  Bytes body;
+  attest::Evidence ev{attest::TeeType::kTdx, Bytes(10, 1)};
+  wire::encode_evidence(ev, body);
+  auto ok = wire::parse_server_evidence(body);
+  ASSERT_TRUE(ok.ok()) << ok.error().message();
+  EXPECT_EQ(ok->type, attest::TeeType::kTdx);
+  Bytes trailing = body;
+  trailing.push_back(0);
+  auto extra = wire::parse_server_evidence(trailing);
+  ASSERT_FALSE(extra.ok());
+  EXPECT_NE(extra.error().message().find("byte 16: 1 bytes after the evidence"), std::string::npos)
+      << extra.error().message();
+  wire::put_u32(body.data() + 2, 0xffffffffu);
+  auto r = wire::parse_server_evidence(body);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().message().find("byte 2"), std::string::npos) << r.error().message();
+}
+
+TEST(ChannelWire, ServerFlightFramesHaveExactSizes) {
   wire::Hello h;
   h.suite = 1;
   h.mode = 1;
-  Bytes body;
-  wire::encode_hello(h, body);
-  attest::Evidence ev{attest::TeeType::kTdx, Bytes(10, 1)};
-  wire::encode_evidence(ev, body);
-  body.insert(body.end(), 32, 0);
-  auto ok = wire::parse_server_hello(body);
-  ASSERT_TRUE(ok.ok()) << ok.error().message();
-  EXPECT_EQ(ok->evidence.type, attest::TeeType::kTdx);
-  wire::put_u32(body.data() + wire::kHelloSize + 2, 0xffffffffu);
-  auto r = wire::parse_server_hello(body);
+  Bytes hello;
+  wire::encode_hello(h, hello);
+  EXPECT_TRUE(wire::parse_server_hello(hello).ok());
+  Bytes longer = hello;
+  longer.push_back(0);
+  EXPECT_FALSE(wire::parse_server_hello(longer).ok());
+  EXPECT_TRUE(wire::parse_server_finished(Bytes(32, 1)).ok());
+  EXPECT_FALSE(wire::parse_server_finished(Bytes(31, 1)).ok());
+  EXPECT_FALSE(wire::parse_server_finished(Bytes(33, 1)).ok());
+  h.version = 1;  // the three-message server flight of version 1 is gone: a version-1 peer is refused
+  Bytes v1;
+  wire::encode_hello(h, v1);
+  auto r = wire::parse_server_hello(v1);
   ASSERT_FALSE(r.ok());
-  EXPECT_NE(r.error().message().find("byte 74"), std::string::npos) << r.error().message();
+  EXPECT_NE(r.error().message().find("protocol version 1 is not supported"), std::string::npos) << r.error().message();
 }
 
 TEST(ChannelWire, ClientFinishShapeDependsOnMode) {
