@@ -308,14 +308,9 @@ static std::array<uint8_t, 32> raw_public32(EVP_PKEY* pkey) {
 // The library's own key generation: loading a raw private key instead goes through the provider's import path,
 // which costs ~20% more than the scalar multiplication itself (bench/channel_bench.cpp BM_HandshakePart).
 X25519KeyPair x25519_generate() {
-  // One context per thread (a context is not shareable, and the library cannot duplicate a key-generation one).
-  thread_local PkeyCtxPtr ctx = [] {
-    PkeyCtxPtr c(EVP_PKEY_CTX_new_from_name(nullptr, "X25519", nullptr));
-    if (!c || EVP_PKEY_keygen_init(c.get()) != 1) fatal("x25519 keygen init");
-    return c;
-  }();
+  PkeyCtxPtr ctx(EVP_PKEY_CTX_new_id(EVP_PKEY_X25519, nullptr));
   EVP_PKEY* raw = nullptr;
-  if (EVP_PKEY_keygen(ctx.get(), &raw) != 1) fatal("x25519 keygen");
+  if (!ctx || EVP_PKEY_keygen_init(ctx.get()) != 1 || EVP_PKEY_keygen(ctx.get(), &raw) != 1) fatal("x25519 keygen");
   PkeyPtr pkey(raw);
   X25519KeyPair kp;
   kp.private_key = SecretBytes(32);
