@@ -246,5 +246,39 @@ TEST_F(E2E, AStageGetsOnlyItsRangesKeysAndLoadsItsLayers) {
       << (*entries)[1].event_json;
 }
 
+// A pipeline front asks for the metadata only: the rest key opens the tokenizer and nothing else.
+TEST_F(E2E, AFrontGetsOnlyTheRestKeyAndLoadsTheMetadata) {
+  RangeRequest meta;
+  meta.metadata_only = true;
+  auto set = fetch_range_keys(server->address(), "stories260K", 1, meta, channel::attester_from_provider(node_a),
+                              broker_check(), FetchOptions{10s});
+  ASSERT_TRUE(set.ok()) << set.error().message();
+  EXPECT_EQ(set->describe(), "metadata only (rest)");
+  EXPECT_FALSE(set->holds(0) || set->holds(sealed::kPartInput) || set->holds(sealed::kPartOutput));
+  sealed::LoadOptions lo;
+  lo.expected_model_id = "stories260K";
+  lo.metadata_only = true;
+  auto m = sealed::load_sealed_model(sealed_path, *set, lo);
+  ASSERT_TRUE(m.ok()) << m.error().message();
+  EXPECT_TRUE(m->gguf.get_string("tokenizer.ggml.model").ok());
+  EXPECT_FALSE(m->has_tensor("token_embd.weight"));
+  lo.metadata_only = false;
+  lo.layers = sealed::LayerRange{0, 0};
+  auto layer0 = sealed::load_sealed_model(sealed_path, *set, lo);
+  ASSERT_FALSE(layer0.ok());
+  EXPECT_EQ(layer0.error().code(), ErrorCode::kSecurity);
+  auto refused = fetch_range_keys(server->address(), "stories260K", 1, meta, channel::attester_from_provider(node_b),
+                                  broker_check(), FetchOptions{10s});
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().code(), ErrorCode::kSecurity);
+  auto entries = broker->audit_entries();
+  ASSERT_TRUE(entries.ok());
+  ASSERT_EQ(entries->size(), 3u);  // add-key, release of the metadata, refusal
+  EXPECT_NE((*entries)[1].event_json.find(R"("range":{"metadata_only":true})"), std::string::npos)
+      << (*entries)[1].event_json;
+  EXPECT_NE((*entries)[1].event_json.find(R"x("released":"metadata only (rest)")x"), std::string::npos)
+      << (*entries)[1].event_json;
+}
+
 }  // namespace
 }  // namespace veil::kbs
