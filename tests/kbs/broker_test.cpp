@@ -403,20 +403,22 @@ TEST(KbsWire, RequestsAreValidatedFieldByField) {
 
 TEST(KbsWire, RepliesAreCheckedForTheirKind) {
   SecretBytes key = sealed::generate_model_key();
+  auto reply_of = [](const sealed::RangeKeySet& set) {  // 0x02 || the set's wire form
+    SecretBytes wire = set.serialize();
+    Bytes reply{2};
+    reply.insert(reply.end(), wire.view().begin(), wire.view().end());
+    return reply;
+  };
   auto set = sealed::RangeKeySet::derive(key, "m", 1, {{0, 0}, true, false});
   ASSERT_TRUE(set.ok());
-  SecretBytes wire = set->serialize();
-  Bytes range_reply{2};
-  range_reply.insert(range_reply.end(), wire.view().begin(), wire.view().end());
+  Bytes range_reply = reply_of(*set);
   auto r = parse_key_reply(range_reply, true);
   ASSERT_TRUE(r.ok()) << r.error().message();
   EXPECT_TRUE(ct_equal(r->range_keys->part_key(0), set->part_key(0)));
   EXPECT_FALSE(parse_key_reply(range_reply, false).ok());  // a range set where the whole key was asked for
   auto meta_set = sealed::RangeKeySet::derive(key, "m", 1, sealed::metadata_only_spec());
   ASSERT_TRUE(meta_set.ok());
-  SecretBytes meta_wire = meta_set->serialize();
-  Bytes meta_reply{2};
-  meta_reply.insert(meta_reply.end(), meta_wire.view().begin(), meta_wire.view().end());
+  Bytes meta_reply = reply_of(*meta_set);
   auto mr = parse_key_reply(meta_reply, true);
   ASSERT_TRUE(mr.ok()) << mr.error().message();
   EXPECT_TRUE(mr->range_keys->spec().metadata_only);

@@ -84,6 +84,21 @@ struct E2E : ::testing::Test {
     return s.ok() ? std::move(*s) : nullptr;
   }
 
+  // After one release of `range` to node_a: node_b (another measurement) is refused the same request, and the
+  // released event (the audit's second entry, after add-key; a refusal third) is returned.
+  std::string refuse_node_b_then_released_event(const RangeRequest& range) {
+    auto refused = fetch_range_keys(server->address(), "stories260K", 1, range, channel::attester_from_provider(node_b),
+                                    broker_check(), FetchOptions{10s});
+    EXPECT_TRUE(!refused.ok() && refused.error().code() == ErrorCode::kSecurity);
+    auto entries = broker->audit_entries();
+    EXPECT_TRUE(entries.ok());
+    if (!entries.ok() || entries->size() != 3u) {
+      ADD_FAILURE() << "expected add-key, release, refusal in the audit";
+      return "";
+    }
+    return (*entries)[1].event_json;
+  }
+
   // The node checks that it talks to the genuine broker workload.
   channel::EvidenceVerifier broker_check() {
     auto p = attest::parse_policy(test::sim_policy(measurement_broker));
@@ -235,15 +250,8 @@ TEST_F(E2E, AStageGetsOnlyItsRangesKeysAndLoadsItsLayers) {
   ASSERT_FALSE(other.ok());
   EXPECT_NE(other.error().message().find("belongs to layer 2"), std::string::npos) << other.error().message();
   // Another measurement gets no range either.
-  auto refused = fetch_range_keys(server->address(), "stories260K", 1, range, channel::attester_from_provider(node_b),
-                                  broker_check(), FetchOptions{10s});
-  ASSERT_FALSE(refused.ok());
-  EXPECT_EQ(refused.error().code(), ErrorCode::kSecurity);
-  auto entries = broker->audit_entries();
-  ASSERT_TRUE(entries.ok());
-  ASSERT_EQ(entries->size(), 3u);  // add-key, release of the range, refusal
-  EXPECT_NE((*entries)[1].event_json.find(R"("released":"layers 0..1 + rest + input")"), std::string::npos)
-      << (*entries)[1].event_json;
+  std::string released = refuse_node_b_then_released_event(range);
+  EXPECT_NE(released.find(R"("released":"layers 0..1 + rest + input")"), std::string::npos) << released;
 }
 
 // A pipeline front asks for the metadata only: the rest key opens the tokenizer and nothing else.
@@ -267,17 +275,9 @@ TEST_F(E2E, AFrontGetsOnlyTheRestKeyAndLoadsTheMetadata) {
   auto layer0 = sealed::load_sealed_model(sealed_path, *set, lo);
   ASSERT_FALSE(layer0.ok());
   EXPECT_EQ(layer0.error().code(), ErrorCode::kSecurity);
-  auto refused = fetch_range_keys(server->address(), "stories260K", 1, meta, channel::attester_from_provider(node_b),
-                                  broker_check(), FetchOptions{10s});
-  ASSERT_FALSE(refused.ok());
-  EXPECT_EQ(refused.error().code(), ErrorCode::kSecurity);
-  auto entries = broker->audit_entries();
-  ASSERT_TRUE(entries.ok());
-  ASSERT_EQ(entries->size(), 3u);  // add-key, release of the metadata, refusal
-  EXPECT_NE((*entries)[1].event_json.find(R"("range":{"metadata_only":true})"), std::string::npos)
-      << (*entries)[1].event_json;
-  EXPECT_NE((*entries)[1].event_json.find(R"x("released":"metadata only (rest)")x"), std::string::npos)
-      << (*entries)[1].event_json;
+  std::string released = refuse_node_b_then_released_event(meta);
+  EXPECT_NE(released.find(R"("range":{"metadata_only":true})"), std::string::npos) << released;
+  EXPECT_NE(released.find(R"x("released":"metadata only (rest)")x"), std::string::npos) << released;
 }
 
 }  // namespace
