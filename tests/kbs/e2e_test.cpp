@@ -5,11 +5,11 @@
 #include <sqlite3.h>
 
 #include "attest/attest.h"
-#include "attest/sim.h"
 #include "channel/channel.h"
 #include "kbs/kbs.h"
 #include "kbs_test_util.h"
 #include "sealed/sealed.h"
+#include "support/sim_tee.h"
 
 namespace veil::kbs {
 namespace {
@@ -21,7 +21,6 @@ const fs::path kStories = fs::path(VEIL_SHARED_DIR) / "models/stories260K/storie
 
 struct E2E : ::testing::Test {
   fs::path dir = test::temp_dir("kbs_e2e");
-  fs::path platform_key = dir / "sim-platform.key";
   attest::Collateral collateral;
   std::shared_ptr<attest::Provider> broker_tee, node_a, node_b;
   Bytes measurement_a, measurement_broker;
@@ -31,34 +30,23 @@ struct E2E : ::testing::Test {
   std::unique_ptr<Server> server;
   fs::path sealed_path = dir / "stories260K.vsm";
 
-  std::shared_ptr<attest::Provider> sim(const std::string& config) {
-    attest::ProviderOptions o;
-    o.sim_platform_key = platform_key;
-    o.sim_create_key = true;
-    o.sim_config = dir / (config + ".conf");
-    EXPECT_TRUE(write_file_atomic(o.sim_config, as_bytes("simulated workload: " + config)).ok());
-    auto p = attest::make_provider("sim", o);
-    EXPECT_TRUE(p.ok()) << (p.ok() ? "" : p.error().message());
-    return std::shared_ptr<attest::Provider>(std::move(*p));
-  }
-  Bytes measure(attest::Provider& p) {
-    auto ev = p.quote(attest::ReportData{});
-    EXPECT_TRUE(ev.ok());
-    auto c = attest::verifier_for(attest::TeeType::kSim)->verify(*ev, collateral, std::chrono::system_clock::now());
-    EXPECT_TRUE(c.ok()) << (c.ok() ? "" : c.error().message());
-    return c->measurements.at("measurement");
+  // A simulated workload on this machine (one platform key for all): its own configuration, so its own measurement.
+  testsupport::SimTee sim(const std::string& config) {
+    auto tee = testsupport::make_sim_tee(dir, "simulated workload: " + config);
+    EXPECT_TRUE(tee.ok()) << (tee.ok() ? "" : tee.error().message());
+    return tee.ok() ? std::move(*tee) : testsupport::SimTee{};
   }
 
   void SetUp() override {
-    broker_tee = sim("broker");
-    node_a = sim("node-a");
-    node_b = sim("node-b");
-    auto pub = attest::sim_platform_public_key(platform_key, false);
-    ASSERT_TRUE(pub.ok()) << pub.error().message();
-    collateral.items["sim_platform_public_key"] = *pub;
-    measurement_a = measure(*node_a);
-    measurement_broker = measure(*broker_tee);
-    ASSERT_NE(measurement_a, measure(*node_b));
+    testsupport::SimTee kbs_sim = sim("broker"), a = sim("node-a"), other = sim("node-b");
+    ASSERT_TRUE(kbs_sim.provider && a.provider && other.provider);
+    broker_tee = kbs_sim.provider;
+    node_a = a.provider;
+    node_b = other.provider;
+    collateral = a.collateral;
+    measurement_a = a.measurement;
+    measurement_broker = kbs_sim.measurement;
+    ASSERT_NE(measurement_a, other.measurement);
 
     sealed::SealOptions so;
     so.model_id = "stories260K";

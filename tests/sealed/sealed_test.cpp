@@ -10,9 +10,9 @@
 #include <nlohmann/json.hpp>
 
 #include "attest/attest.h"
-#include "attest/sim.h"
 #include "sealed/format.h"
 #include "sealed/sealed.h"
+#include "support/sim_tee.h"
 
 namespace veil::sealed {
 namespace {
@@ -361,17 +361,16 @@ TEST(Sealed, ChaChaSuiteRoundTrips) {
 
 // ---- TEE-derived keys (sim provider) ----
 
+// Simulated workloads on one machine (one platform key); `collateral` verifies their evidence.
 struct SimSetup {
   fs::path dir = temp_dir();
-  std::unique_ptr<attest::Provider> make(const std::string& config_text) {
-    attest::ProviderOptions o;
-    o.sim_platform_key = dir / "platform.key";
-    o.sim_create_key = true;
-    o.sim_config = dir / ("config-" + std::to_string(std::hash<std::string>{}(config_text)));
-    EXPECT_TRUE(write_file_atomic(o.sim_config, as_bytes(config_text)).ok());
-    auto p = attest::make_provider("sim", o);
-    EXPECT_TRUE(p.ok()) << (p.ok() ? "" : p.error().message());
-    return std::move(*p);
+  attest::Collateral collateral;
+  std::shared_ptr<attest::Provider> make(const std::string& config_text) {
+    auto tee = testsupport::make_sim_tee(dir, config_text);
+    EXPECT_TRUE(tee.ok()) << (tee.ok() ? "" : tee.error().message());
+    if (!tee.ok()) return nullptr;
+    collateral = tee->collateral;
+    return tee->provider;
   }
 };
 
@@ -391,10 +390,7 @@ TEST(DeriveKey, StableForTheSameMeasurementDifferentOtherwise) {
   EXPECT_FALSE(ct_equal(k1->view(), kp->view()));
 
   // With collateral, the verified measurement is folded in too; still stable, still distinct.
-  attest::Collateral col;
-  auto pk = attest::sim_platform_public_key(sim.dir / "platform.key", false);
-  ASSERT_TRUE(pk.ok()) << pk.error().message();
-  col.items["sim_platform_public_key"] = *pk;
+  const attest::Collateral& col = sim.collateral;
   auto m1 = derive_key(*a1, "node-signing-key", &col);
   auto m2 = derive_key(*a2, "node-signing-key", &col);
   auto mb = derive_key(*b, "node-signing-key", &col);
