@@ -16,8 +16,8 @@
 #include <filesystem>
 #include <thread>
 
-#include "attest/sim.h"
 #include "pipeline/runtime.h"
+#include "support/sim_tee.h"
 
 namespace veil::pipeline {
 namespace {
@@ -51,19 +51,8 @@ Result<std::unique_ptr<Cluster>> make_cluster(uint32_t n_stages, uint32_t slots)
   auto c = std::make_unique<Cluster>();
   c->dir = std::filesystem::temp_directory_path() / fmt::format("veil-pipeline-bench-{}", ::getpid());
   std::filesystem::create_directories(c->dir);
-  attest::ProviderOptions po;
-  po.sim_platform_key = c->dir / "platform.key";
-  po.sim_create_key = true;
-  VEIL_ASSIGN_OR_RETURN(auto provider_u, attest::make_provider("sim", po));
-  std::shared_ptr<attest::Provider> provider = std::move(provider_u);
-  attest::Collateral collateral;
-  VEIL_ASSIGN_OR_RETURN(collateral.items["sim_platform_public_key"], attest::sim_platform_public_key(po.sim_platform_key, false));
-  VEIL_ASSIGN_OR_RETURN(auto ev, provider->quote(attest::ReportData{}));
-  VEIL_ASSIGN_OR_RETURN(auto claims, attest::verifier_for(attest::TeeType::kSim)->verify(ev, collateral, std::chrono::system_clock::now()));
-  attest::Policy policy;
-  policy.allowed_types = {attest::TeeType::kSim};
-  policy.allow_simulated = true;
-  policy.expected_measurements[attest::TeeType::kSim]["measurement"] = {claims.measurements.at("measurement")};
+  VEIL_ASSIGN_OR_RETURN(testsupport::SimTee tee, testsupport::make_sim_tee(c->dir));
+  const attest::Policy policy = tee.policy();
 
   VEIL_ASSIGN_OR_RETURN(auto whole, engine::Model::load(bench_model()));
   const uint32_t n_layers = whole->hparams().n_layer;
@@ -91,13 +80,13 @@ Result<std::unique_ptr<Cluster>> make_cluster(uint32_t n_stages, uint32_t slots)
     so.threads = n_stages == 1 ? 2 : 1;
     so.max_slots = slots;
     so.n_ctx = 256;
-    so.channel.attester = channel::attester_from_provider(provider);
-    so.collateral = collateral;
+    so.channel.attester = channel::attester_from_provider(tee.provider);
+    so.collateral = tee.collateral;
     VEIL_ASSIGN_OR_RETURN(c->stages[i], StageServer::start(m, i, model, so));
     m.stages[i].endpoint = c->stages[i]->address();
   }
   FrontOptions fo;
-  fo.collateral = collateral;
+  fo.collateral = tee.collateral;
   fo.health_interval = 0ms;
   VEIL_ASSIGN_OR_RETURN(c->front, PipelineStepModel::connect(m, fo));
   return c;

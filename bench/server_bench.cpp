@@ -22,6 +22,7 @@
 #include "gguf/gguf.h"
 #include "server/engine_backend.h"
 #include "server/server.h"
+#include "support/sim_tee.h"
 
 namespace {
 
@@ -31,7 +32,7 @@ using json = nlohmann::json;
 struct Stack {
   std::filesystem::path dir;
   std::unique_ptr<server::BatchingBackend> backend;
-  std::unique_ptr<attest::Provider> provider;
+  std::shared_ptr<attest::Provider> provider;
   std::unique_ptr<server::Store> store;
   std::unique_ptr<server::Server> srv;
   std::string key;
@@ -58,16 +59,13 @@ struct Stack {
     backend = std::move(b).value();
     dir = std::filesystem::temp_directory_path() / ("veil_server_bench_" + to_hex(crypto::random_bytes(6)));
     std::filesystem::create_directories(dir);
-    attest::ProviderOptions po;
-    po.sim_platform_key = dir / "platform.key";
-    po.sim_create_key = true;
-    auto p = attest::make_provider("sim", po);
+    auto tee = testsupport::make_sim_tee(dir);
     auto s = server::Store::open(dir / "server.db");
-    if (!p.ok() || !s.ok()) {
+    if (!tee.ok() || !s.ok()) {
       error = "provider or store failed";
       return;
     }
-    provider = std::move(p).value();
+    provider = tee->provider;
     store = std::move(s).value();
     key = *store->add_key("bench", {"*"}, 1e9, 1000000);
     auto root = provider->sealing_root();

@@ -1,6 +1,6 @@
 // Fuzz target: the key broker's wire parsers -- a request record as the broker receives it (both request
-// types, every field) and a reply record as a node receives it (whole key, range key set, refusal). Must
-// never crash, hang or read out of bounds.
+// types, every field, the metadata-only form too) and a reply record as a node receives it (whole key, range
+// key set, metadata-only set, refusal). Must never crash, hang or read out of bounds.
 #include <cstddef>
 #include <cstdint>
 

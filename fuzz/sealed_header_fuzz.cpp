@@ -1,6 +1,7 @@
 // Fuzz target: the sealed-model header parser and reader set-up (no key needed), the layer-range chunk
-// selection and (format 2) the chunk-to-part map on whatever parses, authentication with a model key and
-// with a range key set, and the range key set wire parser. Must never crash, hang or read out of bounds.
+// and metadata-only selections and (format 2) the chunk-to-part map on whatever parses, authentication with a
+// model key, a range key set and a metadata-only set, and the key set wire parser (both versions). Must never
+// crash, hang or read out of bounds.
 #include <cstddef>
 #include <cstdint>
 
@@ -18,6 +19,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto r = sealed::SealedReader::open_memory(in, "fuzz.vsm");
   if (!r.ok()) return 0;
   (void)r->chunks_for(std::nullopt);
+  (void)r->metadata_chunks();
   if (!r->header().layers.empty()) {
     uint32_t last = r->header().layers.back().layer;
     (void)r->chunks_for(sealed::LayerRange{0, 0});
@@ -33,5 +35,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       if (set.ok()) (void)r->authenticate(*set);  // fails (format 1, or wrong key) without touching chunks
     }
   }
+  auto meta = sealed::RangeKeySet::derive(key, r->header().model_id, r->header().model_version,
+                                          sealed::metadata_only_spec());
+  if (meta.ok()) (void)r->authenticate(*meta);
   return 0;
 }

@@ -56,9 +56,11 @@ Result<std::unique_ptr<server::BatchingBackend>> make_backend(const ServeArgs& a
     return server::make_engine_backend(file, eo);
   }
   VEIL_ASSIGN_OR_RETURN(pipeline::ShardManifest manifest, pipeline::load_manifest(a.manifest));
-  // The front needs only the tokenizer: of a sealed model it decrypts the metadata and the first layer's chunks.
+  // The front needs only the tokenizer (make_step_backend reads the vocabulary and chat template from the
+  // metadata; the stages embed, run the layers and the head): of a sealed model it asks the broker for the rest
+  // key alone and decrypts the metadata only, so it holds no layer, embedding or output key.
   ModelSourceOptions source = a.source;
-  source.layers = sealed::LayerRange{0, 0};
+  source.metadata_only = true;
   VEIL_ASSIGN_OR_RETURN(std::shared_ptr<const gguf::File> file, open_model(path, source, provider));
   pipeline::FrontOptions fo;
   VEIL_ASSIGN_OR_RETURN(fo.collateral, peer_collateral(a.source));

@@ -77,6 +77,7 @@ Result<std::shared_ptr<const gguf::File>> open_model(const std::filesystem::path
   lo.expected_model_id = header.model_id;
   lo.expected_version = header.model_version;
   lo.layers = o.layers;
+  lo.metadata_only = o.metadata_only;
   auto opened = [](sealed::LoadedModel loaded) { return std::make_shared<const gguf::File>(std::move(loaded.gguf)); };
   if (!o.insecure_local_key.empty()) {
     if (!o.kbs.empty()) return make_error(ErrorCode::kUsage, "--kbs and --insecure-local-key exclude each other");
@@ -94,12 +95,14 @@ Result<std::shared_ptr<const gguf::File>> open_model(const std::filesystem::path
   if (o.kbs_policy.empty()) {
     return make_error(ErrorCode::kUsage, "{}: --kbs needs --policy FILE (how the key broker is verified)", path.string());
   }
-  if (o.layers && header.format_version == sealed::kFormatVersion1) {
-    // Fail closed: a format-1 file has one key for every layer, and a stage must not hold the whole model.
+  const bool partial = o.layers || o.metadata_only;
+  if (partial && header.format_version == sealed::kFormatVersion1) {
+    // Fail closed: a format-1 file has one key for every layer, and a stage or front must not hold the whole model.
     return make_error(ErrorCode::kSecurity,
-                      "{}: sealed format 1 has one key for the whole model, so the broker cannot release only layers "
-                      "{}..{}: re-seal it with this veil (format 2)",
-                      path.string(), o.layers->first, o.layers->last);
+                      "{}: sealed format 1 has one key for the whole model, so the broker cannot release only {}: "
+                      "re-seal it with this veil (format 2)",
+                      path.string(),
+                      o.layers ? fmt::format("layers {}..{}", o.layers->first, o.layers->last) : "the metadata");
   }
   VEIL_ASSIGN_OR_RETURN(auto policy, attest::load_policy(o.kbs_policy));
   if (!provider) {
@@ -109,10 +112,14 @@ Result<std::shared_ptr<const gguf::File>> open_model(const std::filesystem::path
   VEIL_ASSIGN_OR_RETURN(attest::Collateral collateral, peer_collateral(o));
   auto attester = channel::attester_from_provider(provider);
   auto broker_verifier = channel::verifier_from_policy(policy, collateral);
-  if (o.layers) {
-    // A pipeline stage asks for its range's keys only: it never holds a key to another stage's layers.
-    kbs::RangeRequest range{o.layers->first, o.layers->last, sealed::layer_count(header),
-                            sealed::has_tied_embeddings(header)};
+  if (partial) {
+    // A pipeline stage asks for its range's keys only: it never holds a key to another stage's layers. A front
+    // asks for the metadata only: it holds no layer key at all.
+    kbs::RangeRequest range;
+    range.metadata_only = o.metadata_only;
+    if (o.layers) {
+      range = {o.layers->first, o.layers->last, sealed::layer_count(header), sealed::has_tied_embeddings(header)};
+    }
     VEIL_ASSIGN_OR_RETURN(auto keys, kbs::fetch_range_keys(o.kbs, header.model_id, header.model_version, range,
                                                            attester, broker_verifier));
     spdlog::info("sealed model {}: the broker released {}", path.string(), keys.describe());

@@ -1,7 +1,8 @@
 // Opening the model a command runs: a plain GGUF, or a sealed model (.vsm) decrypted into TEE memory
 // with a key obtained from the key broker through attestation (docs/kbs.md). A local key file is
 // accepted only with the explicit --insecure-local-key flag. Shared by generate, bench, serve and stage:
-// with `layers` (a pipeline stage) the broker is asked for that range's keys only, never the model key.
+// with `layers` (a pipeline stage) the broker is asked for that range's keys only, never the model key; with
+// `metadata_only` (a pipeline front) for the rest key only (metadata and tokenizer, no layer).
 #pragma once
 
 #include <filesystem>
@@ -23,6 +24,7 @@ struct ModelSourceOptions {
   std::string tee = "sim";         // this node's TEE provider
   std::string sim_platform_key;    // sim: platform key file (default: $VEIL_DATA_DIR or ~/.veil/sim-platform.key)
   std::optional<sealed::LayerRange> layers;  // sealed models: decrypt only these layers (a pipeline stage)
+  bool metadata_only = false;  // sealed models: decrypt only the metadata and tokenizer (a pipeline front)
 };
 
 // Adds --kbs, --policy (or `policy_flag`), --insecure-local-key, --tee and --sim-platform-key.

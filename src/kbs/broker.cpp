@@ -180,7 +180,9 @@ struct Broker::Impl {
     e["event"] = event;
     e["model_id"] = r.model_id;
     e["version"] = r.version;
-    if (r.range) {
+    if (r.range && r.range->metadata_only) {
+      e["range"] = {{"metadata_only", true}};
+    } else if (r.range) {
       e["range"] = {{"first_layer", r.range->first_layer},
                     {"last_layer", r.range->last_layer},
                     {"layer_count", r.range->layer_count},
@@ -351,12 +353,15 @@ Status Broker::add_key(const std::string& model_id, uint64_t version, const Secr
 Result<Release> Broker::release(const ReleaseRequest& r, const attest::Claims& claims) {
   Impl& d = *impl_;
   std::lock_guard lock(d.mu);
-  const std::string what =
-      r.range ? fmt::format("kbs: release of model '{}' version {} layers {}..{}", r.model_id, r.version,
-                            r.range->first_layer, r.range->last_layer)
-              : fmt::format("kbs: release of model '{}' version {}", r.model_id, r.version);
-  std::optional<sealed::RangeSpec> spec;
+  std::string what = fmt::format("kbs: release of model '{}' version {}", r.model_id, r.version);
   if (r.range) {
+    what += r.range->metadata_only ? std::string(" metadata only")
+                                   : fmt::format(" layers {}..{}", r.range->first_layer, r.range->last_layer);
+  }
+  std::optional<sealed::RangeSpec> spec;
+  if (r.range && r.range->metadata_only) {
+    spec = sealed::metadata_only_spec();  // the rest key alone: no layer count to check
+  } else if (r.range) {
     auto s = sealed::range_spec_for({r.range->first_layer, r.range->last_layer}, r.range->layer_count,
                                     r.range->tied_embeddings);
     if (!s.ok()) return d.refuse(r, &claims, s.error().wrap(what));
@@ -414,7 +419,7 @@ Result<Release> Broker::release(const ReleaseRequest& r, const attest::Claims& c
                                  what));
     }
   }
-  if (spec && layer_count && r.range->layer_count != *layer_count) {
+  if (spec && !spec->metadata_only && layer_count && r.range->layer_count != *layer_count) {
     out.key.clear();
     return d.refuse(r, &claims,
                     make_error(ErrorCode::kInvalidArgument, "{}: the request says {} layers, the model has {}", what,

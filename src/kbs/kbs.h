@@ -64,11 +64,14 @@ struct AuditReport {
 
 // A pipeline stage's layer range. The stage reads layer_count and tied_embeddings from the sealed model's
 // header; the broker decides from them which globals the range needs (sealed::range_spec_for).
+// `metadata_only` (a pipeline front): no layer at all, the rest key alone (sealed::metadata_only_spec); the
+// other fields are then 0/false and not sent.
 struct RangeRequest {
   uint32_t first_layer = 0;
   uint32_t last_layer = 0;
   uint32_t layer_count = 0;
   bool tied_embeddings = false;  // no output.weight: the last stage needs token_embd too
+  bool metadata_only = false;
 };
 
 // Who asks, for what. `peer` is a printable address for the audit log.
@@ -135,7 +138,8 @@ Result<SecretBytes> read_master_key(const std::filesystem::path& path);
 // The channel runs in mutual mode: the node's evidence commits to the handshake transcript (so it is
 // fresh and bound to this connection) and the broker proves itself to the node too. One request per
 // connection: {"type": "key-request", "model_id": "...", "version": N}, or {"type": "range-key-request",
-// "model_id", "version", "first_layer", "last_layer", "layer_count", "tied_embeddings"}; the reply is one
+// "model_id", "version", "first_layer", "last_layer", "layer_count", "tied_embeddings"}, or (a pipeline front)
+// {"type": "range-key-request", "model_id", "version", "metadata_only": true}; the reply is one
 // record: 0x00 || key[32] || key_id[16], 0x02 || RangeKeySet wire form, or 0x01 || error code || message.
 
 // Parses and validates one request record (every field; unknown fields refused). Exposed for the fuzz target.
@@ -192,7 +196,8 @@ Result<SecretBytes> fetch_model_key(const std::string& kbs_address, const std::s
                                     const FetchOptions& options = {});
 
 // The same for a pipeline stage: asks only for `range`'s key set. The set that comes back is checked to
-// be for this model, version and range (and the globals sealed::range_spec_for gives it).
+// be for this model, version and range (and the globals sealed::range_spec_for gives it). With
+// range.metadata_only (a pipeline front), only the rest key, checked to be a metadata-only set.
 Result<sealed::RangeKeySet> fetch_range_keys(const std::string& kbs_address, const std::string& model_id,
                                              uint64_t version, const RangeRequest& range, channel::Attester attester,
                                              channel::EvidenceVerifier broker_verifier,

@@ -24,8 +24,10 @@ constexpr uint8_t kReplyRange = 2;
 constexpr std::string_view kWholeKeyType = "key-request";
 constexpr std::string_view kRangeKeyType = "range-key-request";
 constexpr std::array<std::string_view, 3> kWholeKeyFields = {"type", "model_id", "version"};
-constexpr std::array<std::string_view, 7> kRangeKeyFields = {"type",        "model_id",    "version",        "first_layer",
-                                                             "last_layer", "layer_count", "tied_embeddings"};
+constexpr std::array<std::string_view, 8> kRangeKeyFields = {"type",       "model_id",    "version",
+                                                             "first_layer", "last_layer", "layer_count",
+                                                             "tied_embeddings", "metadata_only"};
+constexpr std::array<std::string_view, 4> kLayerFields = {"first_layer", "last_layer", "layer_count", "tied_embeddings"};
 constexpr size_t kKeyIdSize = 16;
 
 Result<channel::Endpoint> endpoint_of(const std::string& address) {
@@ -72,8 +74,25 @@ Result<uint32_t> u32_field(const nlohmann::json& j, const char* name, const std:
   return j[name].get<uint32_t>();
 }
 
+// "metadata_only": true names no layer: the layer fields must then be absent, so a request means one thing.
+Result<bool> metadata_only_field(const nlohmann::json& j, const std::string& peer) {
+  if (!j.contains("metadata_only")) return false;
+  if (!j["metadata_only"].is_boolean()) {
+    return make_error(ErrorCode::kCorrupt, "kbs request from {}: field 'metadata_only': must be true or false", peer);
+  }
+  if (!j["metadata_only"].get<bool>()) return false;
+  for (std::string_view f : kLayerFields) {
+    if (j.contains(std::string(f))) {
+      return make_error(ErrorCode::kCorrupt, "kbs request from {}: field '{}': not allowed with metadata_only", peer, f);
+    }
+  }
+  return true;
+}
+
 Result<RangeRequest> parse_range(const nlohmann::json& j, const std::string& peer) {
   RangeRequest r;
+  VEIL_ASSIGN_OR_RETURN(r.metadata_only, metadata_only_field(j, peer));
+  if (r.metadata_only) return r;
   VEIL_ASSIGN_OR_RETURN(r.first_layer, u32_field(j, "first_layer", peer));
   VEIL_ASSIGN_OR_RETURN(r.last_layer, u32_field(j, "last_layer", peer));
   VEIL_ASSIGN_OR_RETURN(r.layer_count, u32_field(j, "layer_count", peer));
@@ -352,25 +371,34 @@ Result<SecretBytes> fetch_model_key(const std::string& kbs_address, const std::s
 Result<sealed::RangeKeySet> fetch_range_keys(const std::string& kbs_address, const std::string& model_id,
                                              uint64_t version, const RangeRequest& range, channel::Attester attester,
                                              channel::EvidenceVerifier broker_verifier, const FetchOptions& options) {
-  std::string where = fmt::format("kbs {} (model '{}' version {}, layers {}..{})", kbs_address, model_id, version,
-                                  range.first_layer, range.last_layer);
-  auto spec = sealed::range_spec_for({range.first_layer, range.last_layer}, range.layer_count, range.tied_embeddings);
-  if (!spec.ok()) return std::move(spec).error().wrap(where);
+  std::string where = range.metadata_only
+                          ? fmt::format("kbs {} (model '{}' version {}, metadata only)", kbs_address, model_id, version)
+                          : fmt::format("kbs {} (model '{}' version {}, layers {}..{})", kbs_address, model_id, version,
+                                        range.first_layer, range.last_layer);
   nlohmann::json req;
   req["type"] = kRangeKeyType;
   req["model_id"] = model_id;
   req["version"] = version;
-  req["first_layer"] = range.first_layer;
-  req["last_layer"] = range.last_layer;
-  req["layer_count"] = range.layer_count;
-  req["tied_embeddings"] = range.tied_embeddings;
+  sealed::RangeSpec spec = sealed::metadata_only_spec();
+  if (range.metadata_only) {
+    req["metadata_only"] = true;
+  } else {
+    auto s = sealed::range_spec_for({range.first_layer, range.last_layer}, range.layer_count, range.tied_embeddings);
+    if (!s.ok()) return std::move(s).error().wrap(where);
+    spec = *s;
+    req["first_layer"] = range.first_layer;
+    req["last_layer"] = range.last_layer;
+    req["layer_count"] = range.layer_count;
+    req["tied_embeddings"] = range.tied_embeddings;
+  }
   VEIL_ASSIGN_OR_RETURN(Release rel, exchange(kbs_address, req, true, std::move(attester), std::move(broker_verifier),
                                               options, where));
   if (!rel.range_keys) return make_error(ErrorCode::kInternal, "{}: no range key set in the reply", where);
   sealed::RangeKeySet set = std::move(*rel.range_keys);
   const sealed::RangeSpec& got = set.spec();
-  if (set.model_id() != model_id || set.model_version() != version || got.layers.first != spec->layers.first ||
-      got.layers.last != spec->layers.last || got.input != spec->input || got.output != spec->output) {
+  if (set.model_id() != model_id || set.model_version() != version || got.metadata_only != spec.metadata_only ||
+      got.layers.first != spec.layers.first || got.layers.last != spec.layers.last || got.input != spec.input ||
+      got.output != spec.output) {
     return make_error(ErrorCode::kSecurity, "{}: the broker released another range's keys ({} of '{}' version {})",
                       where, set.describe(), set.model_id(), set.model_version());
   }

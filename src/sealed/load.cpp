@@ -297,11 +297,28 @@ std::vector<size_t> SealedReader::tensors_for(const std::optional<LayerRange>& l
   return out;
 }
 
+std::vector<size_t> SealedReader::metadata_tensors() const {
+  std::vector<size_t> out;
+  for (size_t i = 0; i < header_.tensors.size(); ++i) {
+    if (part_of_tensor(header_.tensors[i].name) == kPartRest) out.push_back(i);
+  }
+  return out;
+}
+
+std::vector<uint64_t> SealedReader::metadata_chunks() const { return chunks_holding(metadata_tensors()); }
+
 std::vector<uint64_t> SealedReader::chunks_for(const std::optional<LayerRange>& layers) const {
   const Header& h = header_;
-  std::vector<uint64_t> all(h.chunk_count());
-  for (uint64_t i = 0; i < all.size(); ++i) all[i] = i;
-  if (!layers || h.tensors.empty()) return all;
+  if (!layers || h.tensors.empty()) {
+    std::vector<uint64_t> all(h.chunk_count());
+    for (uint64_t i = 0; i < all.size(); ++i) all[i] = i;
+    return all;
+  }
+  return chunks_holding(tensors_for(layers));
+}
+
+std::vector<uint64_t> SealedReader::chunks_holding(const std::vector<size_t>& tensors) const {
+  const Header& h = header_;
   std::vector<bool> need(h.chunk_count(), false);
   auto mark = [&](uint64_t b, uint64_t e) {  // [b, e)
     if (b >= e) return;
@@ -311,7 +328,7 @@ std::vector<uint64_t> SealedReader::chunks_for(const std::optional<LayerRange>& 
   uint64_t first_tensor = h.plaintext_size;
   for (const TensorEntry& t : h.tensors) first_tensor = std::min(first_tensor, t.offset);
   mark(0, first_tensor);  // GGUF header, metadata, tokenizer
-  for (size_t i : tensors_for(layers)) mark(h.tensors[i].offset, h.tensors[i].offset + h.tensors[i].size);
+  for (size_t i : tensors) mark(h.tensors[i].offset, h.tensors[i].offset + h.tensors[i].size);
   std::vector<uint64_t> out;
   for (uint64_t i = 0; i < need.size(); ++i) {
     if (need[i]) out.push_back(i);
@@ -339,6 +356,10 @@ Result<LoadedModel> load_with(const std::filesystem::path& path, const LoadOptio
     return make_error(ErrorCode::kSecurity, "sealed model {}: field 'model_version': the file holds version {}, "
                       "expected {}", p, h.model_version, *options.expected_version);
   }
+  if (options.layers && options.metadata_only) {
+    return make_error(ErrorCode::kInvalidArgument, "sealed model {}: a load is either a layer range or metadata only, "
+                      "not both", p);
+  }
   if (options.layers) {
     uint32_t last = h.layers.empty() ? 0 : h.layers.back().layer;
     if (h.layers.empty() || options.layers->first > options.layers->last || options.layers->last > last) {
@@ -347,13 +368,13 @@ Result<LoadedModel> load_with(const std::filesystem::path& path, const LoadOptio
     }
   }
   VEIL_TRY(authenticate(reader));
-  std::vector<uint64_t> chunks = reader.chunks_for(options.layers);
+  std::vector<uint64_t> chunks = options.metadata_only ? reader.metadata_chunks() : reader.chunks_for(options.layers);
   VEIL_ASSIGN_OR_RETURN(std::unique_ptr<PlaintextBuffer> buf, PlaintextBuffer::allocate(h.plaintext_size));
   VEIL_TRY(reader.decrypt(chunks, buf->data(), options.threads));
 
   LoadedModel m;
   m.complete = chunks.size() == h.chunk_count();
-  std::vector<size_t> tensors = reader.tensors_for(options.layers);
+  std::vector<size_t> tensors = options.metadata_only ? reader.metadata_tensors() : reader.tensors_for(options.layers);
   if (options.verify_plaintext_hashes) {
     for (size_t i : tensors) {
       const TensorEntry& t = h.tensors[i];
@@ -392,9 +413,10 @@ Result<LoadedModel> load_sealed_model(const std::filesystem::path& path, const S
 
 Result<LoadedModel> load_sealed_model(const std::filesystem::path& path, const RangeKeySet& keys,
                                       const LoadOptions& options) {
-  if (!options.layers) {
+  if (!options.layers && !options.metadata_only) {
     return make_error(ErrorCode::kInvalidArgument,
-                      "sealed model {}: a range key set ({}) cannot load the whole model: give the layer range",
+                      "sealed model {}: a range key set ({}) cannot load the whole model: give the layer range (or "
+                      "load the metadata only)",
                       path.string(), keys.describe());
   }
   return load_with(path, options, [&](SealedReader& r) { return r.authenticate(keys); });

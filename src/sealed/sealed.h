@@ -7,7 +7,8 @@
 // (HKDF over the model key and a random file salt), so chunk-index nonces never repeat under one key.
 // Format 2 (written by default) splits the model into parts -- one per layer, the input globals, the
 // output globals and the rest -- each with its own key derived from the model key; a pipeline stage can
-// hold a RangeKeySet (its parts' keys only) that cannot decrypt any other part. Format 1 (one chunk key
+// hold a RangeKeySet (its parts' keys only) that cannot decrypt any other part, and a pipeline front a
+// metadata-only set (the rest key alone: metadata and tokenizer, no layer). Format 1 (one chunk key
 // for the whole file) is still read.
 //
 // Invariants:
@@ -186,10 +187,13 @@ struct LayerRange {
 // The parts a stage for `layers` needs, by the LayerRange rule above: its layers, the rest, the input
 // globals when first == 0 (or, with tied embeddings, when it holds the last layer), the output globals
 // when it holds the last layer (layer_count - 1).
+// `metadata_only`: no layer and no input/output globals, the rest alone (GGUF header, metadata, tokenizer):
+// what a pipeline front needs. `layers`, `input` and `output` are then {0, 0}, false, false.
 struct RangeSpec {
   LayerRange layers;
   bool input = false;
   bool output = false;
+  bool metadata_only = false;
 };
 inline constexpr uint32_t kMaxModelLayers = 1u << 16;  // layer_count a range request may name
 inline constexpr uint32_t kMaxRangeLayers = 1024;      // layers in one range key set
@@ -198,6 +202,8 @@ inline constexpr uint32_t kMaxRangeLayers = 1024;      // layers in one range ke
 Result<RangeSpec> range_spec_for(LayerRange layers, uint32_t layer_count, bool tied_embeddings);
 // The same from a parsed header (layer_count = last layer + 1; tied: no "output.weight").
 Result<RangeSpec> range_spec_for(const Header& header, LayerRange layers);
+// The rest part alone (a pipeline front: metadata and tokenizer, no layer).
+RangeSpec metadata_only_spec();
 bool has_tied_embeddings(const Header& header);
 uint32_t layer_count(const Header& header);
 
@@ -206,12 +212,14 @@ uint32_t layer_count(const Header& header);
 // Bound to the model id, version and key id it was derived for. Secret bytes live in SecretBytes.
 class RangeKeySet {
  public:
-  static constexpr uint8_t kWireVersion = 1;
+  static constexpr uint8_t kWireVersion = 1;          // a layer range's set
+  static constexpr uint8_t kWireVersionMetadata = 2;  // a metadata-only set (the rest key alone)
   // Derives the set from the whole model key (the broker; tests).
   static Result<RangeKeySet> derive(const SecretBytes& model_key, std::string_view model_id, uint64_t model_version,
                                     const RangeSpec& spec);
-  // Wire form: u8 version | key_id[16] | str16 model_id | u64 model_version | u32 first | u32 last |
+  // Wire form of a range set: u8 1 | key_id[16] | str16 model_id | u64 model_version | u32 first | u32 last |
   // u8 flags (1: input, 2: output) | 32-byte keys: rest, [input], [output], layers first..last.
+  // Of a metadata-only set: u8 2 | key_id[16] | str16 model_id | u64 model_version | 32-byte rest key.
   static Result<RangeKeySet> parse(ByteView wire);
   SecretBytes serialize() const;
 
@@ -222,7 +230,7 @@ class RangeKeySet {
   bool holds(uint32_t part) const;
   // The part's key, or an empty view when the set does not hold it.
   ByteView part_key(uint32_t part) const;
-  // "layers 2..3 + rest + output", for logs and the audit (no key material).
+  // "layers 2..3 + rest + output" (or "metadata only (rest)"), for logs and the audit (no key material).
   std::string describe() const;
 
  private:
@@ -237,7 +245,11 @@ class RangeKeySet {
 struct LoadOptions {
   std::string expected_model_id;            // when set, a header naming another model is refused
   std::optional<uint64_t> expected_version;  // when set, another version is refused
-  std::optional<LayerRange> layers;          // nullopt: the whole model
+  std::optional<LayerRange> layers;          // nullopt: the whole model (unless metadata_only)
+  // Decrypt only the rest part: the GGUF header, metadata, tokenizer and the global tensors that are neither
+  // input (token_embd/pos_embd) nor output (output/output_norm); no layer. Excludes `layers`. What a pipeline
+  // front loads; every other tensor stays PROT_NONE.
+  bool metadata_only = false;
   // Also check the SHA-256 of each loaded tensor (and of the whole GGUF when complete) against the
   // header. Chunk AEAD already authenticates every byte; this cross-checks the owner's hashes.
   bool verify_plaintext_hashes = false;
@@ -267,9 +279,14 @@ class SealedReader {
   // The chunks holding the given layer range (see LayerRange), or all of them.
   std::vector<uint64_t> chunks_for(const std::optional<LayerRange>& layers) const;
   std::vector<size_t> tensors_for(const std::optional<LayerRange>& layers) const;
+  // The rest part (LoadOptions::metadata_only): the chunks before the first tensor and those of the
+  // tensors in the rest part.
+  std::vector<uint64_t> metadata_chunks() const;
+  std::vector<size_t> metadata_tensors() const;
 
  private:
   static Result<SealedReader> from_view(SealedReader r);
+  std::vector<uint64_t> chunks_holding(const std::vector<size_t>& tensors) const;  // + the leading chunks
   Status check_key_id(const std::array<uint8_t, 16>& id) const;
   Status check_header_tag(const SecretBytes& mac_key) const;
   MappedFile file_;
@@ -296,7 +313,8 @@ struct LoadedModel {
 Result<LoadedModel> load_sealed_model(const std::filesystem::path& path, const SecretBytes& key,
                                       const LoadOptions& options = {});
 // The same with a range key set (format 2): every chunk the load needs must belong to a part the set
-// holds, else kSecurity naming the part; options.layers is required (a set never opens the whole model).
+// holds, else kSecurity naming the part; options.layers or options.metadata_only is required (a set never
+// opens the whole model). A metadata-only set opens only a metadata_only load.
 Result<LoadedModel> load_sealed_model(const std::filesystem::path& path, const RangeKeySet& keys,
                                       const LoadOptions& options);
 

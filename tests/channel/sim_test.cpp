@@ -6,8 +6,8 @@
 #include <filesystem>
 #include <future>
 
-#include "attest/sim.h"
 #include "channel/channel.h"
+#include "support/sim_tee.h"
 
 namespace veil::channel {
 namespace {
@@ -20,26 +20,13 @@ class SimChannel : public ::testing::Test {
   void SetUp() override {
     dir_ = std::filesystem::temp_directory_path() / fmt::format("veil-channel-sim-{}", ::getpid());
     std::filesystem::create_directories(dir_);
-    attest::ProviderOptions po;
-    po.sim_platform_key = dir_ / "platform.key";
-    po.sim_create_key = true;
-    auto p = attest::make_provider("sim", po);
-    ASSERT_TRUE(p.ok()) << p.error().message();
-    provider_ = std::move(*p);
-    // Learn this binary's measurement and the platform key from one quote, checked by the sim verifier itself.
-    auto pub = attest::sim_platform_public_key(po.sim_platform_key, false);
-    ASSERT_TRUE(pub.ok()) << pub.error().message();
-    collateral_.items["sim_platform_public_key"] = *pub;
-    auto ev = provider_->quote(attest::ReportData{});
-    ASSERT_TRUE(ev.ok()) << ev.error().message();
-    auto claims = attest::verifier_for(attest::TeeType::kSim)->verify(*ev, collateral_, std::chrono::system_clock::now());
-    ASSERT_TRUE(claims.ok()) << claims.error().message();
-    measurement_ = claims->measurements.at("measurement");
-
-    policy_.allowed_types = {attest::TeeType::kSim};
-    policy_.allow_simulated = true;
-    policy_.expected_measurements[attest::TeeType::kSim]["measurement"] = {measurement_};
-    policy_.max_evidence_age = std::chrono::seconds(60);
+    // This binary's measurement and the platform key, learned from one quote checked by the sim verifier itself.
+    auto tee = testsupport::make_sim_tee(dir_);
+    ASSERT_TRUE(tee.ok()) << tee.error().message();
+    provider_ = tee->provider;
+    collateral_ = tee->collateral;
+    measurement_ = tee->measurement;
+    policy_ = tee->policy();
   }
   void TearDown() override { std::filesystem::remove_all(dir_); }
 

@@ -39,6 +39,57 @@ class SealedTest : public CliTest {
     EXPECT_NE(s.out.find("format 2, model stories260K version 1"), std::string::npos) << s.out;
     ASSERT_TRUE(fs::exists(path("m.vsm")));
   }
+
+  // A broker holding the sealed model's key (its layer count, 5, recorded) on one simulated machine whose platform
+  // key every process shares; returns the broker's address ("" with a test failure).
+  std::string start_broker() {
+    expect_ok(veil({"kbs", "gen-master-key", path("master.key").string()}));
+    expect_ok(veil({"kbs", "add-key", "--db", path("kbs.db").string(), "--master-key", path("master.key").string(),
+                    "--model-id", "stories260K", "--version", "1", "--policy", path("policy.json").string(),
+                    "--key-file", path("model.key").string(), "--sealed-model", path("m.vsm").string()}));
+    expect_ok(veil({"attest", "quote", "--provider", "sim", "--create-key", "--platform-key",
+                    path("platform.key").string(), "--report-data", "00", "--out", path("ev.json").string()}));
+    kbs_ = start({"kbs", "serve", "--db", path("kbs.db").string(), "--master-key", path("master.key").string(),
+                  "--listen", "tcp:127.0.0.1:0", "--tee", "sim", "--sim-platform-key", path("platform.key").string()});
+    auto listening = kbs_->wait_for_stdout_line("listening on ", 30s);
+    if (!listening) {
+      ADD_FAILURE() << kbs_->finish(1s).describe();
+      return "";
+    }
+    std::string address = listening->substr(listening->find("listening on ") + 13);
+    EXPECT_NE(port_of(address), 0) << *listening;
+    return address;
+  }
+
+  void stop_broker() {
+    kbs_->signal(SIGTERM);
+    RunResult k = kbs_->finish(30s);
+    EXPECT_EQ(k.exit_code, 0) << k.describe();
+  }
+
+  // The broker's audit events, oldest first.
+  std::vector<json> audit_events() {
+    RunResult audit = veil({"kbs", "audit", "show", "--db", path("kbs.db").string(), "--master-key",
+                            path("master.key").string()});
+    expect_ok(audit);
+    std::vector<json> events;
+    for (const std::string& line : split_lines(audit.out)) {
+      events.push_back(json::parse(line.substr(line.find('\t') + 1), nullptr, false));
+      EXPECT_FALSE(events.back().is_discarded()) << line;
+    }
+    return events;
+  }
+
+  // A stage of `manifest_file` with its range's keys from the broker at `kbs`.
+  std::vector<std::string> stage_args(int index, const std::string& model, const std::string& manifest_file,
+                                      const std::string& kbs) {
+    return {"stage", "--manifest", path(manifest_file).string(), "--index", std::to_string(index), "-m",
+            path(model).string(), "--kbs", kbs, "--policy", path("policy.json").string(), "--tee", "sim",
+            "--sim-platform-key", path("platform.key").string(), "--listen", "tcp:127.0.0.1:0", "-t", "1",
+            "--slots", "1"};
+  }
+
+  std::unique_ptr<Process> kbs_;
 };
 
 TEST_F(SealedTest, SealProducesAnEncryptedFile) {
@@ -269,21 +320,9 @@ TEST_F(SealedTest, SealStraightIntoTheBroker) {
 // answering /health and a greedy completion; a tampered sealed model is refused with exit 3.
 TEST_F(SealedTest, ServeASealedModelWithKeysFromTheBroker) {
   seal();
-  expect_ok(veil({"kbs", "gen-master-key", path("master.key").string()}));
   // With --sealed-model the broker records the layer count (5) and checks stages' range requests against it.
-  expect_ok(veil({"kbs", "add-key", "--db", path("kbs.db").string(), "--master-key", path("master.key").string(),
-                  "--model-id", "stories260K", "--version", "1", "--policy", path("policy.json").string(),
-                  "--key-file", path("model.key").string(), "--sealed-model", path("m.vsm").string()}));
-  // One simulated machine: the platform key both processes use.
-  expect_ok(veil({"attest", "quote", "--provider", "sim", "--create-key", "--platform-key", path("platform.key").string(),
-                  "--report-data", "00", "--out", path("ev.json").string()}));
-
-  auto kbs = start({"kbs", "serve", "--db", path("kbs.db").string(), "--master-key", path("master.key").string(),
-                    "--listen", "tcp:127.0.0.1:0", "--tee", "sim", "--sim-platform-key", path("platform.key").string()});
-  auto listening = kbs->wait_for_stdout_line("listening on ", 30s);
-  ASSERT_TRUE(listening.has_value()) << kbs->finish(1s).describe();
-  std::string kbs_address = listening->substr(listening->find("listening on ") + 13);
-  ASSERT_NE(port_of(kbs_address), 0) << *listening;
+  const std::string kbs_address = start_broker();
+  ASSERT_FALSE(kbs_address.empty());
 
   auto serve_args = [&](const fs::path& model) {
     return std::vector<std::string>{"serve", "-m", model.string(), "--kbs", kbs_address, "--policy",
@@ -338,14 +377,8 @@ TEST_F(SealedTest, ServeASealedModelWithKeysFromTheBroker) {
   json manifest = json::parse(read_text(path("stages.json")), nullptr, false);
   ASSERT_FALSE(manifest.is_discarded());
   const int stage_first = manifest["stages"][1]["layer_begin"].get<int>();
-  auto stage_args = [&](const std::string& model, const std::string& manifest_file) {
-    return std::vector<std::string>{"stage", "--manifest", path(manifest_file).string(), "--index", "1", "-m",
-                                    path(model).string(), "--kbs", kbs_address, "--policy", path("policy.json").string(),
-                                    "--tee", "sim", "--sim-platform-key", path("platform.key").string(), "--listen",
-                                    "tcp:127.0.0.1:0", "-t", "1", "--slots", "1"};
-  };
   {
-    auto stage = start(stage_args("m.vsm", "stages.json"));
+    auto stage = start(stage_args(1, "m.vsm", "stages.json", kbs_address));
     auto ready = stage->wait_for_stdout_line("veil stage: stage 1", 60s);
     ASSERT_TRUE(ready.has_value()) << stage->finish(1s).describe();
     stage->signal(SIGTERM);
@@ -357,28 +390,80 @@ TEST_F(SealedTest, ServeASealedModelWithKeysFromTheBroker) {
                   "stories260K", "--version", "1", "--key-file", path("model.key").string(), "--format", "1"}));
   expect_ok(veil({"manifest", "create", path("m1.vsm").string(), "--stages", "2", "--endpoints",
                   "127.0.0.1:1,127.0.0.1:2", "--policy", path("policy.json").string(), "-o", path("stages1.json").string()}));
-  RunResult v1 = veil(stage_args("m1.vsm", "stages1.json"));
+  RunResult v1 = veil(stage_args(1, "m1.vsm", "stages1.json", kbs_address));
   expect_one_line_error(v1, 3, /*logs_before=*/true);
   EXPECT_NE(v1.err.find("sealed format 1"), std::string::npos) << v1.err;
-  kbs->signal(SIGTERM);
-  RunResult k = kbs->finish(30s);
-  EXPECT_EQ(k.exit_code, 0) << k.describe();
+  stop_broker();
 
   RunResult list = veil({"kbs", "list", "--db", path("kbs.db").string(), "--master-key", path("master.key").string()});
   expect_ok(list);
   EXPECT_NE(list.out.find("highest released 1\tlayers 5"), std::string::npos) << list.out;
   // The audit log: the stage's release names its range and what it got (never the model key).
-  RunResult audit = veil({"kbs", "audit", "show", "--db", path("kbs.db").string(), "--master-key",
-                          path("master.key").string()});
-  expect_ok(audit);
-  std::vector<std::string> lines = split_lines(audit.out);
-  ASSERT_FALSE(lines.empty());
-  json last = json::parse(lines.back().substr(lines.back().find('\t') + 1), nullptr, false);
-  ASSERT_FALSE(last.is_discarded()) << lines.back();
-  EXPECT_EQ(last["event"], "release") << lines.back();
-  EXPECT_EQ(last["range"]["first_layer"], stage_first) << lines.back();
-  EXPECT_EQ(last["range"]["last_layer"], 4) << lines.back();
-  EXPECT_EQ(last["released"], "layers " + std::to_string(stage_first) + "..4 + rest + output") << lines.back();
+  std::vector<json> events = audit_events();
+  ASSERT_FALSE(events.empty());
+  const json& last = events.back();
+  EXPECT_EQ(last["event"], "release") << last.dump();
+  EXPECT_EQ(last["range"]["first_layer"], stage_first) << last.dump();
+  EXPECT_EQ(last["range"]["last_layer"], 4) << last.dump();
+  EXPECT_EQ(last["released"], "layers " + std::to_string(stage_first) + "..4 + rest + output") << last.dump();
+}
+
+// A two-stage pipeline whose stages and front all get their keys from the broker: each stage its range's keys, the
+// front (which only tokenizes and samples; the stages embed and compute the head) the rest key alone. It still
+// answers with the golden text, and the audit shows what each got.
+TEST_F(SealedTest, APipelineFrontGetsOnlyTheMetadataKeyFromTheBroker) {
+  seal();
+  const std::string kbs_address = start_broker();
+  ASSERT_FALSE(kbs_address.empty());
+  expect_ok(veil({"manifest", "create", path("m.vsm").string(), "--stages", "2", "--endpoints", "127.0.0.1:1,127.0.0.1:2",
+                  "--policy", path("policy.json").string(), "-o", path("stages.json").string()}));
+  json manifest = json::parse(read_text(path("stages.json")), nullptr, false);
+  ASSERT_FALSE(manifest.is_discarded());
+  const int stage_first = manifest["stages"][1]["layer_begin"].get<int>();
+  // The last stage first: stage 0's manifest names its successor's real endpoint.
+  std::unique_ptr<Process> stages[2];
+  for (int i = 1; i >= 0; --i) {
+    write_text(path("stages.json"), manifest.dump(2));
+    stages[i] = start(stage_args(i, "m.vsm", "stages.json", kbs_address));
+    auto ready = stages[i]->wait_for_stdout_line("veil stage: stage " + std::to_string(i), 60s);
+    ASSERT_TRUE(ready.has_value()) << stages[i]->finish(1s).describe();
+    manifest["stages"][i]["endpoint"] = ready->substr(ready->rfind(" on ") + 4);
+  }
+  write_text(path("front.json"), manifest.dump(2));
+  auto front = start({"serve", "--manifest", path("front.json").string(), "-m", path("m.vsm").string(), "--kbs",
+                      kbs_address, "--policy", path("policy.json").string(), "--tee", "sim", "--sim-platform-key",
+                      path("platform.key").string(), "--insecure-http", "--no-auth", "--listen", "127.0.0.1:0", "--db",
+                      path("server.db").string(), "-t", "1", "--grace", "1"});
+  auto line = front->wait_for_stdout_line("veil serve: model stories260K", 60s);
+  ASSERT_TRUE(line.has_value()) << front->finish(1s).describe();
+  HttpResponse done = http_request(port_of(*line), "POST", "/v1/completions",
+                                   R"({"model": "stories260K", "prompt": "Once upon a time", "max_tokens": 8, )"
+                                   R"("temperature": 0})");
+  EXPECT_EQ(done.status, 200) << done.raw;
+  EXPECT_NE(done.body.find(", there was a little girl"), std::string::npos) << done.raw;
+  front->signal(SIGTERM);
+  RunResult fr = front->finish(30s);
+  EXPECT_EQ(fr.exit_code, 0) << fr.describe();
+  for (auto& stage : stages) {
+    stage->signal(SIGTERM);
+    EXPECT_EQ(stage->finish(30s).exit_code, 0);
+  }
+  stop_broker();
+
+  // Every release was a range's or the metadata's key set, never the model key; the front's names no layer.
+  std::vector<std::string> released;
+  for (const json& e : audit_events()) {
+    if (e["event"] != "release") continue;
+    ASSERT_TRUE(e.contains("range") && e.contains("released")) << e.dump();
+    released.push_back(e["released"].get<std::string>());
+    if (e["released"] == "metadata only (rest)") {
+      EXPECT_EQ(e["range"], json({{"metadata_only", true}})) << e.dump();
+    }
+  }
+  std::vector<std::string> expected = {"layers " + std::to_string(stage_first) + "..4 + rest + output",
+                                       "layers 0.." + std::to_string(stage_first - 1) + " + rest + input",
+                                       "metadata only (rest)"};
+  EXPECT_EQ(released, expected);
 }
 
 TEST_F(SealedTest, ServeASealedModelNeedsABroker) {

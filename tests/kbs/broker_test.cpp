@@ -251,6 +251,52 @@ TEST_F(BrokerFixture, RangeRequestsFollowPolicyRollbackAndValidation) {
   EXPECT_TRUE(broker->verify_audit().ok());
 }
 
+// A pipeline front asks for the metadata only: after the same policy and rollback checks it gets the rest key
+// alone, and the audit says so.
+TEST_F(BrokerFixture, MetadataOnlyRequestReleasesOnlyTheRestKey) {
+  ReleaseRequest r = req(1);
+  r.range = RangeRequest{};
+  r.range->metadata_only = true;
+  auto refused = broker->release(r, sim_claims(other, now));
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().code(), ErrorCode::kSecurity);
+  EXPECT_NE(refused.error().message().find("metadata only: refused by the model's release policy"), std::string::npos)
+      << refused.error().message();
+  auto rel = broker->release(r, sim_claims(good, now));
+  ASSERT_TRUE(rel.ok()) << rel.error().message();
+  EXPECT_TRUE(rel->key.empty());  // never the model key
+  ASSERT_TRUE(rel->range_keys.has_value());
+  const sealed::RangeKeySet& set = *rel->range_keys;
+  EXPECT_TRUE(set.spec().metadata_only);
+  EXPECT_EQ(set.describe(), "metadata only (rest)");
+  EXPECT_EQ(set.key_id(), sealed::key_id_for(key1.view()));
+  EXPECT_FALSE(set.holds(0) || set.holds(sealed::kPartInput) || set.holds(sealed::kPartOutput));
+  auto full = sealed::RangeKeySet::derive(key1, "stories", 1, {{0, 0}, true, false});
+  ASSERT_TRUE(full.ok());
+  EXPECT_TRUE(ct_equal(set.part_key(sealed::kPartRest), full->part_key(sealed::kPartRest)));
+  auto entries = broker->audit_entries();
+  ASSERT_TRUE(entries.ok());
+  const std::string& ev = entries->back().event_json;
+  EXPECT_NE(ev.find(R"("event":"release")"), std::string::npos) << ev;
+  EXPECT_NE(ev.find(R"("range":{"metadata_only":true})"), std::string::npos) << ev;
+  EXPECT_NE(ev.find(R"x("released":"metadata only (rest)")x"), std::string::npos) << ev;
+  const std::string& refusal = (*entries)[entries->size() - 2].event_json;
+  EXPECT_NE(refusal.find(R"("event":"refuse")"), std::string::npos) << refusal;
+  EXPECT_NE(refusal.find(R"("range":{"metadata_only":true})"), std::string::npos) << refusal;
+  // Rollback protection applies as to any release.
+  ASSERT_TRUE(broker->release(req(2), sim_claims(good, now)).ok());
+  auto rollback = broker->release(r, sim_claims(good, now));
+  ASSERT_FALSE(rollback.ok());
+  EXPECT_NE(rollback.error().message().find("rollback"), std::string::npos) << rollback.error().message();
+  // A key stored with its layer count: a metadata-only request names none and is not held to it.
+  SecretBytes key3 = sealed::generate_model_key();
+  ASSERT_TRUE(broker->add_key("stories", 3, key3, test::sim_policy(good), 5).ok());
+  ReleaseRequest r3 = req(3);
+  r3.range = r.range;
+  EXPECT_TRUE(broker->release(r3, sim_claims(good, now)).ok());
+  EXPECT_TRUE(broker->verify_audit().ok());
+}
+
 // A key stored with its model's layer count: range requests naming another count are refused; the count is bound
 // into the wrapped record, so changing it in the database makes the key unusable.
 TEST_F(BrokerFixture, KnownLayerCountIsEnforcedAndBound) {
@@ -315,7 +361,27 @@ TEST(KbsWire, RequestsAreValidatedFieldByField) {
   ASSERT_TRUE(range->range.has_value());
   EXPECT_EQ(range->range->last_layer, 2u);
   EXPECT_EQ(range->range->layer_count, 4u);
+  EXPECT_FALSE(range->range->metadata_only);
+  auto meta = parse(R"({"type":"range-key-request","model_id":"m","version":3,"metadata_only":true})");
+  ASSERT_TRUE(meta.ok()) << meta.error().message();
+  ASSERT_TRUE(meta->range.has_value());
+  EXPECT_TRUE(meta->range->metadata_only);
+  auto not_meta = parse(R"({"type":"range-key-request","model_id":"m","version":3,"first_layer":1,"last_layer":2,)"
+                        R"("layer_count":4,"tied_embeddings":false,"metadata_only":false})");
+  ASSERT_TRUE(not_meta.ok()) << not_meta.error().message();
+  EXPECT_FALSE(not_meta->range->metadata_only);
   const char* bad[] = {
+      // metadata_only: a boolean, never beside a layer field, never in a whole-key request
+      R"({"type":"range-key-request","model_id":"m","version":3,"metadata_only":1})",
+      R"({"type":"range-key-request","model_id":"m","version":3,"metadata_only":"true"})",
+      R"({"type":"range-key-request","model_id":"m","version":3,"metadata_only":false})",
+      R"({"type":"range-key-request","model_id":"m","version":3,"metadata_only":true,"first_layer":0})",
+      R"({"type":"range-key-request","model_id":"m","version":3,"metadata_only":true,"layer_count":5})",
+      R"({"type":"range-key-request","model_id":"m","version":3,"metadata_only":true,"tied_embeddings":false})",
+      R"({"type":"range-key-request","model_id":"m","version":3,"metadata_only":true,"x":1})",
+      R"({"type":"range-key-request","model_id":"","version":3,"metadata_only":true})",
+      R"({"type":"range-key-request","model_id":"m","version":-3,"metadata_only":true})",
+      R"({"type":"key-request","model_id":"m","version":3,"metadata_only":true})",
       R"({"type":"key-request","model_id":"m","version":3,"first_layer":1})",  // range field in a whole-key request
       R"({"type":"range-key-request","model_id":"m","version":3})",            // range fields missing
       R"({"type":"range-key-request","model_id":"m","version":3,"first_layer":2,"last_layer":1,"layer_count":4,"tied_embeddings":false})",
@@ -337,15 +403,26 @@ TEST(KbsWire, RequestsAreValidatedFieldByField) {
 
 TEST(KbsWire, RepliesAreCheckedForTheirKind) {
   SecretBytes key = sealed::generate_model_key();
+  auto reply_of = [](const sealed::RangeKeySet& set) {  // 0x02 || the set's wire form
+    SecretBytes wire = set.serialize();
+    Bytes reply{2};
+    reply.insert(reply.end(), wire.view().begin(), wire.view().end());
+    return reply;
+  };
   auto set = sealed::RangeKeySet::derive(key, "m", 1, {{0, 0}, true, false});
   ASSERT_TRUE(set.ok());
-  SecretBytes wire = set->serialize();
-  Bytes range_reply{2};
-  range_reply.insert(range_reply.end(), wire.view().begin(), wire.view().end());
+  Bytes range_reply = reply_of(*set);
   auto r = parse_key_reply(range_reply, true);
   ASSERT_TRUE(r.ok()) << r.error().message();
   EXPECT_TRUE(ct_equal(r->range_keys->part_key(0), set->part_key(0)));
   EXPECT_FALSE(parse_key_reply(range_reply, false).ok());  // a range set where the whole key was asked for
+  auto meta_set = sealed::RangeKeySet::derive(key, "m", 1, sealed::metadata_only_spec());
+  ASSERT_TRUE(meta_set.ok());
+  Bytes meta_reply = reply_of(*meta_set);
+  auto mr = parse_key_reply(meta_reply, true);
+  ASSERT_TRUE(mr.ok()) << mr.error().message();
+  EXPECT_TRUE(mr->range_keys->spec().metadata_only);
+  EXPECT_FALSE(parse_key_reply(meta_reply, false).ok());
   Bytes whole_reply{0};
   whole_reply.insert(whole_reply.end(), key.view().begin(), key.view().end());
   auto id = sealed::key_id_for(key.view());

@@ -5,11 +5,11 @@
 #include <sqlite3.h>
 
 #include "attest/attest.h"
-#include "attest/sim.h"
 #include "channel/channel.h"
 #include "kbs/kbs.h"
 #include "kbs_test_util.h"
 #include "sealed/sealed.h"
+#include "support/sim_tee.h"
 
 namespace veil::kbs {
 namespace {
@@ -21,7 +21,6 @@ const fs::path kStories = fs::path(VEIL_SHARED_DIR) / "models/stories260K/storie
 
 struct E2E : ::testing::Test {
   fs::path dir = test::temp_dir("kbs_e2e");
-  fs::path platform_key = dir / "sim-platform.key";
   attest::Collateral collateral;
   std::shared_ptr<attest::Provider> broker_tee, node_a, node_b;
   Bytes measurement_a, measurement_broker;
@@ -31,34 +30,23 @@ struct E2E : ::testing::Test {
   std::unique_ptr<Server> server;
   fs::path sealed_path = dir / "stories260K.vsm";
 
-  std::shared_ptr<attest::Provider> sim(const std::string& config) {
-    attest::ProviderOptions o;
-    o.sim_platform_key = platform_key;
-    o.sim_create_key = true;
-    o.sim_config = dir / (config + ".conf");
-    EXPECT_TRUE(write_file_atomic(o.sim_config, as_bytes("simulated workload: " + config)).ok());
-    auto p = attest::make_provider("sim", o);
-    EXPECT_TRUE(p.ok()) << (p.ok() ? "" : p.error().message());
-    return std::shared_ptr<attest::Provider>(std::move(*p));
-  }
-  Bytes measure(attest::Provider& p) {
-    auto ev = p.quote(attest::ReportData{});
-    EXPECT_TRUE(ev.ok());
-    auto c = attest::verifier_for(attest::TeeType::kSim)->verify(*ev, collateral, std::chrono::system_clock::now());
-    EXPECT_TRUE(c.ok()) << (c.ok() ? "" : c.error().message());
-    return c->measurements.at("measurement");
+  // A simulated workload on this machine (one platform key for all): its own configuration, so its own measurement.
+  testsupport::SimTee sim(const std::string& config) {
+    auto tee = testsupport::make_sim_tee(dir, "simulated workload: " + config);
+    EXPECT_TRUE(tee.ok()) << (tee.ok() ? "" : tee.error().message());
+    return tee.ok() ? std::move(*tee) : testsupport::SimTee{};
   }
 
   void SetUp() override {
-    broker_tee = sim("broker");
-    node_a = sim("node-a");
-    node_b = sim("node-b");
-    auto pub = attest::sim_platform_public_key(platform_key, false);
-    ASSERT_TRUE(pub.ok()) << pub.error().message();
-    collateral.items["sim_platform_public_key"] = *pub;
-    measurement_a = measure(*node_a);
-    measurement_broker = measure(*broker_tee);
-    ASSERT_NE(measurement_a, measure(*node_b));
+    testsupport::SimTee kbs_sim = sim("broker"), a = sim("node-a"), other = sim("node-b");
+    ASSERT_TRUE(kbs_sim.provider && a.provider && other.provider);
+    broker_tee = kbs_sim.provider;
+    node_a = a.provider;
+    node_b = other.provider;
+    collateral = a.collateral;
+    measurement_a = a.measurement;
+    measurement_broker = kbs_sim.measurement;
+    ASSERT_NE(measurement_a, other.measurement);
 
     sealed::SealOptions so;
     so.model_id = "stories260K";
@@ -82,6 +70,21 @@ struct E2E : ::testing::Test {
     auto s = Server::start(b, "tcp:127.0.0.1:0", std::move(o));
     EXPECT_TRUE(s.ok()) << (s.ok() ? "" : s.error().message());
     return s.ok() ? std::move(*s) : nullptr;
+  }
+
+  // After one release of `range` to node_a: node_b (another measurement) is refused the same request, and the
+  // released event (the audit's second entry, after add-key; a refusal third) is returned.
+  std::string refuse_node_b_then_released_event(const RangeRequest& range) {
+    auto refused = fetch_range_keys(server->address(), "stories260K", 1, range, channel::attester_from_provider(node_b),
+                                    broker_check(), FetchOptions{10s});
+    EXPECT_TRUE(!refused.ok() && refused.error().code() == ErrorCode::kSecurity);
+    auto entries = broker->audit_entries();
+    EXPECT_TRUE(entries.ok());
+    if (!entries.ok() || entries->size() != 3u) {
+      ADD_FAILURE() << "expected add-key, release, refusal in the audit";
+      return "";
+    }
+    return (*entries)[1].event_json;
   }
 
   // The node checks that it talks to the genuine broker workload.
@@ -235,15 +238,34 @@ TEST_F(E2E, AStageGetsOnlyItsRangesKeysAndLoadsItsLayers) {
   ASSERT_FALSE(other.ok());
   EXPECT_NE(other.error().message().find("belongs to layer 2"), std::string::npos) << other.error().message();
   // Another measurement gets no range either.
-  auto refused = fetch_range_keys(server->address(), "stories260K", 1, range, channel::attester_from_provider(node_b),
-                                  broker_check(), FetchOptions{10s});
-  ASSERT_FALSE(refused.ok());
-  EXPECT_EQ(refused.error().code(), ErrorCode::kSecurity);
-  auto entries = broker->audit_entries();
-  ASSERT_TRUE(entries.ok());
-  ASSERT_EQ(entries->size(), 3u);  // add-key, release of the range, refusal
-  EXPECT_NE((*entries)[1].event_json.find(R"("released":"layers 0..1 + rest + input")"), std::string::npos)
-      << (*entries)[1].event_json;
+  std::string released = refuse_node_b_then_released_event(range);
+  EXPECT_NE(released.find(R"("released":"layers 0..1 + rest + input")"), std::string::npos) << released;
+}
+
+// A pipeline front asks for the metadata only: the rest key opens the tokenizer and nothing else.
+TEST_F(E2E, AFrontGetsOnlyTheRestKeyAndLoadsTheMetadata) {
+  RangeRequest meta;
+  meta.metadata_only = true;
+  auto set = fetch_range_keys(server->address(), "stories260K", 1, meta, channel::attester_from_provider(node_a),
+                              broker_check(), FetchOptions{10s});
+  ASSERT_TRUE(set.ok()) << set.error().message();
+  EXPECT_EQ(set->describe(), "metadata only (rest)");
+  EXPECT_FALSE(set->holds(0) || set->holds(sealed::kPartInput) || set->holds(sealed::kPartOutput));
+  sealed::LoadOptions lo;
+  lo.expected_model_id = "stories260K";
+  lo.metadata_only = true;
+  auto m = sealed::load_sealed_model(sealed_path, *set, lo);
+  ASSERT_TRUE(m.ok()) << m.error().message();
+  EXPECT_TRUE(m->gguf.get_string("tokenizer.ggml.model").ok());
+  EXPECT_FALSE(m->has_tensor("token_embd.weight"));
+  lo.metadata_only = false;
+  lo.layers = sealed::LayerRange{0, 0};
+  auto layer0 = sealed::load_sealed_model(sealed_path, *set, lo);
+  ASSERT_FALSE(layer0.ok());
+  EXPECT_EQ(layer0.error().code(), ErrorCode::kSecurity);
+  std::string released = refuse_node_b_then_released_event(meta);
+  EXPECT_NE(released.find(R"("range":{"metadata_only":true})"), std::string::npos) << released;
+  EXPECT_NE(released.find(R"x("released":"metadata only (rest)")x"), std::string::npos) << released;
 }
 
 }  // namespace

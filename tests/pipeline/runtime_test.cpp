@@ -10,8 +10,8 @@
 #include <future>
 #include <map>
 
-#include "attest/sim.h"
 #include "pipeline/runtime.h"
+#include "support/sim_tee.h"
 
 namespace veil::pipeline {
 namespace {
@@ -75,20 +75,11 @@ class PipelineRuntime : public ::testing::Test {
   void SetUp() override {
     dir_ = std::filesystem::temp_directory_path() / fmt::format("veil-pipeline-{}-{}", ::getpid(), counter_++);
     std::filesystem::create_directories(dir_);
-    attest::ProviderOptions po;
-    po.sim_platform_key = dir_ / "platform.key";
-    po.sim_create_key = true;
-    auto p = attest::make_provider("sim", po);
-    ASSERT_TRUE(p.ok()) << p.error().message();
-    provider_ = std::move(*p);
-    auto pub = attest::sim_platform_public_key(po.sim_platform_key, false);
-    ASSERT_TRUE(pub.ok()) << pub.error().message();
-    collateral_.items["sim_platform_public_key"] = *pub;
-    auto ev = provider_->quote(attest::ReportData{});
-    ASSERT_TRUE(ev.ok());
-    auto claims = attest::verifier_for(attest::TeeType::kSim)->verify(*ev, collateral_, std::chrono::system_clock::now());
-    ASSERT_TRUE(claims.ok()) << claims.error().message();
-    measurement_ = claims->measurements.at("measurement");
+    auto tee = testsupport::make_sim_tee(dir_);
+    ASSERT_TRUE(tee.ok()) << tee.error().message();
+    provider_ = tee->provider;
+    collateral_ = tee->collateral;
+    measurement_ = tee->measurement;
   }
   void TearDown() override {
     front_.reset();
@@ -97,12 +88,7 @@ class PipelineRuntime : public ::testing::Test {
   }
 
   attest::Policy policy(bool right_measurement) const {
-    attest::Policy p;
-    p.allowed_types = {attest::TeeType::kSim};
-    p.allow_simulated = true;
-    p.expected_measurements[attest::TeeType::kSim]["measurement"] = {right_measurement ? measurement_
-                                                                                     : Bytes(measurement_.size(), 0)};
-    return p;
+    return testsupport::sim_policy(right_measurement ? measurement_ : Bytes(measurement_.size(), 0));
   }
 
   // A manifest for stories260K (5 layers) cut at `cuts`; endpoints are filled in when the stages start.

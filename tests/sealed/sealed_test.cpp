@@ -10,9 +10,9 @@
 #include <nlohmann/json.hpp>
 
 #include "attest/attest.h"
-#include "attest/sim.h"
 #include "sealed/format.h"
 #include "sealed/sealed.h"
+#include "support/sim_tee.h"
 
 namespace veil::sealed {
 namespace {
@@ -361,17 +361,16 @@ TEST(Sealed, ChaChaSuiteRoundTrips) {
 
 // ---- TEE-derived keys (sim provider) ----
 
+// Simulated workloads on one machine (one platform key); `collateral` verifies their evidence.
 struct SimSetup {
   fs::path dir = temp_dir();
-  std::unique_ptr<attest::Provider> make(const std::string& config_text) {
-    attest::ProviderOptions o;
-    o.sim_platform_key = dir / "platform.key";
-    o.sim_create_key = true;
-    o.sim_config = dir / ("config-" + std::to_string(std::hash<std::string>{}(config_text)));
-    EXPECT_TRUE(write_file_atomic(o.sim_config, as_bytes(config_text)).ok());
-    auto p = attest::make_provider("sim", o);
-    EXPECT_TRUE(p.ok()) << (p.ok() ? "" : p.error().message());
-    return std::move(*p);
+  attest::Collateral collateral;
+  std::shared_ptr<attest::Provider> make(const std::string& config_text) {
+    auto tee = testsupport::make_sim_tee(dir, config_text);
+    EXPECT_TRUE(tee.ok()) << (tee.ok() ? "" : tee.error().message());
+    if (!tee.ok()) return nullptr;
+    collateral = tee->collateral;
+    return tee->provider;
   }
 };
 
@@ -391,10 +390,7 @@ TEST(DeriveKey, StableForTheSameMeasurementDifferentOtherwise) {
   EXPECT_FALSE(ct_equal(k1->view(), kp->view()));
 
   // With collateral, the verified measurement is folded in too; still stable, still distinct.
-  attest::Collateral col;
-  auto pk = attest::sim_platform_public_key(sim.dir / "platform.key", false);
-  ASSERT_TRUE(pk.ok()) << pk.error().message();
-  col.items["sim_platform_public_key"] = *pk;
+  const attest::Collateral& col = sim.collateral;
   auto m1 = derive_key(*a1, "node-signing-key", &col);
   auto m2 = derive_key(*a2, "node-signing-key", &col);
   auto mb = derive_key(*b, "node-signing-key", &col);
@@ -573,7 +569,9 @@ TEST(RangeKeys, WireFormRoundTripsAndMalformedSetsAreRefused) {
   longer.push_back(0);
   EXPECT_TRUE(refused(longer));
   Bytes version = w;
-  version[0] = 2;
+  version[0] = 3;
+  EXPECT_TRUE(refused(version));
+  version[0] = RangeKeySet::kWireVersionMetadata;  // a range set's bytes read as metadata-only: wrong length
   EXPECT_TRUE(refused(version));
   size_t at = 19 + std::string("stories260K").size();  // model_version, first, last, flags follow the id
   Bytes flags = w;
@@ -583,6 +581,134 @@ TEST(RangeKeys, WireFormRoundTripsAndMalformedSetsAreRefused) {
   inverted[at + 8] = 5;  // first 5 > last 4
   EXPECT_TRUE(refused(inverted));
   for (size_t n = 0; n < 40; ++n) EXPECT_TRUE(refused(Bytes(w.begin(), w.begin() + n))) << n;
+}
+
+// True if the process can read [p, p + n): write() reports EFAULT instead of faulting on a PROT_NONE page.
+bool readable(const uint8_t* p, size_t n) {
+  int fds[2];
+  if (::pipe(fds) != 0) return false;
+  bool ok = ::write(fds[1], p, n) == static_cast<ssize_t>(n);
+  ::close(fds[0]);
+  ::close(fds[1]);
+  return ok;
+}
+
+TEST(RangeKeys, AMetadataOnlySetOpensTheTokenizerAndNoLayer) {
+  Sealed s = seal_stories();
+  auto set = RangeKeySet::derive(s.key, s.header.model_id, s.header.model_version, metadata_only_spec());
+  ASSERT_TRUE(set.ok()) << set.error().message();
+  EXPECT_EQ(set->describe(), "metadata only (rest)");
+  EXPECT_TRUE(set->holds(kPartRest));
+  for (uint32_t part : {0u, 1u, 4u, kPartInput, kPartOutput}) EXPECT_FALSE(set->holds(part)) << part_name(part);
+  // A metadata-only set contradicting itself is refused.
+  RangeSpec contradiction = metadata_only_spec();
+  contradiction.input = true;
+  EXPECT_FALSE(RangeKeySet::derive(s.key, s.header.model_id, s.header.model_version, contradiction).ok());
+
+  LoadOptions meta;
+  meta.metadata_only = true;
+  meta.verify_plaintext_hashes = true;
+  auto m = load_sealed_model(s.path, *set, meta);
+  ASSERT_TRUE(m.ok()) << m.error().message();
+  EXPECT_FALSE(m->complete);
+  auto tokenizer = m->gguf.get_string("tokenizer.ggml.model");
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.error().message();
+  EXPECT_EQ(*tokenizer, "llama");
+  auto tokens = m->gguf.get_string_array("tokenizer.ggml.tokens");
+  ASSERT_TRUE(tokens.ok()) << tokens.error().message();
+  EXPECT_EQ(tokens->size(), 512u);
+  const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  size_t guarded_pages = 0;
+  for (const TensorEntry& t : s.header.tensors) {
+    EXPECT_EQ(m->has_tensor(t.name), part_of_tensor(t.name) == kPartRest) << t.name;
+    if (part_of_tensor(t.name) == kPartRest) continue;
+    // Not decrypted, and not readable either: a stray read of a page wholly inside the tensor faults instead
+    // of seeing zeros (a page it shares with the metadata is readable, as for any range load).
+    for (uint64_t p = (t.offset + page - 1) / page * page; p + page <= t.offset + t.size; p += page, ++guarded_pages) {
+      EXPECT_FALSE(readable(m->buffer->data() + p, 1)) << t.name << " page at " << p;
+    }
+  }
+  EXPECT_GT(guarded_pages, 0u);
+  EXPECT_TRUE(readable(m->buffer->data(), 64));  // the GGUF header
+
+  // Layer 0's chunks and the input globals need keys the set does not hold: refused, naming the part.
+  auto reader = SealedReader::open(s.path);
+  ASSERT_TRUE(reader.ok()) << reader.error().message();
+  ASSERT_TRUE(reader->authenticate(*set).ok());
+  Bytes out(s.header.plaintext_size);
+  for (uint32_t part : {0u, kPartInput}) {
+    uint64_t chunk =
+        std::find(s.header.chunk_parts.begin(), s.header.chunk_parts.end(), part) - s.header.chunk_parts.begin();
+    ASSERT_LT(chunk, s.header.chunk_count()) << part_name(part);
+    Status st = reader->decrypt({chunk}, out.data(), 1);
+    ASSERT_FALSE(st.ok()) << part_name(part);
+    EXPECT_EQ(st.error().code(), ErrorCode::kSecurity);
+    EXPECT_NE(st.error().message().find("belongs to " + part_name(part) + ", whose key the range key set (metadata "
+                                        "only (rest)) does not hold"),
+              std::string::npos)
+        << st.error().message();
+    EXPECT_EQ(st.error().message().find('\n'), std::string::npos);
+  }
+  EXPECT_TRUE(reader->decrypt(reader->metadata_chunks(), out.data(), 1).ok());
+  // Through load_sealed_model: a layer range (layer 0 with its embeddings) or the whole model is refused.
+  auto layer0 = load_sealed_model(s.path, *set, range_options({0, 0}));
+  ASSERT_FALSE(layer0.ok());
+  EXPECT_EQ(layer0.error().code(), ErrorCode::kSecurity);
+  EXPECT_NE(layer0.error().message().find("metadata only (rest)"), std::string::npos) << layer0.error().message();
+  EXPECT_FALSE(load_sealed_model(s.path, *set, LoadOptions{}).ok());
+  LoadOptions both = meta;
+  both.layers = LayerRange{0, 0};
+  auto contradictory = load_sealed_model(s.path, *set, both);
+  ASSERT_FALSE(contradictory.ok());
+  EXPECT_EQ(contradictory.error().code(), ErrorCode::kInvalidArgument);
+
+  // The header MAC is checked exactly as for a range set: a flipped salt byte is refused.
+  Bytes tampered = s.bytes;
+  tampered[50] ^= 1;
+  fs::path bad = s.dir / "tampered.vsm";
+  ASSERT_TRUE(write_file_atomic(bad, tampered).ok());
+  auto forged = load_sealed_model(bad, *set, meta);
+  ASSERT_FALSE(forged.ok());
+  EXPECT_EQ(forged.error().code(), ErrorCode::kSecurity);
+  EXPECT_NE(forged.error().message().find("header_tag"), std::string::npos) << forged.error().message();
+
+  // The model key can load the metadata only too (format 1 and 2): the same parts.
+  auto with_key = load_sealed_model(s.path, s.key, meta);
+  ASSERT_TRUE(with_key.ok()) << with_key.error().message();
+  EXPECT_EQ(with_key->loaded_tensors, m->loaded_tensors);
+  Sealed v1 = seal_stories(1, nullptr, kFormatVersion1);
+  auto v1_meta = load_sealed_model(v1.path, v1.key, meta);
+  ASSERT_TRUE(v1_meta.ok()) << v1_meta.error().message();
+  EXPECT_FALSE(v1_meta->has_tensor("token_embd.weight"));
+}
+
+TEST(RangeKeys, MetadataOnlyWireFormIsVersionTwoAndExact) {
+  Sealed s = seal_stories();
+  auto set = RangeKeySet::derive(s.key, s.header.model_id, s.header.model_version, metadata_only_spec());
+  ASSERT_TRUE(set.ok());
+  SecretBytes wire = set->serialize();
+  Bytes w(wire.view().begin(), wire.view().end());
+  const size_t id = std::string("stories260K").size();
+  ASSERT_EQ(w.size(), 1 + 16 + 2 + id + 8 + 32);  // no first/last/flags, one key
+  EXPECT_EQ(w[0], RangeKeySet::kWireVersionMetadata);
+  EXPECT_TRUE(ct_equal(ByteView(w).subspan(w.size() - 32), set->part_key(kPartRest)));
+  auto back = RangeKeySet::parse(wire.view());
+  ASSERT_TRUE(back.ok()) << back.error().message();
+  EXPECT_TRUE(back->spec().metadata_only);
+  EXPECT_EQ(back->describe(), "metadata only (rest)");
+  EXPECT_FALSE(back->holds(0) || back->holds(kPartInput) || back->holds(kPartOutput));
+  LoadOptions meta;
+  meta.metadata_only = true;
+  EXPECT_TRUE(load_sealed_model(s.path, *back, meta).ok());
+  auto refused = [](Bytes b) { return !RangeKeySet::parse(b).ok(); };
+  EXPECT_TRUE(refused(Bytes(w.begin(), w.end() - 1)));
+  Bytes longer = w;
+  longer.push_back(0);
+  EXPECT_TRUE(refused(longer));
+  Bytes as_range = w;
+  as_range[0] = RangeKeySet::kWireVersion;  // read as a range set: the fields do not fit
+  EXPECT_TRUE(refused(as_range));
+  for (size_t n = 0; n < w.size(); ++n) EXPECT_TRUE(refused(Bytes(w.begin(), w.begin() + n))) << n;
 }
 
 TEST(RangeKeys, FormatOneStillLoadsButNotWithARangeSet) {

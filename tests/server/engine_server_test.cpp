@@ -17,6 +17,7 @@
 #include "server/engine_backend.h"
 #include "server/http_client.h"
 #include "server/server.h"
+#include "support/sim_tee.h"
 #include "tokenizer/tokenizer.h"
 
 namespace veil::server {
@@ -71,12 +72,9 @@ class EngineServerTest : public ::testing::Test {
     auto b = make_engine_backend(file_, eo);
     ASSERT_TRUE(b.ok()) << b.error().message();
     backend_ = std::move(b).value();
-    attest::ProviderOptions po;
-    po.sim_platform_key = dir_ / "platform.key";
-    po.sim_create_key = true;
-    auto p = attest::make_provider("sim", po);
-    ASSERT_TRUE(p.ok()) << p.error().message();
-    provider_ = std::move(p).value();
+    auto tee = testsupport::make_sim_tee(dir_);
+    ASSERT_TRUE(tee.ok()) << tee.error().message();
+    provider_ = tee->provider;
     auto st = Store::open(dir_ / "server.db");
     ASSERT_TRUE(st.ok());
     store_ = std::move(st).value();
@@ -129,7 +127,7 @@ class EngineServerTest : public ::testing::Test {
   fs::path dir_;
   std::shared_ptr<const gguf::File> file_;
   std::unique_ptr<BatchingBackend> backend_;
-  std::unique_ptr<attest::Provider> provider_;
+  std::shared_ptr<attest::Provider> provider_;
   std::unique_ptr<Store> store_;
   std::unique_ptr<Server> server_;
   std::string key_;

@@ -11,11 +11,11 @@
 #include <thread>
 
 #include "attest/attest.h"
-#include "attest/sim.h"
 #include "crypto/crypto.h"
 #include "server/fake_model.h"
 #include "server/http_client.h"
 #include "server/server.h"
+#include "support/sim_tee.h"
 
 namespace veil::server {
 namespace {
@@ -228,15 +228,10 @@ class ServerTest : public ::testing::Test {
   }
 
   void start(uint32_t slots = 16, uint32_t max_queue = 256, uint32_t ctx = 4096, bool tls = true) {
-    attest::ProviderOptions po;
-    po.sim_platform_key = dir_ / "platform.key";
-    po.sim_create_key = true;
-    auto p = attest::make_provider("sim", po);
-    ASSERT_TRUE(p.ok()) << p.error().message();
-    provider_ = std::move(p).value();
-    auto pub = attest::sim_platform_public_key(po.sim_platform_key, false);
-    ASSERT_TRUE(pub.ok());
-    platform_pub_ = *pub;
+    auto tee = testsupport::make_sim_tee(dir_);
+    ASSERT_TRUE(tee.ok()) << tee.error().message();
+    provider_ = tee->provider;
+    platform_pub_ = tee->collateral.items.at("sim_platform_public_key");
     auto store = Store::open(dir_ / "server.db");
     ASSERT_TRUE(store.ok()) << store.error().message();
     store_ = std::move(store).value();
@@ -291,7 +286,7 @@ class ServerTest : public ::testing::Test {
   }
 
   fs::path dir_;
-  std::unique_ptr<attest::Provider> provider_;
+  std::shared_ptr<attest::Provider> provider_;
   Bytes platform_pub_;
   std::unique_ptr<Store> store_;
   std::string key_;
