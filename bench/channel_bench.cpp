@@ -14,6 +14,7 @@
 
 #include "attest/sim.h"
 #include "channel/channel.h"
+#include "support/sim_tee.h"
 
 namespace veil::channel {
 namespace {
@@ -244,57 +245,33 @@ void BM_Handshake_FakeAttestation(benchmark::State& state) {
 }
 BENCHMARK(BM_Handshake_FakeAttestation)->ArgsProduct({{1, 2}, {0, 1}})->ArgNames({"mode", "isolated"})->UseRealTime();
 
-// A simulated TEE for the benches: a platform key in a temporary folder, the provider, the verifier's collateral and
-// a policy that allows sim with this build's measurement.
-struct SimTee {
-  std::filesystem::path dir = std::filesystem::temp_directory_path() / fmt::format("veil-bench-sim-{}", ::getpid());
-  std::shared_ptr<attest::Provider> provider;
-  attest::Collateral collateral;
-  attest::Policy policy;
-  std::string error;  // empty when usable
-
-  SimTee() {
-    std::filesystem::create_directories(dir);
-    attest::ProviderOptions po;
-    po.sim_platform_key = dir / "platform.key";
-    po.sim_create_key = true;
-    auto made = attest::make_provider("sim", po);
-    auto pub = attest::sim_platform_public_key(po.sim_platform_key, false);
-    if (!made.ok() || !pub.ok()) {
-      error = "sim provider unavailable";
-      return;
-    }
-    provider = std::move(*made);
-    collateral.items["sim_platform_public_key"] = *pub;
-    auto ev = provider->quote(attest::ReportData{});
-    auto claims = attest::verifier_for(attest::TeeType::kSim)->verify(*ev, collateral, std::chrono::system_clock::now());
-    if (!claims.ok()) {
-      error = claims.error().message();
-      return;
-    }
-    policy.allowed_types = {attest::TeeType::kSim};
-    policy.allow_simulated = true;
-    policy.expected_measurements[attest::TeeType::kSim]["measurement"] = {claims->measurements.at("measurement")};
-    policy.max_evidence_age = std::chrono::seconds(60);
+// A simulated TEE for the benches (tests/support), in a temporary folder removed afterwards.
+struct BenchSimTee {
+  std::filesystem::path dir = made(std::filesystem::temp_directory_path() / fmt::format("veil-bench-sim-{}", ::getpid()));
+  Result<testsupport::SimTee> tee = testsupport::make_sim_tee(dir);
+  static std::filesystem::path made(std::filesystem::path d) {
+    std::filesystem::create_directories(d);
+    return d;
   }
-  ~SimTee() { std::filesystem::remove_all(dir); }
+  ~BenchSimTee() { std::filesystem::remove_all(dir); }
 };
 
 // Real sim provider + attest::verify_evidence. range(0): 1 = mutual attestation (both sides quote and verify), else
 // the server alone is attested; range(1): isolated (see run_handshakes).
 void BM_Handshake_SimAttestation(benchmark::State& state) {
-  SimTee tee;
-  if (!tee.error.empty()) {
-    state.SkipWithError(tee.error.c_str());
+  BenchSimTee sim;
+  if (!sim.tee.ok()) {
+    state.SkipWithError(sim.tee.error().message().c_str());
     return;
   }
+  const testsupport::SimTee& tee = *sim.tee;
   ChannelOptions s, c;
   s.attester = attester_from_provider(tee.provider);
-  c.verifier = verifier_from_policy(tee.policy, tee.collateral);
+  c.verifier = verifier_from_policy(tee.policy(), tee.collateral);
   if (state.range(0) == 1) {
     s.mode = c.mode = Mode::kMutual;
     c.attester = attester_from_provider(tee.provider);
-    s.verifier = verifier_from_policy(tee.policy, tee.collateral);
+    s.verifier = verifier_from_policy(tee.policy(), tee.collateral);
   }
   run_handshakes(state, s, c, state.range(1) == 1);
 }
@@ -302,13 +279,13 @@ BENCHMARK(BM_Handshake_SimAttestation)->ArgsProduct({{0, 1}, {0, 1}})->ArgNames(
 
 // The sim evidence of a handshake: the server's quote and the client's full verify_evidence (policy included).
 void BM_HandshakePart_Sim(benchmark::State& state) {
-  SimTee tee;
-  if (!tee.error.empty()) {
-    state.SkipWithError(tee.error.c_str());
+  BenchSimTee sim;
+  if (!sim.tee.ok()) {
+    state.SkipWithError(sim.tee.error().message().c_str());
     return;
   }
-  auto attester = attester_from_provider(tee.provider);
-  auto verifier = verifier_from_policy(tee.policy, tee.collateral);
+  auto attester = attester_from_provider(sim.tee->provider);
+  auto verifier = verifier_from_policy(sim.tee->policy(), sim.tee->collateral);
   attest::ReportData rd{};
   rd[0] = 7;
   auto ev = attester(rd);
