@@ -9,37 +9,28 @@ namespace {
 
 // ---- per-row dot products against a prepared activation ----
 
-float dot_f32_row(const uint8_t* w, size_t n, const uint8_t* act) {
+// Float weights: `Load` reads element i of the row as a float.
+template <float (*Load)(const uint8_t*, size_t)>
+float dot_float_row(const uint8_t* w, size_t n, const uint8_t* act) {
   const float* x = reinterpret_cast<const float*>(act);
   float s = 0;
-  for (size_t i = 0; i < n; ++i) {
-    float v;
-    std::memcpy(&v, w + 4 * i, 4);
-    s += v * x[i];
-  }
+  for (size_t i = 0; i < n; ++i) s += Load(w, i) * x[i];
   return s;
 }
-
-float dot_f16_row(const uint8_t* w, size_t n, const uint8_t* act) {
-  const float* x = reinterpret_cast<const float*>(act);
-  float s = 0;
-  for (size_t i = 0; i < n; ++i) {
-    uint16_t h;
-    std::memcpy(&h, w + 2 * i, 2);
-    s += fp16_to_f32(h) * x[i];
-  }
-  return s;
+float load_f32(const uint8_t* w, size_t i) {
+  float v;
+  std::memcpy(&v, w + 4 * i, 4);
+  return v;
 }
-
-float dot_bf16_row(const uint8_t* w, size_t n, const uint8_t* act) {
-  const float* x = reinterpret_cast<const float*>(act);
-  float s = 0;
-  for (size_t i = 0; i < n; ++i) {
-    uint16_t h;
-    std::memcpy(&h, w + 2 * i, 2);
-    s += bf16_to_f32(h) * x[i];
-  }
-  return s;
+float load_f16(const uint8_t* w, size_t i) {
+  uint16_t h;
+  std::memcpy(&h, w + 2 * i, 2);
+  return fp16_to_f32(h);
+}
+float load_bf16(const uint8_t* w, size_t i) {
+  uint16_t h;
+  std::memcpy(&h, w + 2 * i, 2);
+  return bf16_to_f32(h);
 }
 
 float dot_q8_0_row(const uint8_t* w, size_t n, const uint8_t* act) {
@@ -112,8 +103,11 @@ float dot_q5_1_row(const uint8_t* w, size_t n, const uint8_t* act) {
   return s;
 }
 
-float dot_q4_k_row(const uint8_t* w, size_t n, const uint8_t* act) {
-  const auto* b = reinterpret_cast<const BlockQ4_K*>(w);
+// Q4_K and Q5_K: eight 32-element sub-blocks with 6-bit scales and mins; `Elem(b, c, l, hi)` is the unsigned
+// value of element l of the low (hi = 0) or high (hi = 1) half of 64-element chunk c.
+template <typename B, int (*Elem)(const B&, int, int, int)>
+float dot_k_row(const uint8_t* w, size_t n, const uint8_t* act) {
+  const auto* b = reinterpret_cast<const B*>(w);
   const auto* a = reinterpret_cast<const ActQ8K*>(act);
   float s = 0;
   for (size_t i = 0; i < n / 256; ++i) {
@@ -124,9 +118,8 @@ float dot_q4_k_row(const uint8_t* w, size_t n, const uint8_t* act) {
       k4_scale_min(2 * c + 1, b[i].scales, &sc1, &m1);
       int32_t s0 = 0, s1 = 0;
       for (int l = 0; l < 32; ++l) {
-        uint8_t q = b[i].qs[32 * c + l];
-        s0 += (q & 0xF) * a[i].qs[64 * c + l];
-        s1 += (q >> 4) * a[i].qs[64 * c + 32 + l];
+        s0 += Elem(b[i], c, l, 0) * a[i].qs[64 * c + l];
+        s1 += Elem(b[i], c, l, 1) * a[i].qs[64 * c + 32 + l];
       }
       isum += sc0 * s0 + sc1 * s1;
       msum += m0 * (a[i].bsums[4 * c] + a[i].bsums[4 * c + 1]) + m1 * (a[i].bsums[4 * c + 2] + a[i].bsums[4 * c + 3]);
@@ -135,31 +128,14 @@ float dot_q4_k_row(const uint8_t* w, size_t n, const uint8_t* act) {
   }
   return s;
 }
-
-float dot_q5_k_row(const uint8_t* w, size_t n, const uint8_t* act) {
-  const auto* b = reinterpret_cast<const BlockQ5_K*>(w);
-  const auto* a = reinterpret_cast<const ActQ8K*>(act);
-  float s = 0;
-  for (size_t i = 0; i < n / 256; ++i) {
-    int32_t isum = 0, msum = 0;
-    for (int c = 0; c < 4; ++c) {
-      uint8_t sc0, m0, sc1, m1;
-      k4_scale_min(2 * c, b[i].scales, &sc0, &m0);
-      k4_scale_min(2 * c + 1, b[i].scales, &sc1, &m1);
-      int32_t s0 = 0, s1 = 0;
-      for (int l = 0; l < 32; ++l) {
-        uint8_t q = b[i].qs[32 * c + l];
-        int lo = (q & 0xF) | (((b[i].qh[l] >> (2 * c)) & 1) << 4);
-        int hi = (q >> 4) | (((b[i].qh[l] >> (2 * c + 1)) & 1) << 4);
-        s0 += lo * a[i].qs[64 * c + l];
-        s1 += hi * a[i].qs[64 * c + 32 + l];
-      }
-      isum += sc0 * s0 + sc1 * s1;
-      msum += m0 * (a[i].bsums[4 * c] + a[i].bsums[4 * c + 1]) + m1 * (a[i].bsums[4 * c + 2] + a[i].bsums[4 * c + 3]);
-    }
-    s += a[i].d * (fp16_to_f32(b[i].d) * static_cast<float>(isum) - fp16_to_f32(b[i].dmin) * static_cast<float>(msum));
-  }
-  return s;
+int q4_k_elem(const BlockQ4_K& b, int c, int l, int hi) {
+  uint8_t q = b.qs[32 * c + l];
+  return hi ? q >> 4 : q & 0xF;
+}
+int q5_k_elem(const BlockQ5_K& b, int c, int l, int hi) {
+  uint8_t q = b.qs[32 * c + l];
+  int low = hi ? q >> 4 : q & 0xF;
+  return low | (((b.qh[l] >> (2 * c + hi)) & 1) << 4);
 }
 
 // Q6_K element e of a super-block as an unsigned 0..63 value (the stored value is q - 32).
@@ -343,16 +319,16 @@ void fill_scalar(KernelTable& t) {
   t.name = "scalar";
   t.isa = Isa::kScalar;
   auto set = [&](Type ty, TypeKernels k) { t.by_type[static_cast<uint32_t>(ty)] = k; };
-  set(Type::kF32, make<dot_f32_row>(act_bytes_f32, prepare_f32));
-  set(Type::kF16, make<dot_f16_row>(act_bytes_f32, prepare_f32));
-  set(Type::kBF16, make<dot_bf16_row>(act_bytes_f32, prepare_f32));
+  set(Type::kF32, make<dot_float_row<load_f32>>(act_bytes_f32, prepare_f32));
+  set(Type::kF16, make<dot_float_row<load_f16>>(act_bytes_f32, prepare_f32));
+  set(Type::kBF16, make<dot_float_row<load_bf16>>(act_bytes_f32, prepare_f32));
   set(Type::kQ8_0, make<dot_q8_0_row>(act_bytes_q8, prepare_q8_scalar));
   set(Type::kQ4_0, make<dot_q4_0_row>(act_bytes_q8, prepare_q8_scalar));
   set(Type::kQ4_1, make<dot_q4_1_row>(act_bytes_q8, prepare_q8_scalar));
   set(Type::kQ5_0, make<dot_q5_0_row>(act_bytes_q8, prepare_q8_scalar));
   set(Type::kQ5_1, make<dot_q5_1_row>(act_bytes_q8, prepare_q8_scalar));
-  set(Type::kQ4_K, make<dot_q4_k_row>(act_bytes_q8k, prepare_q8k_scalar));
-  set(Type::kQ5_K, make<dot_q5_k_row>(act_bytes_q8k, prepare_q8k_scalar));
+  set(Type::kQ4_K, make<dot_k_row<BlockQ4_K, q4_k_elem>>(act_bytes_q8k, prepare_q8k_scalar));
+  set(Type::kQ5_K, make<dot_k_row<BlockQ5_K, q5_k_elem>>(act_bytes_q8k, prepare_q8k_scalar));
   set(Type::kQ6_K, make<dot_q6_k_row>(act_bytes_q8k, prepare_q8k_scalar));
   t.silu_mul = &silu_mul_ref;
   t.gelu = &gelu_ref;
@@ -389,10 +365,10 @@ void dequantize_row(Type t, const uint8_t* src, float* dst, size_t n) {
   switch (t) {
     case Type::kF32: std::memcpy(dst, src, n * 4); return;
     case Type::kF16:
-      for (size_t i = 0; i < n; ++i) { uint16_t h; std::memcpy(&h, src + 2 * i, 2); dst[i] = fp16_to_f32(h); }
+      for (size_t i = 0; i < n; ++i) dst[i] = load_f16(src, i);
       return;
     case Type::kBF16:
-      for (size_t i = 0; i < n; ++i) { uint16_t h; std::memcpy(&h, src + 2 * i, 2); dst[i] = bf16_to_f32(h); }
+      for (size_t i = 0; i < n; ++i) dst[i] = load_bf16(src, i);
       return;
     case Type::kQ8_0: {
       const auto* b = reinterpret_cast<const BlockQ8_0*>(src);
