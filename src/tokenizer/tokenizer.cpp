@@ -352,6 +352,27 @@ struct BpePair {
   }
 };
 
+// Merges adjacent symbols best pair first (SentencePiece scores, BPE ranks: Pair's ordering) until no candidate
+// is left. `try_pair(l, r)` queues the pair of symbols l and r if the vocabulary or the merge list has it; a
+// queued pair whose symbols changed since is stale and skipped.
+template <typename Pair, typename TryPair>
+void merge_pairs(std::vector<Sym>& syms, std::priority_queue<Pair>& queue, TryPair&& try_pair) {
+  for (size_t i = 1; i < syms.size(); ++i) try_pair(static_cast<int>(i - 1), static_cast<int>(i));
+  while (!queue.empty()) {
+    Pair p = queue.top();
+    queue.pop();
+    Sym& l = syms[p.left];
+    Sym& r = syms[p.right];
+    if (l.len == 0 || r.len == 0 || l.next != p.right || l.len + r.len != p.len) continue;
+    l.len += r.len;
+    r.len = 0;
+    l.next = r.next;
+    if (r.next >= 0) syms[r.next].prev = p.left;
+    try_pair(l.prev, p.left);
+    try_pair(p.left, l.next);
+  }
+}
+
 }  // namespace
 
 void Tokenizer::Impl::encode_spm(std::string_view raw, bool prefix_space, std::vector<TokenId>& out) const {
@@ -382,20 +403,7 @@ void Tokenizer::Impl::encode_spm(std::string_view raw, bool prefix_space, std::v
     if (id == kNoToken) return;
     queue.push({score(id), l, r, s.size()});
   };
-  for (size_t i = 1; i < syms.size(); ++i) try_pair(static_cast<int>(i - 1), static_cast<int>(i));
-  while (!queue.empty()) {
-    SpmPair p = queue.top();
-    queue.pop();
-    Sym& l = syms[p.left];
-    Sym& r = syms[p.right];
-    if (l.len == 0 || r.len == 0 || l.len + r.len != p.len || l.next != p.right) continue;
-    l.len += r.len;
-    r.len = 0;
-    l.next = r.next;
-    if (r.next >= 0) syms[r.next].prev = p.left;
-    try_pair(l.prev, p.left);
-    try_pair(p.left, l.next);
-  }
+  merge_pairs(syms, queue, try_pair);
   for (int i = 0; i != -1; i = syms[i].next) {
     std::string_view s(text.data() + syms[i].off, syms[i].len);
     TokenId id = lookup(s);
@@ -440,20 +448,7 @@ void Tokenizer::Impl::bpe_word(std::string_view word, std::vector<TokenId>& out)
     if (it == merge_rank.end()) return;
     queue.push({it->second, l, r, syms[l].len + syms[r].len});
   };
-  for (size_t i = 1; i < syms.size(); ++i) try_pair(static_cast<int>(i - 1), static_cast<int>(i));
-  while (!queue.empty()) {
-    BpePair p = queue.top();
-    queue.pop();
-    Sym& l = syms[p.left];
-    Sym& r = syms[p.right];
-    if (l.len == 0 || r.len == 0 || l.next != p.right || l.len + r.len != p.len) continue;
-    l.len += r.len;
-    r.len = 0;
-    l.next = r.next;
-    if (r.next >= 0) syms[r.next].prev = p.left;
-    try_pair(l.prev, p.left);
-    try_pair(p.left, l.next);
-  }
+  merge_pairs(syms, queue, try_pair);
   for (int i = 0; i != -1; i = syms[i].next) {
     std::string_view s(word.data() + syms[i].off, syms[i].len);
     TokenId id = lookup(s);
