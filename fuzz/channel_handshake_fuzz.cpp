@@ -6,24 +6,14 @@
 
 #include "channel/channel.h"
 #include "channel/wire.h"
+#include "channel_fuzz_support.h"
 
 using namespace veil;
 using namespace veil::channel;
+using veil::channel::fuzz::echo_attester;
+using veil::channel::fuzz::echo_verifier;
 
 namespace {
-
-// FUZZ-ONLY attestation: evidence = report_data.
-Attester echo_attester() {
-  return [](const attest::ReportData& rd) -> Result<attest::Evidence> {
-    return attest::Evidence{attest::TeeType::kSim, Bytes(rd.begin(), rd.end())};
-  };
-}
-EvidenceVerifier echo_verifier() {
-  return [](const attest::Evidence& ev, const attest::ReportData& expected) -> Result<attest::Claims> {
-    if (!ct_equal(ev.data, expected)) return make_error(ErrorCode::kSecurity, "fuzz evidence mismatch");
-    return attest::Claims{};
-  };
-}
 
 // The peer: serves the fuzz input as its byte stream, then end of stream; swallows whatever we write.
 class ScriptedPeer final : public Transport {
