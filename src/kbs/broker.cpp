@@ -96,11 +96,11 @@ Result<StageTable> parse_stage_table(std::string_view text) {
   return t;
 }
 
-// add_key's checks on a stage table: a layer count to check it against, ranges contiguous from layer 0 to the last
-// layer, every policy valid.
-Status check_stage_table(const StageTable& t, std::optional<uint32_t> layer_count) {
-  auto bad = [](std::string why) {
-    return make_error(ErrorCode::kInvalidArgument, "kbs add-key: stage table: {}", why);
+// The checks on a stage table before it is recorded (`who`: the operation, for the error): a layer count to check
+// it against, ranges contiguous from layer 0 to the last layer, every policy valid.
+Status check_stage_table(const StageTable& t, std::optional<uint32_t> layer_count, std::string_view who) {
+  auto bad = [who](std::string why) {
+    return make_error(ErrorCode::kInvalidArgument, "{}: stage table: {}", who, why);
   };
   if (!layer_count) return bad("needs the model's layer count (give the sealed model)");
   if (t.stages.empty() || t.stages.size() > kMaxStages) return bad(fmt::format("expected 1..{} stages", kMaxStages));
@@ -121,6 +121,12 @@ Status check_stage_table(const StageTable& t, std::optional<uint32_t> layer_coun
     if (!policy.ok()) return bad(fmt::format("front_policy: {}", policy.error().message()));
   }
   return ok_status();
+}
+
+// The audit fields for a recorded stage table (never its policies, which the table's hash covers).
+void describe_stage_table(nlohmann::ordered_json& e, const StageTable& t, std::string_view text) {
+  e["stages"] = t.stages.size();
+  e["stage_table_sha256"] = to_hex(crypto::sha256(as_bytes(text)));
 }
 
 }  // namespace
@@ -209,6 +215,62 @@ struct Broker::Impl {
     return a;
   }
 
+  // A stored key record: the wrapped key and everything its wrapping binds.
+  struct Record {
+    Bytes key_id, wrapped;
+    std::string policy;
+    std::optional<uint32_t> layer_count;
+    std::optional<std::string> stage_table;
+  };
+
+  // kNotFound naming `what` when there is no such record.
+  Result<Record> read_record(const std::string& model_id, uint64_t version, std::string_view what) {
+    Stmt q(db, "SELECT key_id, wrapped, policy, layer_count, stage_table FROM model_keys WHERE model_id = ? AND "
+               "version = ?");
+    q.bind(1, std::string_view(model_id)).bind_int(2, static_cast<int64_t>(std::min<uint64_t>(version, INT64_MAX)));
+    int rc = q.step();
+    if (rc == SQLITE_DONE) return make_error(ErrorCode::kNotFound, "{}: no such key", what);
+    if (rc != SQLITE_ROW) return db_error("reading the key");
+    Record rec{q.blob_col(0), q.blob_col(1), q.text_col(2), std::nullopt, std::nullopt};
+    if (!q.is_null(3)) rec.layer_count = static_cast<uint32_t>(std::clamp<int64_t>(q.int_col(3), 0, UINT32_MAX));
+    if (!q.is_null(4)) rec.stage_table = q.text_col(4);
+    return rec;
+  }
+
+  // nonce || AES-256-GCM(key) under the wrap key, binding the record's identity, policy, layer count and stage table.
+  Result<Bytes> wrap(std::string_view model_id, uint64_t version, const SecretBytes& key, const Record& rec) const {
+    Bytes nonce = crypto::random_bytes(crypto::kAeadNonceSize);
+    VEIL_ASSIGN_OR_RETURN(crypto::Aead aead, crypto::Aead::create(crypto::AeadSuite::kAes256Gcm, wrap_key.view()));
+    Bytes wrapped;
+    VEIL_TRY(aead.seal(nonce, wrap_aad(model_id, version, rec.key_id, rec.policy, rec.layer_count, rec.stage_table),
+                       key.view(), wrapped));
+    wrapped.insert(wrapped.begin(), nonce.begin(), nonce.end());
+    return wrapped;
+  }
+
+  // The model key, only if the record authenticates (kSecurity) and the key matches its key id.
+  Result<SecretBytes> unwrap(std::string_view model_id, uint64_t version, const Record& rec,
+                             std::string_view what) const {
+    if (rec.wrapped.size() < crypto::kAeadNonceSize + crypto::kAeadTagSize || rec.key_id.size() != 16) {
+      return make_error(ErrorCode::kCorrupt, "{}: the stored key record is malformed", what);
+    }
+    VEIL_ASSIGN_OR_RETURN(crypto::Aead aead, crypto::Aead::create(crypto::AeadSuite::kAes256Gcm, wrap_key.view()));
+    SecretBytes key(rec.wrapped.size() - crypto::kAeadNonceSize - crypto::kAeadTagSize);
+    ByteView nonce(rec.wrapped.data(), crypto::kAeadNonceSize);
+    ByteView sealed(rec.wrapped.data() + crypto::kAeadNonceSize, rec.wrapped.size() - crypto::kAeadNonceSize);
+    Status st = aead.open_into(
+        nonce, wrap_aad(model_id, version, rec.key_id, rec.policy, rec.layer_count, rec.stage_table), sealed,
+        key.data());
+    if (!st.ok() || !ct_equal(sealed::key_id_for(key.view()), rec.key_id)) {
+      key.clear();
+      return make_error(ErrorCode::kSecurity,
+                        "{}: the stored key record fails authentication (key, policy, layer count, stage table or "
+                        "identity altered in the database)",
+                        what);
+    }
+    return key;
+  }
+
   // Appends one entry (inside the caller's transaction) and moves the head.
   Status append_audit(nlohmann::ordered_json event) {
     nlohmann::ordered_json stamped;
@@ -277,7 +339,7 @@ struct Broker::Impl {
     };
     if (!r.range) {
       return make_error(ErrorCode::kSecurity,
-                        "{}: refused: the key was stored with a pipeline stage table, so only stage ranges are released",
+                        "{}: refused: the key has a recorded pipeline stage table, so only stage ranges are released",
                         what);
     }
     if (r.range->metadata_only) {
@@ -419,15 +481,13 @@ Status Broker::add_key(const std::string& model_id, uint64_t version, const Secr
   if (!policy.ok()) return std::move(policy).error().wrap("kbs add-key: release policy");
   std::optional<std::string> stage_text;
   if (stages) {
-    VEIL_TRY(check_stage_table(*stages, layer_count));
+    VEIL_TRY(check_stage_table(*stages, layer_count, "kbs add-key"));
     stage_text = stage_table_text(*stages);
   }
   auto key_id = sealed::key_id_for(key.view());
-  Bytes nonce = crypto::random_bytes(crypto::kAeadNonceSize);
-  VEIL_ASSIGN_OR_RETURN(crypto::Aead aead, crypto::Aead::create(crypto::AeadSuite::kAes256Gcm, d.wrap_key.view()));
-  Bytes wrapped;
-  VEIL_TRY(aead.seal(nonce, d.wrap_aad(model_id, version, key_id, policy_json, layer_count, stage_text), key.view(), wrapped));
-  wrapped.insert(wrapped.begin(), nonce.begin(), nonce.end());
+  VEIL_ASSIGN_OR_RETURN(Bytes wrapped,
+                        d.wrap(model_id, version, key, {Bytes(key_id.begin(), key_id.end()), {}, policy_json,
+                                                        layer_count, stage_text}));
 
   Impl::Tx tx(d);
   if (!tx.ok()) return d.db_error("begin");
@@ -454,10 +514,7 @@ Status Broker::add_key(const std::string& model_id, uint64_t version, const Secr
   e["key_id"] = to_hex(key_id);
   e["policy_sha256"] = to_hex(crypto::sha256(as_bytes(policy_json)));
   if (layer_count) e["layer_count"] = *layer_count;
-  if (stages) {
-    e["stages"] = stages->stages.size();
-    e["stage_table_sha256"] = to_hex(crypto::sha256(as_bytes(*stage_text)));
-  }
+  if (stages) describe_stage_table(e, *stages, *stage_text);
   VEIL_TRY(d.append_audit(std::move(e)));
   return tx.commit();
 }
@@ -479,24 +536,9 @@ Result<Release> Broker::release(const ReleaseRequest& r, const attest::Claims& c
     if (!s.ok()) return d.refuse(r, &claims, s.error().wrap(what));
     spec = *s;
   }
-  Bytes wrapped, key_id;
-  std::string policy_text;
-  std::optional<uint32_t> layer_count;
-  std::optional<std::string> stage_text;
-  {
-    Stmt q(d.db, "SELECT key_id, wrapped, policy, layer_count, stage_table FROM model_keys WHERE model_id = ? AND "
-                 "version = ?");
-    q.bind(1, std::string_view(r.model_id)).bind_int(2, static_cast<int64_t>(std::min<uint64_t>(r.version, INT64_MAX)));
-    int rc = q.step();
-    if (rc == SQLITE_DONE) return d.refuse(r, &claims, make_error(ErrorCode::kNotFound, "{}: no such key", what));
-    if (rc != SQLITE_ROW) return d.refuse(r, &claims, d.db_error("reading the key"));
-    key_id = q.blob_col(0);
-    wrapped = q.blob_col(1);
-    policy_text = q.text_col(2);
-    if (!q.is_null(3)) layer_count = static_cast<uint32_t>(std::clamp<int64_t>(q.int_col(3), 0, UINT32_MAX));
-    if (!q.is_null(4)) stage_text = q.text_col(4);
-  }
-  auto policy = attest::parse_policy(policy_text);
+  auto rec = d.read_record(r.model_id, r.version, what);
+  if (!rec.ok()) return d.refuse(r, &claims, std::move(rec).error());
+  auto policy = attest::parse_policy(rec->policy);
   if (!policy.ok()) return d.refuse(r, &claims, policy.error().wrap(what + ": stored release policy"));
   Status pst = attest::check_policy(*policy, claims, claims.report_data, d.now());
   if (!pst.ok()) {
@@ -512,28 +554,14 @@ Result<Release> Broker::release(const ReleaseRequest& r, const attest::Claims& c
                                "with 'veil kbs allow-downgrade')",
                                what, *highest));
   }
-  if (wrapped.size() < crypto::kAeadNonceSize + crypto::kAeadTagSize || key_id.size() != 16) {
-    return d.refuse(r, &claims, make_error(ErrorCode::kCorrupt, "{}: the stored key record is malformed", what));
-  }
   Release out;
-  std::copy(key_id.begin(), key_id.end(), out.key_id.begin());
+  std::copy(rec->key_id.begin(), rec->key_id.end(), out.key_id.begin());
   {
-    auto aead = crypto::Aead::create(crypto::AeadSuite::kAes256Gcm, d.wrap_key.view());
-    if (!aead.ok()) return d.refuse(r, &claims, aead.error());
-    out.key = SecretBytes(wrapped.size() - crypto::kAeadNonceSize - crypto::kAeadTagSize);
-    ByteView nonce(wrapped.data(), crypto::kAeadNonceSize);
-    ByteView sealed(wrapped.data() + crypto::kAeadNonceSize, wrapped.size() - crypto::kAeadNonceSize);
-    Status ost = aead->open_into(nonce, d.wrap_aad(r.model_id, r.version, key_id, policy_text, layer_count, stage_text), sealed,
-                                 out.key.data());
-    if (!ost.ok() || !ct_equal(sealed::key_id_for(out.key.view()), out.key_id)) {
-      out.key.clear();
-      return d.refuse(r, &claims,
-                      make_error(ErrorCode::kSecurity,
-                                 "{}: the stored key record fails authentication (key, policy, layer count, stage "
-                                 "table or identity altered in the database)",
-                                 what));
-    }
+    auto key = d.unwrap(r.model_id, r.version, *rec, what);
+    if (!key.ok()) return d.refuse(r, &claims, std::move(key).error());
+    out.key = std::move(*key);
   }
+  const std::optional<uint32_t>& layer_count = rec->layer_count;
   if (spec && !spec->metadata_only && layer_count && r.range->layer_count != *layer_count) {
     out.key.clear();
     return d.refuse(r, &claims,
@@ -541,8 +569,8 @@ Result<Release> Broker::release(const ReleaseRequest& r, const attest::Claims& c
                                r.range->layer_count, *layer_count));
   }
   std::optional<uint32_t> stage;
-  if (stage_text) {
-    auto table = parse_stage_table(*stage_text);
+  if (rec->stage_table) {
+    auto table = parse_stage_table(*rec->stage_table);
     auto decided = table.ok() ? d.stage_decision(r, *table, claims, what)
                               : Result<std::optional<uint32_t>>(table.error().wrap(what));
     if (!decided.ok()) {
@@ -570,6 +598,39 @@ Result<Release> Broker::release(const ReleaseRequest& r, const attest::Claims& c
   spdlog::info("kbs: released model {} version {}{} to {}", r.model_id, r.version,
                out.range_keys ? " (" + out.range_keys->describe() + ")" : std::string(), r.peer);
   return out;
+}
+
+Status Broker::bind_stages(const std::string& model_id, uint64_t version, const StageTable& stages) {
+  Impl& d = *impl_;
+  std::lock_guard lock(d.mu);
+  std::string what = fmt::format("kbs bind-stages: model '{}' version {}", model_id, version);
+  Impl::Tx tx(d);
+  if (!tx.ok()) return d.db_error("begin");
+  VEIL_ASSIGN_OR_RETURN(Impl::Record rec, d.read_record(model_id, version, what));
+  if (rec.stage_table) {
+    return make_error(ErrorCode::kInvalidArgument,
+                      "{}: the key already has a stage table (one is never replaced: store a new version)", what);
+  }
+  VEIL_TRY(check_stage_table(stages, rec.layer_count, what));
+  Bytes wrapped;
+  {
+    VEIL_ASSIGN_OR_RETURN(SecretBytes key, d.unwrap(model_id, version, rec, what));
+    rec.stage_table = stage_table_text(stages);
+    VEIL_ASSIGN_OR_RETURN(wrapped, d.wrap(model_id, version, key, rec));
+  }
+  Stmt up(d.db, "UPDATE model_keys SET wrapped = ?, stage_table = ? WHERE model_id = ? AND version = ? AND "
+                "stage_table IS NULL");
+  up.bind(1, ByteView(wrapped)).bind(2, std::string_view(*rec.stage_table)).bind(3, std::string_view(model_id));
+  up.bind_int(4, static_cast<int64_t>(version));
+  if (up.step() != SQLITE_DONE || sqlite3_changes(d.db) != 1) return d.db_error("recording the stage table");
+  nlohmann::ordered_json e;
+  e["event"] = "bind-stages";
+  e["model_id"] = model_id;
+  e["version"] = version;
+  e["key_id"] = to_hex(rec.key_id);
+  describe_stage_table(e, stages, *rec.stage_table);
+  VEIL_TRY(d.append_audit(std::move(e)));
+  return tx.commit();
 }
 
 Status Broker::allow_downgrade(const std::string& model_id, uint64_t version, const std::string& reason) {

@@ -129,6 +129,12 @@ class Broker {
                  std::optional<uint32_t> layer_count = std::nullopt,
                  const std::optional<StageTable>& stages = std::nullopt);
 
+  // Records `stages` (checked as by add_key, against the recorded layer count) for a key stored without a stage
+  // table, e.g. by `veil seal --kbs-db`, before the manifest (which names the sealed file's hash) could exist. The
+  // record is re-wrapped with the table bound in, in one audited transaction ("bind-stages"). A key that already
+  // has a table is refused (kInvalidArgument): a table is never replaced or removed.
+  Status bind_stages(const std::string& model_id, uint64_t version, const StageTable& stages);
+
   // Decides a release for verified claims (their report_data already checked by the channel). Applies
   // the model's policy with `claims.report_data` as the expected binding, then rollback protection.
   // With `request.range`, derives and releases only that range's key set. For a key with a stage table, the

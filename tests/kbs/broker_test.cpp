@@ -393,6 +393,49 @@ TEST_F(BrokerFixture, StageTableBindsEachRangeToItsStagesPolicy) {
   EXPECT_TRUE(broker->verify_audit().ok());
 }
 
+// A key stored without a stage table (e.g. by 'veil seal --kbs-db', before its manifest could exist) gets one later:
+// re-wrapped with the table bound in, audited, never replaced; from then on the stage rules apply.
+TEST_F(BrokerFixture, AStageTableCanBeBoundOnceToAKeyStoredWithoutOne) {
+  const Bytes s0(48, 0xC0), s1(48, 0xC1);
+  StageTable table{{{0, 2, test::sim_policy(s0)}, {3, 4, test::sim_policy(s1)}}, ""};
+  auto no_count = broker->bind_stages("stories", 1, table);  // stored without a layer count
+  ASSERT_FALSE(no_count.ok());
+  EXPECT_NE(no_count.error().message().find("needs the model's layer count"), std::string::npos)
+      << no_count.error().message();
+  EXPECT_EQ(broker->bind_stages("missing", 1, table).error().code(), ErrorCode::kNotFound);
+  SecretBytes key = sealed::generate_model_key();
+  const std::string any_sim = R"({"allowed_types": ["sim"], "allow_simulated": true})";
+  ASSERT_TRUE(broker->add_key("late", 1, key, any_sim, 5).ok());
+  ReleaseRequest whole{"late", 1, "test-peer", std::nullopt};
+  ASSERT_TRUE(broker->release(whole, sim_claims(s0, now)).ok());  // no table yet: as before
+  Status bound = broker->bind_stages("late", 1, table);
+  ASSERT_TRUE(bound.ok()) << bound.error().message();
+  auto again = broker->bind_stages("late", 1, table);
+  ASSERT_FALSE(again.ok());
+  EXPECT_NE(again.error().message().find("already has a stage table"), std::string::npos) << again.error().message();
+  auto refused = broker->release(whole, sim_claims(s0, now));
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().code(), ErrorCode::kSecurity);
+  ReleaseRequest stage1{"late", 1, "test-peer", RangeRequest{3, 4, 5, false}};
+  auto got = broker->release(stage1, sim_claims(s1, now));
+  ASSERT_TRUE(got.ok()) << got.error().message();
+  EXPECT_TRUE(ct_equal(got->range_keys->part_key(3),
+                       sealed::RangeKeySet::derive(key, "late", 1, {{3, 4}, false, false})->part_key(3)));
+  EXPECT_FALSE(broker->release(stage1, sim_claims(s0, now)).ok());
+  auto entries = broker->audit_entries();
+  ASSERT_TRUE(entries.ok());
+  bool audited = false;
+  for (const AuditEntry& e : *entries) {
+    audited |= e.event_json.find(R"("event":"bind-stages","model_id":"late")") != std::string::npos;
+  }
+  EXPECT_TRUE(audited);
+  sql("UPDATE model_keys SET stage_table = NULL WHERE model_id = 'late'");  // removing it does not undo the binding
+  auto removed = broker->release(whole, sim_claims(s0, now));
+  ASSERT_FALSE(removed.ok());
+  EXPECT_NE(removed.error().message().find("fails authentication"), std::string::npos) << removed.error().message();
+  EXPECT_TRUE(broker->verify_audit().ok());
+}
+
 // A database created before the layer_count column: opening it adds the column; its records still release.
 TEST(BrokerMigration, ADatabaseWithoutTheLayerCountColumnIsUpgraded) {
   auto dir = test::temp_dir("kbs_migrate");
