@@ -340,6 +340,21 @@ TEST_F(SealedTest, SealStraightIntoTheBroker) {
   RunResult list = veil({"kbs", "list", "--db", path("kbs.db").string(), "--master-key", path("master.key").string()});
   expect_ok(list);
   EXPECT_NE(list.out.find("stories260K\tversion 3"), std::string::npos) << list.out;
+  // The manifest can exist only now (it names the sealed file's hash): bind-stages records its stage table, once.
+  expect_ok(veil({"manifest", "create", path("m.vsm").string(), "--stages", "2", "--endpoints", "127.0.0.1:1,127.0.0.1:2",
+                  "--policy", path("policy.json").string(), "-o", path("stages.json").string()}));
+  std::vector<std::string> bind = {"kbs", "bind-stages", "--db", path("kbs.db").string(), "--master-key",
+                                   path("master.key").string(), "--model-id", "stories260K", "--version", "3",
+                                   "--manifest", path("stages.json").string(), "--sealed-model", path("m.vsm").string()};
+  RunResult bound = veil(bind);
+  expect_ok(bound);
+  EXPECT_NE(bound.out.find("to the manifest's 2 stages"), std::string::npos) << bound.out;
+  RunResult again = veil(bind);
+  expect_one_line_error(again, 1);
+  EXPECT_NE(again.err.find("already has a stage table"), std::string::npos) << again.err;
+  list = veil({"kbs", "list", "--db", path("kbs.db").string(), "--master-key", path("master.key").string()});
+  expect_ok(list);
+  EXPECT_NE(list.out.find("\tlayers 5\tstages 2"), std::string::npos) << list.out;
 }
 
 // The full flow: broker serving keys to `veil serve` (both on the simulated TEE of this machine), the server
