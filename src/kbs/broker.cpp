@@ -194,7 +194,7 @@ struct Broker::Impl {
   }
   // A record without a layer count keeps the original AAD (records stored before the column existed still
   // open); with one, "layers" || u32 is appended, so adding, changing or removing it in the database makes
-  // the record fail authentication.
+  // the record fail authentication. A stage table the same way: "stages" || SHA-256(its stored text).
   Bytes wrap_aad(std::string_view model_id, uint64_t version, ByteView key_id, std::string_view policy,
                  std::optional<uint32_t> layer_count, const std::optional<std::string>& stage_table) const {
     Bytes a(kWrapAad, kWrapAad + sizeof(kWrapAad) - 1);
