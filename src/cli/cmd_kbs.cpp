@@ -1,4 +1,5 @@
 // veil kbs: the key broker — store model keys, release them to attested nodes, audit (docs/kbs.md).
+#include <algorithm>
 #include <filesystem>
 #include <cstdio>
 #include <map>
@@ -9,6 +10,7 @@
 #include "channel/channel.h"
 #include "cli/command.h"
 #include "kbs/kbs.h"
+#include "pipeline/pipeline.h"
 #include "sealed/sealed.h"
 
 namespace veil::cli {
@@ -29,6 +31,7 @@ struct KbsArgs {
   std::string policy;
   std::string key_file;
   std::string sealed_model;              // add-key: the .vsm the key seals (its layer count is recorded)
+  std::string manifest;                  // add-key: the shard manifest whose stage table is recorded
   std::string reason;
   std::string out;
 };
@@ -94,6 +97,53 @@ Status run_gen_master(const KbsArgs& a) {
   return ok_status();
 }
 
+// What the broker learns from --sealed-model, after checking the file is this model, version and key id: its layer
+// count (range requests must name it) and its SHA-256 (a manifest must name it).
+struct SealedFacts {
+  std::optional<uint32_t> layers;
+  std::optional<crypto::Sha256Digest> sha256;
+};
+
+Result<SealedFacts> sealed_facts(const KbsArgs& a, ByteView key_id, std::string_view who) {
+  SealedFacts f;
+  if (a.sealed_model.empty()) return f;
+  VEIL_ASSIGN_OR_RETURN(auto mapped, MappedFile::open(a.sealed_model));
+  VEIL_ASSIGN_OR_RETURN(auto header, sealed::parse_header(mapped.view()));
+  if (header.model_id != a.model_id || header.model_version != a.version || !ct_equal(header.key_id, key_id)) {
+    return make_error(ErrorCode::kInvalidArgument,
+                      "{}: {} is model '{}' version {} sealed under key id {}, not this model, version and key", who,
+                      a.sealed_model, header.model_id, header.model_version, to_hex(header.key_id));
+  }
+  if (sealed::layer_count(header) > 0) f.layers = sealed::layer_count(header);
+  if (!a.manifest.empty()) f.sha256 = crypto::sha256(mapped.view());
+  return f;
+}
+
+// The shard manifest's stage table for the broker (docs/kbs.md, "Stage binding"), after checking the manifest is
+// for this model and version, for the sealed file when one was given, and agrees with its layer count.
+Result<kbs::StageTable> stage_table_from_manifest(const KbsArgs& a, const SealedFacts& sealed, std::string_view who) {
+  VEIL_ASSIGN_OR_RETURN(pipeline::ShardManifest m, pipeline::load_manifest(a.manifest));
+  auto bad = [&](std::string why) {
+    return make_error(ErrorCode::kInvalidArgument, "{}: manifest {}: {}", who, a.manifest, why);
+  };
+  if (m.model_id != a.model_id || m.model_version != a.version) {
+    return bad(fmt::format("it is for model '{}' version {}, not '{}' version {}", m.model_id, m.model_version,
+                           a.model_id, a.version));
+  }
+  if (sealed.sha256 && !ct_equal(m.sealed_model_sha256, *sealed.sha256)) {
+    return bad(fmt::format("its sealed_model_sha256 is not the SHA-256 of {}", a.sealed_model));
+  }
+  if (sealed.layers && *sealed.layers != m.n_layers) {
+    return bad(fmt::format("n_layers {} but the model has {}", m.n_layers, *sealed.layers));
+  }
+  kbs::StageTable table;
+  for (const pipeline::StageSpec& s : m.stages) {
+    table.stages.push_back({s.layer_begin, s.layer_end - 1, s.policy_json.dump()});
+  }
+  if (m.front_policy) table.front_policy_json = m.front_policy_json.dump();
+  return table;
+}
+
 Status run_add_key(const KbsArgs& a) {
   if (a.model_id.empty() || a.policy.empty() || a.key_file.empty()) {
     return Error(ErrorCode::kUsage, "kbs add-key: --model-id, --version, --policy and --key-file are required");
@@ -101,22 +151,35 @@ Status run_add_key(const KbsArgs& a) {
   VEIL_ASSIGN_OR_RETURN(auto broker, open_broker(a));
   VEIL_ASSIGN_OR_RETURN(std::string policy, read_text_file(a.policy, 1 << 20));
   VEIL_ASSIGN_OR_RETURN(SecretBytes key, sealed::read_key_file(a.key_file));
-  std::optional<uint32_t> layers;
-  if (!a.sealed_model.empty()) {
-    // The broker learns the model's layer count, to check range requests against it; the file must be this key's.
-    VEIL_ASSIGN_OR_RETURN(auto mapped, MappedFile::open(a.sealed_model));
-    VEIL_ASSIGN_OR_RETURN(auto header, sealed::parse_header(mapped.view()));
-    if (header.model_id != a.model_id || header.model_version != a.version ||
-        !ct_equal(header.key_id, sealed::key_id_for(key.view()))) {
-      return make_error(ErrorCode::kInvalidArgument,
-                        "kbs add-key: {} is model '{}' version {} sealed under key id {}, not this model, version and key",
-                        a.sealed_model, header.model_id, header.model_version, to_hex(header.key_id));
-    }
-    if (sealed::layer_count(header) > 0) layers = sealed::layer_count(header);
+  VEIL_ASSIGN_OR_RETURN(SealedFacts sealed, sealed_facts(a, sealed::key_id_for(key.view()), "kbs add-key"));
+  std::optional<kbs::StageTable> stages;
+  if (!a.manifest.empty()) {
+    VEIL_ASSIGN_OR_RETURN(stages, stage_table_from_manifest(a, sealed, "kbs add-key"));
+    // Without the sealed file the manifest's layer count is recorded (the stages' requests must name it).
+    if (!sealed.layers) sealed.layers = stages->stages.back().last_layer + 1;
   }
-  VEIL_TRY(broker->add_key(a.model_id, a.version, key, policy, layers));
-  std::printf("stored the key for model %s version %llu (key id %s)\n", a.model_id.c_str(),
-              static_cast<unsigned long long>(a.version), to_hex(sealed::key_id_for(key.view())).c_str());
+  VEIL_TRY(broker->add_key(a.model_id, a.version, key, policy, sealed.layers, stages));
+  std::printf("stored the key for model %s version %llu (key id %s)%s\n", a.model_id.c_str(),
+              static_cast<unsigned long long>(a.version), to_hex(sealed::key_id_for(key.view())).c_str(),
+              stages ? fmt::format(", bound to the manifest's {} stages", stages->stages.size()).c_str() : "");
+  return ok_status();
+}
+
+// A stage table for a key already in the broker (e.g. from 'veil seal --kbs-db'), checked against the recorded layer
+// count by the broker and, with --sealed-model, against that file.
+Status run_bind_stages(const KbsArgs& a) {
+  VEIL_ASSIGN_OR_RETURN(auto broker, open_broker(a));
+  VEIL_ASSIGN_OR_RETURN(auto keys, broker->list_keys());
+  auto it = std::find_if(keys.begin(), keys.end(),
+                         [&](const kbs::KeyRecord& k) { return k.model_id == a.model_id && k.version == a.version; });
+  if (it == keys.end()) {
+    return make_error(ErrorCode::kNotFound, "kbs bind-stages: no key for model '{}' version {}", a.model_id, a.version);
+  }
+  VEIL_ASSIGN_OR_RETURN(SealedFacts sealed, sealed_facts(a, it->key_id, "kbs bind-stages"));
+  VEIL_ASSIGN_OR_RETURN(kbs::StageTable stages, stage_table_from_manifest(a, sealed, "kbs bind-stages"));
+  VEIL_TRY(broker->bind_stages(a.model_id, a.version, stages));
+  std::printf("bound the key for model %s version %llu to the manifest's %zu stages\n", a.model_id.c_str(),
+              static_cast<unsigned long long>(a.version), stages.stages.size());
   return ok_status();
 }
 
@@ -126,8 +189,9 @@ Status run_list(const KbsArgs& a) {
   std::string out;
   for (const auto& k : keys) {
     VEIL_ASSIGN_OR_RETURN(uint64_t hi, broker->highest_released(k.model_id));
-    out += fmt::format("{}\tversion {}\tkey id {}\thighest released {}{}\n", k.model_id, k.version, to_hex(k.key_id), hi,
-                       k.layer_count ? fmt::format("\tlayers {}", *k.layer_count) : "");
+    out += fmt::format("{}\tversion {}\tkey id {}\thighest released {}{}{}\n", k.model_id, k.version, to_hex(k.key_id),
+                       hi, k.layer_count ? fmt::format("\tlayers {}", *k.layer_count) : "",
+                       k.stages ? fmt::format("\tstages {}", k.stages->stages.size()) : "");
   }
   std::fputs(out.c_str(), stdout);
   return ok_status();
@@ -205,7 +269,21 @@ void setup_kbs(CLI::App& app, Runner& runner) {
   add->add_option("--sealed-model", a->sealed_model,
                   "The sealed model (.vsm) this key seals: its layer count is recorded, and pipeline stages' range "
                   "requests must name it");
+  add->add_option("--manifest", a->manifest,
+                  "Shard manifest (docs/manifest.md) of this model and version: each layer range is then released only "
+                  "to evidence satisfying its stage's policy, the metadata only to the front policy's, and the whole "
+                  "key to nobody (with --sealed-model: the manifest must name that file)");
   runner.on(add, [a] { return run_add_key(*a); });
+
+  CLI::App* bind = kbs->add_subcommand(
+      "bind-stages", "Bind a stored key (e.g. from 'veil seal --kbs-db') to a shard manifest's stages (once, audited)");
+  common(bind, *a);
+  bind->add_option("--model-id", a->model_id, "Model id")->required();
+  bind->add_option("--version", a->version, "Model version")->required();
+  bind->add_option("--manifest", a->manifest, "Shard manifest (docs/manifest.md) of this model and version")
+      ->required();
+  bind->add_option("--sealed-model", a->sealed_model, "The sealed model (.vsm): the manifest must name this file");
+  runner.on(bind, [a] { return run_bind_stages(*a); });
 
   CLI::App* list = kbs->add_subcommand("list", "List stored keys (ids only) and the highest released versions");
   common(list, *a);

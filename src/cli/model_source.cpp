@@ -19,6 +19,9 @@ void add_model_source_options(CLI::App* sub, ModelSourceOptions& o, const std::s
   sub->add_option("--tee", o.tee, "This node's TEE provider: sim, tdx, sev-snp, nitro, tpm")->capture_default_str();
   sub->add_option("--sim-platform-key", o.sim_platform_key,
                   "sim: platform key file (default: created as sim-platform.key in $VEIL_DATA_DIR or ~/.veil)");
+  sub->add_option("--sim-config", o.sim_config,
+                  "sim: configuration file folded into the measurement (e.g. one per pipeline stage, so the key broker "
+                  "and peers can tell stages apart)");
 }
 
 std::filesystem::path veil_data_dir() {
@@ -35,6 +38,7 @@ attest::ProviderOptions provider_options(const ModelSourceOptions& o) {
     popts.sim_platform_key =
         o.sim_platform_key.empty() ? veil_data_dir() / "sim-platform.key" : std::filesystem::path(o.sim_platform_key);
     popts.sim_create_key = o.sim_platform_key.empty();
+    popts.sim_config = o.sim_config;
   }
   return popts;
 }

@@ -23,11 +23,12 @@ struct ModelSourceOptions {
   std::string insecure_local_key;  // development only: read the model key from this file
   std::string tee = "sim";         // this node's TEE provider
   std::string sim_platform_key;    // sim: platform key file (default: $VEIL_DATA_DIR or ~/.veil/sim-platform.key)
+  std::string sim_config;          // sim: configuration file folded into the measurement (a per-stage launch config)
   std::optional<sealed::LayerRange> layers;  // sealed models: decrypt only these layers (a pipeline stage)
   bool metadata_only = false;  // sealed models: decrypt only the metadata and tokenizer (a pipeline front)
 };
 
-// Adds --kbs, --policy (or `policy_flag`), --insecure-local-key, --tee and --sim-platform-key.
+// Adds --kbs, --policy (or `policy_flag`), --insecure-local-key, --tee, --sim-platform-key and --sim-config.
 void add_model_source_options(CLI::App* sub, ModelSourceOptions& options, const std::string& policy_flag = "--policy");
 
 // Where Veil keeps local state ($VEIL_DATA_DIR, else ~/.veil).

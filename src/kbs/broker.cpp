@@ -16,6 +16,7 @@ constexpr char kWrapAad[] = "veil-kbs-key-v1";
 constexpr char kAuditDomain[] = "veil-kbs-audit-v1";
 constexpr char kRollbackDomain[] = "veil-kbs-rollback-v1";
 constexpr size_t kMacSize = 32;
+constexpr size_t kMaxStages = 1024;
 
 void put_u64(Bytes& b, uint64_t v) { for (int i = 0; i < 8; ++i) b.push_back(static_cast<uint8_t>(v >> (8 * i))); }
 void put_str(Bytes& b, std::string_view s) {
@@ -60,6 +61,73 @@ class Stmt {
  private:
   sqlite3_stmt* s_ = nullptr;
 };
+
+// The stored form of a stage table: compact JSON, each policy kept as its exact text (bound into the wrapped record).
+std::string stage_table_text(const StageTable& t) {
+  nlohmann::ordered_json stages = nlohmann::ordered_json::array();
+  for (const StageBinding& s : t.stages) {
+    stages.push_back({{"first_layer", s.first_layer}, {"last_layer", s.last_layer}, {"policy", s.policy_json}});
+  }
+  nlohmann::ordered_json j;
+  j["stages"] = std::move(stages);
+  if (!t.front_policy_json.empty()) j["front_policy"] = t.front_policy_json;
+  return j.dump();
+}
+
+// Reads a stored stage table back (only ever after the wrapped record it is bound to has authenticated).
+Result<StageTable> parse_stage_table(std::string_view text) {
+  auto j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  auto bad = [] { return make_error(ErrorCode::kCorrupt, "the stored stage table is malformed"); };
+  if (j.is_discarded() || !j.is_object()) return bad();
+  auto stages = j.find("stages");
+  if (stages == j.end() || !stages->is_array()) return bad();
+  StageTable t;
+  for (const auto& s : *stages) {
+    if (!s.is_object() || !s.contains("first_layer") || !s.contains("last_layer") || !s.contains("policy")) return bad();
+    const auto &first = s["first_layer"], &last = s["last_layer"], &policy = s["policy"];
+    if (!first.is_number_unsigned() || !last.is_number_unsigned() || !policy.is_string()) return bad();
+    if (first.get<uint64_t>() > UINT32_MAX || last.get<uint64_t>() > UINT32_MAX) return bad();
+    t.stages.push_back({first.get<uint32_t>(), last.get<uint32_t>(), policy.get<std::string>()});
+  }
+  if (auto fp = j.find("front_policy"); fp != j.end()) {
+    if (!fp->is_string()) return bad();
+    t.front_policy_json = fp->get<std::string>();
+  }
+  return t;
+}
+
+// The checks on a stage table before it is recorded (`who`: the operation, for the error): a layer count to check
+// it against, ranges contiguous from layer 0 to the last layer, every policy valid.
+Status check_stage_table(const StageTable& t, std::optional<uint32_t> layer_count, std::string_view who) {
+  auto bad = [who](std::string why) {
+    return make_error(ErrorCode::kInvalidArgument, "{}: stage table: {}", who, why);
+  };
+  if (!layer_count) return bad("needs the model's layer count (give the sealed model)");
+  if (t.stages.empty() || t.stages.size() > kMaxStages) return bad(fmt::format("expected 1..{} stages", kMaxStages));
+  uint32_t next = 0;
+  for (size_t i = 0; i < t.stages.size(); ++i) {
+    const StageBinding& s = t.stages[i];
+    if (s.first_layer != next || s.last_layer < s.first_layer || s.last_layer >= *layer_count) {
+      return bad(fmt::format("stages[{}]: layers {}..{} do not continue from layer {} within the model's {} layers", i,
+                             s.first_layer, s.last_layer, next, *layer_count));
+    }
+    auto policy = attest::parse_policy(s.policy_json);
+    if (!policy.ok()) return bad(fmt::format("stages[{}].policy: {}", i, policy.error().message()));
+    next = s.last_layer + 1;
+  }
+  if (next != *layer_count) return bad(fmt::format("layers {}..{} belong to no stage", next, *layer_count - 1));
+  if (!t.front_policy_json.empty()) {
+    auto policy = attest::parse_policy(t.front_policy_json);
+    if (!policy.ok()) return bad(fmt::format("front_policy: {}", policy.error().message()));
+  }
+  return ok_status();
+}
+
+// The audit fields for a recorded stage table (never its policies, which the table's hash covers).
+void describe_stage_table(nlohmann::ordered_json& e, const StageTable& t, std::string_view text) {
+  e["stages"] = t.stages.size();
+  e["stage_table_sha256"] = to_hex(crypto::sha256(as_bytes(text)));
+}
 
 }  // namespace
 
@@ -126,9 +194,9 @@ struct Broker::Impl {
   }
   // A record without a layer count keeps the original AAD (records stored before the column existed still
   // open); with one, "layers" || u32 is appended, so adding, changing or removing it in the database makes
-  // the record fail authentication.
+  // the record fail authentication. A stage table the same way: "stages" || SHA-256(its stored text).
   Bytes wrap_aad(std::string_view model_id, uint64_t version, ByteView key_id, std::string_view policy,
-                 std::optional<uint32_t> layer_count) const {
+                 std::optional<uint32_t> layer_count, const std::optional<std::string>& stage_table) const {
     Bytes a(kWrapAad, kWrapAad + sizeof(kWrapAad) - 1);
     put_str(a, model_id);
     put_u64(a, version);
@@ -139,7 +207,68 @@ struct Broker::Impl {
       a.insert(a.end(), {'l', 'a', 'y', 'e', 'r', 's'});
       put_u64(a, *layer_count);
     }
+    if (stage_table) {
+      a.insert(a.end(), {'s', 't', 'a', 'g', 'e', 's'});
+      auto sh = crypto::sha256(as_bytes(*stage_table));
+      a.insert(a.end(), sh.begin(), sh.end());
+    }
     return a;
+  }
+
+  // A stored key record: the wrapped key and everything its wrapping binds.
+  struct Record {
+    Bytes key_id, wrapped;
+    std::string policy;
+    std::optional<uint32_t> layer_count;
+    std::optional<std::string> stage_table;
+  };
+
+  // kNotFound naming `what` when there is no such record.
+  Result<Record> read_record(const std::string& model_id, uint64_t version, std::string_view what) {
+    Stmt q(db, "SELECT key_id, wrapped, policy, layer_count, stage_table FROM model_keys WHERE model_id = ? AND "
+               "version = ?");
+    q.bind(1, std::string_view(model_id)).bind_int(2, static_cast<int64_t>(std::min<uint64_t>(version, INT64_MAX)));
+    int rc = q.step();
+    if (rc == SQLITE_DONE) return make_error(ErrorCode::kNotFound, "{}: no such key", what);
+    if (rc != SQLITE_ROW) return db_error("reading the key");
+    Record rec{q.blob_col(0), q.blob_col(1), q.text_col(2), std::nullopt, std::nullopt};
+    if (!q.is_null(3)) rec.layer_count = static_cast<uint32_t>(std::clamp<int64_t>(q.int_col(3), 0, UINT32_MAX));
+    if (!q.is_null(4)) rec.stage_table = q.text_col(4);
+    return rec;
+  }
+
+  // nonce || AES-256-GCM(key) under the wrap key, binding the record's identity, policy, layer count and stage table.
+  Result<Bytes> wrap(std::string_view model_id, uint64_t version, const SecretBytes& key, const Record& rec) const {
+    Bytes nonce = crypto::random_bytes(crypto::kAeadNonceSize);
+    VEIL_ASSIGN_OR_RETURN(crypto::Aead aead, crypto::Aead::create(crypto::AeadSuite::kAes256Gcm, wrap_key.view()));
+    Bytes wrapped;
+    VEIL_TRY(aead.seal(nonce, wrap_aad(model_id, version, rec.key_id, rec.policy, rec.layer_count, rec.stage_table),
+                       key.view(), wrapped));
+    wrapped.insert(wrapped.begin(), nonce.begin(), nonce.end());
+    return wrapped;
+  }
+
+  // The model key, only if the record authenticates (kSecurity) and the key matches its key id.
+  Result<SecretBytes> unwrap(std::string_view model_id, uint64_t version, const Record& rec,
+                             std::string_view what) const {
+    if (rec.wrapped.size() < crypto::kAeadNonceSize + crypto::kAeadTagSize || rec.key_id.size() != 16) {
+      return make_error(ErrorCode::kCorrupt, "{}: the stored key record is malformed", what);
+    }
+    VEIL_ASSIGN_OR_RETURN(crypto::Aead aead, crypto::Aead::create(crypto::AeadSuite::kAes256Gcm, wrap_key.view()));
+    SecretBytes key(rec.wrapped.size() - crypto::kAeadNonceSize - crypto::kAeadTagSize);
+    ByteView nonce(rec.wrapped.data(), crypto::kAeadNonceSize);
+    ByteView sealed(rec.wrapped.data() + crypto::kAeadNonceSize, rec.wrapped.size() - crypto::kAeadNonceSize);
+    Status st = aead.open_into(
+        nonce, wrap_aad(model_id, version, rec.key_id, rec.policy, rec.layer_count, rec.stage_table), sealed,
+        key.data());
+    if (!st.ok() || !ct_equal(sealed::key_id_for(key.view()), rec.key_id)) {
+      key.clear();
+      return make_error(ErrorCode::kSecurity,
+                        "{}: the stored key record fails authentication (key, policy, layer count, stage table or "
+                        "identity altered in the database)",
+                        what);
+    }
+    return key;
   }
 
   // Appends one entry (inside the caller's transaction) and moves the head.
@@ -195,6 +324,36 @@ struct Broker::Impl {
       for (const auto& [k, v] : claims->measurements) m[k] = to_hex(v);
     }
     return e;
+  }
+
+  // The stage rules for a key stored with a stage table (Broker::add_key), on top of the model's policy: the stage
+  // index this request is for (nullopt: the front's metadata-only request), or the refusal.
+  Result<std::optional<uint32_t>> stage_decision(const ReleaseRequest& r, const StageTable& t,
+                                                 const attest::Claims& claims, const std::string& what) {
+    auto satisfies = [&](const std::string& policy_text, const std::string& whose) -> Status {
+      auto policy = attest::parse_policy(policy_text);
+      if (!policy.ok()) return policy.error().wrap(fmt::format("{}: stored {}", what, whose));
+      Status st = attest::check_policy(*policy, claims, claims.report_data, now());
+      if (!st.ok()) return make_error(ErrorCode::kSecurity, "{}: refused by {}: {}", what, whose, st.error().message());
+      return ok_status();
+    };
+    if (!r.range) {
+      return make_error(ErrorCode::kSecurity,
+                        "{}: refused: the key has a recorded pipeline stage table, so only stage ranges are released",
+                        what);
+    }
+    if (r.range->metadata_only) {
+      if (!t.front_policy_json.empty()) VEIL_TRY(satisfies(t.front_policy_json, "the front policy"));
+      return std::optional<uint32_t>();
+    }
+    for (size_t i = 0; i < t.stages.size(); ++i) {
+      const StageBinding& s = t.stages[i];
+      if (s.first_layer != r.range->first_layer || s.last_layer != r.range->last_layer) continue;
+      VEIL_TRY(satisfies(s.policy_json, fmt::format("stage {}'s policy", i)));
+      return std::optional<uint32_t>(static_cast<uint32_t>(i));
+    }
+    return make_error(ErrorCode::kSecurity, "{}: refused: no stage of the recorded stage table has exactly this range",
+                      what);
   }
 
   // Appends a refusal in its own transaction; returns the refusal error (or the audit failure).
@@ -271,7 +430,7 @@ Result<std::unique_ptr<Broker>> Broker::open(const std::filesystem::path& db_pat
       "CREATE TABLE IF NOT EXISTS meta(name TEXT PRIMARY KEY, value BLOB NOT NULL);"
       "CREATE TABLE IF NOT EXISTS model_keys(model_id TEXT NOT NULL, version INTEGER NOT NULL, key_id BLOB NOT NULL,"
       " wrapped BLOB NOT NULL, policy TEXT NOT NULL, created_at INTEGER NOT NULL, layer_count INTEGER,"
-      " PRIMARY KEY(model_id, version));"
+      " stage_table TEXT, PRIMARY KEY(model_id, version));"
       "CREATE TABLE IF NOT EXISTS rollback(model_id TEXT PRIMARY KEY, highest INTEGER NOT NULL, mac BLOB NOT NULL);"
       "CREATE TABLE IF NOT EXISTS audit(seq INTEGER PRIMARY KEY, event TEXT NOT NULL, prev BLOB NOT NULL,"
       " mac BLOB NOT NULL);",
@@ -292,14 +451,19 @@ Result<std::unique_ptr<Broker>> Broker::open(const std::filesystem::path& db_pat
     return impl->db_error("reading meta");
   }
   VEIL_TRY(tx.commit());
-  if (!Stmt(impl->db, "SELECT layer_count FROM model_keys LIMIT 0").ok()) {  // a database from before range keys
-    VEIL_TRY(impl->exec("ALTER TABLE model_keys ADD COLUMN layer_count INTEGER", "adding model_keys.layer_count"));
+  // A database from before range keys (layer_count) or stage tables (stage_table): add the column, NULL for all.
+  for (auto [column, sql] : {std::pair{"layer_count", "ALTER TABLE model_keys ADD COLUMN layer_count INTEGER"},
+                             std::pair{"stage_table", "ALTER TABLE model_keys ADD COLUMN stage_table TEXT"}}) {
+    if (!Stmt(impl->db, fmt::format("SELECT {} FROM model_keys LIMIT 0", column).c_str()).ok()) {
+      VEIL_TRY(impl->exec(sql, fmt::format("adding model_keys.{}", column)));
+    }
   }
   return std::unique_ptr<Broker>(new Broker(std::move(impl)));
 }
 
 Status Broker::add_key(const std::string& model_id, uint64_t version, const SecretBytes& key,
-                       const std::string& policy_json, std::optional<uint32_t> layer_count) {
+                       const std::string& policy_json, std::optional<uint32_t> layer_count,
+                       const std::optional<StageTable>& stages) {
   Impl& d = *impl_;
   std::lock_guard lock(d.mu);
   if (model_id.empty() || model_id.size() > 128) {
@@ -315,12 +479,15 @@ Status Broker::add_key(const std::string& model_id, uint64_t version, const Secr
   }
   auto policy = attest::parse_policy(policy_json);
   if (!policy.ok()) return std::move(policy).error().wrap("kbs add-key: release policy");
+  std::optional<std::string> stage_text;
+  if (stages) {
+    VEIL_TRY(check_stage_table(*stages, layer_count, "kbs add-key"));
+    stage_text = stage_table_text(*stages);
+  }
   auto key_id = sealed::key_id_for(key.view());
-  Bytes nonce = crypto::random_bytes(crypto::kAeadNonceSize);
-  VEIL_ASSIGN_OR_RETURN(crypto::Aead aead, crypto::Aead::create(crypto::AeadSuite::kAes256Gcm, d.wrap_key.view()));
-  Bytes wrapped;
-  VEIL_TRY(aead.seal(nonce, d.wrap_aad(model_id, version, key_id, policy_json, layer_count), key.view(), wrapped));
-  wrapped.insert(wrapped.begin(), nonce.begin(), nonce.end());
+  VEIL_ASSIGN_OR_RETURN(Bytes wrapped,
+                        d.wrap(model_id, version, key, {Bytes(key_id.begin(), key_id.end()), {}, policy_json,
+                                                        layer_count, stage_text}));
 
   Impl::Tx tx(d);
   if (!tx.ok()) return d.db_error("begin");
@@ -333,11 +500,12 @@ Status Broker::add_key(const std::string& model_id, uint64_t version, const Secr
     }
   }
   int64_t created = std::chrono::duration_cast<std::chrono::seconds>(d.now().time_since_epoch()).count();
-  Stmt ins(d.db, "INSERT INTO model_keys(model_id, version, key_id, wrapped, policy, created_at, layer_count) "
-                 "VALUES(?,?,?,?,?,?,?)");
+  Stmt ins(d.db, "INSERT INTO model_keys(model_id, version, key_id, wrapped, policy, created_at, layer_count, "
+                 "stage_table) VALUES(?,?,?,?,?,?,?,?)");
   ins.bind(1, std::string_view(model_id)).bind_int(2, static_cast<int64_t>(version)).bind(3, ByteView(key_id));
   ins.bind(4, ByteView(wrapped)).bind(5, std::string_view(policy_json)).bind_int(6, created);
   if (layer_count) ins.bind_int(7, *layer_count);  // else NULL: unknown
+  if (stage_text) ins.bind(8, std::string_view(*stage_text));  // else NULL: no stage binding (docs/kbs.md)
   if (ins.step() != SQLITE_DONE) return d.db_error("storing the key");
   nlohmann::ordered_json e;
   e["event"] = "add-key";
@@ -346,6 +514,7 @@ Status Broker::add_key(const std::string& model_id, uint64_t version, const Secr
   e["key_id"] = to_hex(key_id);
   e["policy_sha256"] = to_hex(crypto::sha256(as_bytes(policy_json)));
   if (layer_count) e["layer_count"] = *layer_count;
+  if (stages) describe_stage_table(e, *stages, *stage_text);
   VEIL_TRY(d.append_audit(std::move(e)));
   return tx.commit();
 }
@@ -367,21 +536,9 @@ Result<Release> Broker::release(const ReleaseRequest& r, const attest::Claims& c
     if (!s.ok()) return d.refuse(r, &claims, s.error().wrap(what));
     spec = *s;
   }
-  Bytes wrapped, key_id;
-  std::string policy_text;
-  std::optional<uint32_t> layer_count;
-  {
-    Stmt q(d.db, "SELECT key_id, wrapped, policy, layer_count FROM model_keys WHERE model_id = ? AND version = ?");
-    q.bind(1, std::string_view(r.model_id)).bind_int(2, static_cast<int64_t>(std::min<uint64_t>(r.version, INT64_MAX)));
-    int rc = q.step();
-    if (rc == SQLITE_DONE) return d.refuse(r, &claims, make_error(ErrorCode::kNotFound, "{}: no such key", what));
-    if (rc != SQLITE_ROW) return d.refuse(r, &claims, d.db_error("reading the key"));
-    key_id = q.blob_col(0);
-    wrapped = q.blob_col(1);
-    policy_text = q.text_col(2);
-    if (!q.is_null(3)) layer_count = static_cast<uint32_t>(std::clamp<int64_t>(q.int_col(3), 0, UINT32_MAX));
-  }
-  auto policy = attest::parse_policy(policy_text);
+  auto rec = d.read_record(r.model_id, r.version, what);
+  if (!rec.ok()) return d.refuse(r, &claims, std::move(rec).error());
+  auto policy = attest::parse_policy(rec->policy);
   if (!policy.ok()) return d.refuse(r, &claims, policy.error().wrap(what + ": stored release policy"));
   Status pst = attest::check_policy(*policy, claims, claims.report_data, d.now());
   if (!pst.ok()) {
@@ -397,33 +554,30 @@ Result<Release> Broker::release(const ReleaseRequest& r, const attest::Claims& c
                                "with 'veil kbs allow-downgrade')",
                                what, *highest));
   }
-  if (wrapped.size() < crypto::kAeadNonceSize + crypto::kAeadTagSize || key_id.size() != 16) {
-    return d.refuse(r, &claims, make_error(ErrorCode::kCorrupt, "{}: the stored key record is malformed", what));
-  }
   Release out;
-  std::copy(key_id.begin(), key_id.end(), out.key_id.begin());
+  std::copy(rec->key_id.begin(), rec->key_id.end(), out.key_id.begin());
   {
-    auto aead = crypto::Aead::create(crypto::AeadSuite::kAes256Gcm, d.wrap_key.view());
-    if (!aead.ok()) return d.refuse(r, &claims, aead.error());
-    out.key = SecretBytes(wrapped.size() - crypto::kAeadNonceSize - crypto::kAeadTagSize);
-    ByteView nonce(wrapped.data(), crypto::kAeadNonceSize);
-    ByteView sealed(wrapped.data() + crypto::kAeadNonceSize, wrapped.size() - crypto::kAeadNonceSize);
-    Status ost = aead->open_into(nonce, d.wrap_aad(r.model_id, r.version, key_id, policy_text, layer_count), sealed,
-                                 out.key.data());
-    if (!ost.ok() || !ct_equal(sealed::key_id_for(out.key.view()), out.key_id)) {
-      out.key.clear();
-      return d.refuse(r, &claims,
-                      make_error(ErrorCode::kSecurity,
-                                 "{}: the stored key record fails authentication (key, policy or identity altered in "
-                                 "the database)",
-                                 what));
-    }
+    auto key = d.unwrap(r.model_id, r.version, *rec, what);
+    if (!key.ok()) return d.refuse(r, &claims, std::move(key).error());
+    out.key = std::move(*key);
   }
+  const std::optional<uint32_t>& layer_count = rec->layer_count;
   if (spec && !spec->metadata_only && layer_count && r.range->layer_count != *layer_count) {
     out.key.clear();
     return d.refuse(r, &claims,
                     make_error(ErrorCode::kInvalidArgument, "{}: the request says {} layers, the model has {}", what,
                                r.range->layer_count, *layer_count));
+  }
+  std::optional<uint32_t> stage;
+  if (rec->stage_table) {
+    auto table = parse_stage_table(*rec->stage_table);
+    auto decided = table.ok() ? d.stage_decision(r, *table, claims, what)
+                              : Result<std::optional<uint32_t>>(table.error().wrap(what));
+    if (!decided.ok()) {
+      out.key.clear();
+      return d.refuse(r, &claims, std::move(decided).error());
+    }
+    stage = *decided;
   }
   if (spec) {
     // A range request gets only its parts' keys: the model key never leaves this function.
@@ -437,12 +591,46 @@ Result<Release> Broker::release(const ReleaseRequest& r, const attest::Claims& c
   if (r.version > *highest) VEIL_TRY(d.write_highest(r.model_id, r.version));
   nlohmann::ordered_json e = Impl::request_event("release", r, &claims);
   e["key_id"] = to_hex(out.key_id);
+  if (stage) e["stage"] = *stage;
   if (out.range_keys) e["released"] = out.range_keys->describe();
   VEIL_TRY(d.append_audit(std::move(e)));
   VEIL_TRY(tx.commit());
   spdlog::info("kbs: released model {} version {}{} to {}", r.model_id, r.version,
                out.range_keys ? " (" + out.range_keys->describe() + ")" : std::string(), r.peer);
   return out;
+}
+
+Status Broker::bind_stages(const std::string& model_id, uint64_t version, const StageTable& stages) {
+  Impl& d = *impl_;
+  std::lock_guard lock(d.mu);
+  std::string what = fmt::format("kbs bind-stages: model '{}' version {}", model_id, version);
+  Impl::Tx tx(d);
+  if (!tx.ok()) return d.db_error("begin");
+  VEIL_ASSIGN_OR_RETURN(Impl::Record rec, d.read_record(model_id, version, what));
+  if (rec.stage_table) {
+    return make_error(ErrorCode::kInvalidArgument,
+                      "{}: the key already has a stage table (one is never replaced: store a new version)", what);
+  }
+  VEIL_TRY(check_stage_table(stages, rec.layer_count, what));
+  Bytes wrapped;
+  {
+    VEIL_ASSIGN_OR_RETURN(SecretBytes key, d.unwrap(model_id, version, rec, what));
+    rec.stage_table = stage_table_text(stages);
+    VEIL_ASSIGN_OR_RETURN(wrapped, d.wrap(model_id, version, key, rec));
+  }
+  Stmt up(d.db, "UPDATE model_keys SET wrapped = ?, stage_table = ? WHERE model_id = ? AND version = ? AND "
+                "stage_table IS NULL");
+  up.bind(1, ByteView(wrapped)).bind(2, std::string_view(*rec.stage_table)).bind(3, std::string_view(model_id));
+  up.bind_int(4, static_cast<int64_t>(version));
+  if (up.step() != SQLITE_DONE || sqlite3_changes(d.db) != 1) return d.db_error("recording the stage table");
+  nlohmann::ordered_json e;
+  e["event"] = "bind-stages";
+  e["model_id"] = model_id;
+  e["version"] = version;
+  e["key_id"] = to_hex(rec.key_id);
+  describe_stage_table(e, stages, *rec.stage_table);
+  VEIL_TRY(d.append_audit(std::move(e)));
+  return tx.commit();
 }
 
 Status Broker::allow_downgrade(const std::string& model_id, uint64_t version, const std::string& reason) {
@@ -472,8 +660,8 @@ Result<std::vector<KeyRecord>> Broker::list_keys() {
   Impl& d = *impl_;
   std::lock_guard lock(d.mu);
   std::vector<KeyRecord> out;
-  Stmt q(d.db,
-         "SELECT model_id, version, key_id, policy, created_at, layer_count FROM model_keys ORDER BY model_id, version");
+  Stmt q(d.db, "SELECT model_id, version, key_id, policy, created_at, layer_count, stage_table FROM model_keys ORDER BY "
+               "model_id, version");
   int rc;
   while ((rc = q.step()) == SQLITE_ROW) {
     KeyRecord k;
@@ -484,6 +672,10 @@ Result<std::vector<KeyRecord>> Broker::list_keys() {
     k.policy_json = q.text_col(3);
     k.created_at = q.int_col(4);
     if (!q.is_null(5)) k.layer_count = static_cast<uint32_t>(std::clamp<int64_t>(q.int_col(5), 0, UINT32_MAX));
+    if (!q.is_null(6)) {
+      auto table = parse_stage_table(q.text_col(6));  // as stored (authenticated only when a release unwraps it)
+      if (table.ok()) k.stages = std::move(*table);
+    }
     out.push_back(std::move(k));
   }
   if (rc != SQLITE_DONE) return d.db_error("listing keys");

@@ -16,6 +16,9 @@
 //    inserted or reordered entry. If the audit entry cannot be written, the key is not released.
 //  - The highest released version per model is stored with a MAC; a row lowered behind the broker's
 //    back is detected and refused. Lowering it is only possible with allow_downgrade(), which is audited.
+//  - A key stored with a pipeline's stage table (from the shard manifest) releases a layer range only to evidence
+//    satisfying the policy of the one stage given exactly that range; the table is bound into the wrapped record
+//    like the layer count (docs/kbs.md, "Stage binding").
 //  - No key, master key or evidence secret appears in a log, audit entry or error message.
 //
 // Thread-safety: a Broker may be shared between threads (one internal mutex).
@@ -41,6 +44,22 @@ namespace veil::kbs {
 
 using TimePoint = std::chrono::system_clock::time_point;
 
+// One pipeline stage as the broker knows it (from the shard manifest, docs/manifest.md): the inclusive layer range
+// the manifest gives it and the attestation policy (JSON) its evidence must satisfy.
+struct StageBinding {
+  uint32_t first_layer = 0;
+  uint32_t last_layer = 0;
+  std::string policy_json;
+};
+
+// A pipeline's stage table, recorded with a model key (docs/kbs.md, "Stage binding"). The ranges must be
+// contiguous and cover exactly the recorded layer count; `front_policy_json` (empty: none) gates the front's
+// metadata-only request.
+struct StageTable {
+  std::vector<StageBinding> stages;
+  std::string front_policy_json;
+};
+
 struct KeyRecord {
   std::string model_id;
   uint64_t version = 0;
@@ -48,6 +67,7 @@ struct KeyRecord {
   std::string policy_json;
   int64_t created_at = 0;                // unix seconds
   std::optional<uint32_t> layer_count;   // the sealed model's layers, when given at add-key
+  std::optional<StageTable> stages;      // the pipeline's stage table, when given at add-key
 };
 
 struct AuditEntry {
@@ -101,14 +121,25 @@ class Broker {
 
   // Stores a model key with its release policy (attest policy JSON, validated). Refuses an existing
   // (model id, version). `layer_count` (the sealed model's, 1..sealed::kMaxModelLayers), when given, is bound
-  // into the wrapped record and range requests naming another layer count are refused.
+  // into the wrapped record and range requests naming another layer count are refused. `stages` (needs
+  // `layer_count`; ranges contiguous from layer 0 to the last, every policy valid) is bound the same way: a range is
+  // then released only to the stage given exactly that range, on evidence satisfying that stage's policy too; the
+  // front's metadata-only request needs the front policy when there is one; the whole model key is refused.
   Status add_key(const std::string& model_id, uint64_t version, const SecretBytes& key, const std::string& policy_json,
-                 std::optional<uint32_t> layer_count = std::nullopt);
+                 std::optional<uint32_t> layer_count = std::nullopt,
+                 const std::optional<StageTable>& stages = std::nullopt);
+
+  // Records `stages` (checked as by add_key, against the recorded layer count) for a key stored without a stage
+  // table, e.g. by `veil seal --kbs-db`, before the manifest (which names the sealed file's hash) could exist. The
+  // record is re-wrapped with the table bound in, in one audited transaction ("bind-stages"). A key that already
+  // has a table is refused (kInvalidArgument): a table is never replaced or removed.
+  Status bind_stages(const std::string& model_id, uint64_t version, const StageTable& stages);
 
   // Decides a release for verified claims (their report_data already checked by the channel). Applies
   // the model's policy with `claims.report_data` as the expected binding, then rollback protection.
-  // With `request.range`, derives and releases only that range's key set. Every outcome is audited (with
-  // the range). kNotFound: no such key; kSecurity: refused; kInvalidArgument: a malformed range.
+  // With `request.range`, derives and releases only that range's key set. For a key with a stage table, the
+  // stage rules of add_key apply on top (kSecurity naming the range and why). Every outcome is audited (with
+  // the range, and the stage index that matched). kNotFound: no such key; kSecurity: refused; kInvalidArgument: a malformed range.
   Result<Release> release(const ReleaseRequest& request, const attest::Claims& claims);
 
   // Lets `version` (lower than the highest released) be released again: the administrator's explicit,

@@ -40,15 +40,37 @@ class SealedTest : public CliTest {
     ASSERT_TRUE(fs::exists(path("m.vsm")));
   }
 
-  // A broker holding the sealed model's key (its layer count, 5, recorded) on one simulated machine whose platform
-  // key every process shares; returns the broker's address ("" with a test failure).
-  std::string start_broker() {
+  // The add-key command for the sealed model's key, with its layer count (5) recorded.
+  std::vector<std::string> add_key_args() {
+    return {"kbs", "add-key", "--db", path("kbs.db").string(), "--master-key", path("master.key").string(),
+            "--model-id", "stories260K", "--version", "1", "--policy", path("policy.json").string(),
+            "--key-file", path("model.key").string(), "--sealed-model", path("m.vsm").string()};
+  }
+
+  // The sim measurement of `veil` started with --sim-config `config` ("": none) on the shared simulated machine
+  // (its platform key created if absent), learned from one quote.
+  std::string sim_measurement(const std::string& config) {
+    std::vector<std::string> quote = {"attest", "quote", "--provider", "sim", "--create-key", "--platform-key",
+                                      path("platform.key").string(), "--report-data", "00", "--out",
+                                      path("ev.json").string()};
+    if (!config.empty()) quote.insert(quote.end(), {"--config", path(config).string()});
+    expect_ok(veil(quote));
+    RunResult show = veil({"attest", "show", path("ev.json").string(), "--json"});
+    expect_ok(show);
+    json j = json::parse(show.out, nullptr, false);
+    if (j.is_discarded() || !j.contains("measurement")) ADD_FAILURE() << show.describe();
+    return j.is_discarded() ? "" : j.value("measurement", "");
+  }
+
+  // A broker holding the sealed model's key (its layer count, 5, recorded; `add_key_extra` appended to add-key, e.g.
+  // a manifest) on one simulated machine whose platform key every process shares; returns the broker's address
+  // ("" with a test failure).
+  std::string start_broker(const std::vector<std::string>& add_key_extra = {}) {
     expect_ok(veil({"kbs", "gen-master-key", path("master.key").string()}));
-    expect_ok(veil({"kbs", "add-key", "--db", path("kbs.db").string(), "--master-key", path("master.key").string(),
-                    "--model-id", "stories260K", "--version", "1", "--policy", path("policy.json").string(),
-                    "--key-file", path("model.key").string(), "--sealed-model", path("m.vsm").string()}));
-    expect_ok(veil({"attest", "quote", "--provider", "sim", "--create-key", "--platform-key",
-                    path("platform.key").string(), "--report-data", "00", "--out", path("ev.json").string()}));
+    std::vector<std::string> add = add_key_args();
+    add.insert(add.end(), add_key_extra.begin(), add_key_extra.end());
+    expect_ok(veil(add));
+    sim_measurement("");
     kbs_ = start({"kbs", "serve", "--db", path("kbs.db").string(), "--master-key", path("master.key").string(),
                   "--listen", "tcp:127.0.0.1:0", "--tee", "sim", "--sim-platform-key", path("platform.key").string()});
     auto listening = kbs_->wait_for_stdout_line("listening on ", 30s);
@@ -80,13 +102,17 @@ class SealedTest : public CliTest {
     return events;
   }
 
-  // A stage of `manifest_file` with its range's keys from the broker at `kbs`.
+  // A stage of `manifest_file` with its range's keys from the broker at `kbs` (with `sim_config`, its measurement
+  // folds in that file).
   std::vector<std::string> stage_args(int index, const std::string& model, const std::string& manifest_file,
-                                      const std::string& kbs) {
-    return {"stage", "--manifest", path(manifest_file).string(), "--index", std::to_string(index), "-m",
-            path(model).string(), "--kbs", kbs, "--policy", path("policy.json").string(), "--tee", "sim",
-            "--sim-platform-key", path("platform.key").string(), "--listen", "tcp:127.0.0.1:0", "-t", "1",
-            "--slots", "1"};
+                                      const std::string& kbs, const std::string& sim_config = "") {
+    std::vector<std::string> args = {"stage", "--manifest", path(manifest_file).string(), "--index",
+                                     std::to_string(index), "-m", path(model).string(), "--kbs", kbs, "--policy",
+                                     path("policy.json").string(), "--tee", "sim", "--sim-platform-key",
+                                     path("platform.key").string(), "--listen", "tcp:127.0.0.1:0", "-t", "1",
+                                     "--slots", "1"};
+    if (!sim_config.empty()) args.insert(args.end(), {"--sim-config", path(sim_config).string()});
+    return args;
   }
 
   std::unique_ptr<Process> kbs_;
@@ -314,6 +340,21 @@ TEST_F(SealedTest, SealStraightIntoTheBroker) {
   RunResult list = veil({"kbs", "list", "--db", path("kbs.db").string(), "--master-key", path("master.key").string()});
   expect_ok(list);
   EXPECT_NE(list.out.find("stories260K\tversion 3"), std::string::npos) << list.out;
+  // The manifest can exist only now (it names the sealed file's hash): bind-stages records its stage table, once.
+  expect_ok(veil({"manifest", "create", path("m.vsm").string(), "--stages", "2", "--endpoints", "127.0.0.1:1,127.0.0.1:2",
+                  "--policy", path("policy.json").string(), "-o", path("stages.json").string()}));
+  std::vector<std::string> bind = {"kbs", "bind-stages", "--db", path("kbs.db").string(), "--master-key",
+                                   path("master.key").string(), "--model-id", "stories260K", "--version", "3",
+                                   "--manifest", path("stages.json").string(), "--sealed-model", path("m.vsm").string()};
+  RunResult bound = veil(bind);
+  expect_ok(bound);
+  EXPECT_NE(bound.out.find("to the manifest's 2 stages"), std::string::npos) << bound.out;
+  RunResult again = veil(bind);
+  expect_one_line_error(again, 1);
+  EXPECT_NE(again.err.find("already has a stage table"), std::string::npos) << again.err;
+  list = veil({"kbs", "list", "--db", path("kbs.db").string(), "--master-key", path("master.key").string()});
+  expect_ok(list);
+  EXPECT_NE(list.out.find("\tlayers 5\tstages 2"), std::string::npos) << list.out;
 }
 
 // The full flow: broker serving keys to `veil serve` (both on the simulated TEE of this machine), the server
@@ -408,23 +449,50 @@ TEST_F(SealedTest, ServeASealedModelWithKeysFromTheBroker) {
   EXPECT_EQ(last["released"], "layers " + std::to_string(stage_first) + "..4 + rest + output") << last.dump();
 }
 
-// A two-stage pipeline whose stages and front all get their keys from the broker: each stage its range's keys, the
-// front (which only tokenizes and samples; the stages embed and compute the head) the rest key alone. It still
-// answers with the golden text, and the audit shows what each got.
+// A two-stage pipeline whose stages and front all get their keys from the broker, which holds the manifest's stage
+// table: each stage (its own sim config, so its own measurement) its range's keys only on evidence satisfying its
+// stage's policy, the front (which only tokenizes and samples; the stages embed and compute the head) the rest key
+// alone on evidence satisfying the front policy. It still answers with the golden text; a process with stage 1's
+// measurement asking for stage 0's range is refused; the audit shows what each got and which stage matched.
 TEST_F(SealedTest, APipelineFrontGetsOnlyTheMetadataKeyFromTheBroker) {
   seal();
-  const std::string kbs_address = start_broker();
-  ASSERT_FALSE(kbs_address.empty());
   expect_ok(veil({"manifest", "create", path("m.vsm").string(), "--stages", "2", "--endpoints", "127.0.0.1:1,127.0.0.1:2",
                   "--policy", path("policy.json").string(), "-o", path("stages.json").string()}));
   json manifest = json::parse(read_text(path("stages.json")), nullptr, false);
   ASSERT_FALSE(manifest.is_discarded());
   const int stage_first = manifest["stages"][1]["layer_begin"].get<int>();
+  // Per-stage launch configs: each folds into that process's measurement, which its manifest policy expects.
+  auto policy_for = [&](const std::string& config) {
+    write_text(path(config), "veil launch config: " + config + "\n");
+    return json{{"allowed_types", {"sim"}},
+                {"allow_simulated", true},
+                {"expected_measurements", {{"sim", {{"measurement", {sim_measurement(config)}}}}}}};
+  };
+  manifest["stages"][0]["policy"] = policy_for("stage0.conf");
+  manifest["stages"][1]["policy"] = policy_for("stage1.conf");
+  manifest["front_policy"] = policy_for("front.conf");
+  write_text(path("stages.json"), manifest.dump(2));
+  const std::string kbs_address = start_broker({"--manifest", path("stages.json").string()});
+  ASSERT_FALSE(kbs_address.empty());
+  // add-key checks the manifest is this model's, version's and sealed file's before recording its stage table.
+  json other = manifest;
+  other["sealed_model_sha256"] = std::string(64, 'a');
+  write_text(path("other.json"), other.dump(2));
+  std::vector<std::string> wrong = add_key_args();
+  wrong.insert(wrong.end(), {"--manifest", path("other.json").string()});
+  RunResult mismatch = veil(wrong);
+  expect_one_line_error(mismatch, 1);
+  EXPECT_NE(mismatch.err.find("its sealed_model_sha256 is not the SHA-256 of"), std::string::npos) << mismatch.err;
+  // Stage 1's measurement asking for stage 0's range: refused by the broker, the range and the stage named.
+  RunResult impostor = veil(stage_args(0, "m.vsm", "stages.json", kbs_address, "stage1.conf"));
+  expect_one_line_error(impostor, 3, /*logs_before=*/true);
+  EXPECT_NE(impostor.err.find("layers 0.." + std::to_string(stage_first - 1) + ": refused by stage 0's policy"),
+            std::string::npos) << impostor.err;
   // The last stage first: stage 0's manifest names its successor's real endpoint.
   std::unique_ptr<Process> stages[2];
   for (int i = 1; i >= 0; --i) {
     write_text(path("stages.json"), manifest.dump(2));
-    stages[i] = start(stage_args(i, "m.vsm", "stages.json", kbs_address));
+    stages[i] = start(stage_args(i, "m.vsm", "stages.json", kbs_address, "stage" + std::to_string(i) + ".conf"));
     auto ready = stages[i]->wait_for_stdout_line("veil stage: stage " + std::to_string(i), 60s);
     ASSERT_TRUE(ready.has_value()) << stages[i]->finish(1s).describe();
     manifest["stages"][i]["endpoint"] = ready->substr(ready->rfind(" on ") + 4);
@@ -432,8 +500,9 @@ TEST_F(SealedTest, APipelineFrontGetsOnlyTheMetadataKeyFromTheBroker) {
   write_text(path("front.json"), manifest.dump(2));
   auto front = start({"serve", "--manifest", path("front.json").string(), "-m", path("m.vsm").string(), "--kbs",
                       kbs_address, "--policy", path("policy.json").string(), "--tee", "sim", "--sim-platform-key",
-                      path("platform.key").string(), "--insecure-http", "--no-auth", "--listen", "127.0.0.1:0", "--db",
-                      path("server.db").string(), "-t", "1", "--grace", "1"});
+                      path("platform.key").string(), "--sim-config", path("front.conf").string(), "--insecure-http",
+                      "--no-auth", "--listen", "127.0.0.1:0", "--db", path("server.db").string(), "-t", "1", "--grace",
+                      "1"});
   auto line = front->wait_for_stdout_line("veil serve: model stories260K", 60s);
   ASSERT_TRUE(line.has_value()) << front->finish(1s).describe();
   HttpResponse done = http_request(port_of(*line), "POST", "/v1/completions",
@@ -449,8 +518,12 @@ TEST_F(SealedTest, APipelineFrontGetsOnlyTheMetadataKeyFromTheBroker) {
     EXPECT_EQ(stage->finish(30s).exit_code, 0);
   }
   stop_broker();
+  RunResult list = veil({"kbs", "list", "--db", path("kbs.db").string(), "--master-key", path("master.key").string()});
+  expect_ok(list);
+  EXPECT_NE(list.out.find("\tlayers 5\tstages 2"), std::string::npos) << list.out;
 
-  // Every release was a range's or the metadata's key set, never the model key; the front's names no layer.
+  // Every release was a range's or the metadata's key set, never the model key; the front's names no layer; each
+  // stage's names the stage that matched.
   std::vector<std::string> released;
   for (const json& e : audit_events()) {
     if (e["event"] != "release") continue;
@@ -458,6 +531,9 @@ TEST_F(SealedTest, APipelineFrontGetsOnlyTheMetadataKeyFromTheBroker) {
     released.push_back(e["released"].get<std::string>());
     if (e["released"] == "metadata only (rest)") {
       EXPECT_EQ(e["range"], json({{"metadata_only", true}})) << e.dump();
+      EXPECT_FALSE(e.contains("stage")) << e.dump();
+    } else {
+      EXPECT_EQ(e.value("stage", -1), e["range"]["first_layer"] == 0 ? 0 : 1) << e.dump();
     }
   }
   std::vector<std::string> expected = {"layers " + std::to_string(stage_first) + "..4 + rest + output",

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <functional>
 
 #include "kbs/kbs.h"
 #include "kbs_test_util.h"
@@ -320,6 +321,118 @@ TEST_F(BrokerFixture, KnownLayerCountIsEnforcedAndBound) {
   auto edited = broker->release(r, sim_claims(good, now));
   ASSERT_FALSE(edited.ok());
   EXPECT_NE(edited.error().message().find("fails authentication"), std::string::npos) << edited.error().message();
+  EXPECT_TRUE(broker->verify_audit().ok());
+}
+
+// A key stored with a pipeline's stage table: a range goes only to evidence satisfying the policy of the one stage
+// given exactly that range; the front policy gates the metadata-only request; the whole key is refused; the table
+// is bound into the wrapped record, so editing it in the database makes the key unusable.
+TEST_F(BrokerFixture, StageTableBindsEachRangeToItsStagesPolicy) {
+  const Bytes s0(48, 0xC0), s1(48, 0xC1), front(48, 0xF0);
+  const std::string any_sim = R"({"allowed_types": ["sim"], "allow_simulated": true})";
+  StageTable table{{{0, 2, test::sim_policy(s0)}, {3, 4, test::sim_policy(s1)}}, test::sim_policy(front)};
+  SecretBytes key = sealed::generate_model_key();
+  // Validation: a layer count to check against, contiguous ranges covering it, valid policies.
+  EXPECT_FALSE(broker->add_key("piped", 1, key, any_sim, std::nullopt, table).ok());
+  for (auto edit : std::initializer_list<std::function<void(StageTable&)>>{
+           [](StageTable& t) { t.stages[1].first_layer = 4; }, [](StageTable& t) { t.stages[1].last_layer = 5; },
+           [](StageTable& t) { t.stages.pop_back(); }, [](StageTable& t) { t.stages[0].policy_json = "{"; },
+           [](StageTable& t) { t.front_policy_json = "[]"; }}) {
+    StageTable bad = table;
+    edit(bad);
+    auto st = broker->add_key("piped", 1, key, any_sim, 5, bad);
+    ASSERT_FALSE(st.ok());
+    EXPECT_EQ(st.error().code(), ErrorCode::kInvalidArgument);
+    EXPECT_NE(st.error().message().find("stage table"), std::string::npos) << st.error().message();
+  }
+  ASSERT_TRUE(broker->add_key("piped", 1, key, any_sim, 5, table).ok());
+  auto keys = broker->list_keys();
+  ASSERT_TRUE(keys.ok());
+  ASSERT_TRUE(keys->front().stages.has_value());
+  EXPECT_EQ(keys->front().stages->stages.size(), 2u);
+
+  auto ask = [&](std::optional<RangeRequest> range, const Bytes& measurement) {
+    return broker->release({"piped", 1, "test-peer", range}, sim_claims(measurement, now));
+  };
+  auto expect_refused = [&](const Result<Release>& rel, std::string_view what) {
+    ASSERT_FALSE(rel.ok()) << what;
+    EXPECT_EQ(rel.error().code(), ErrorCode::kSecurity) << rel.error().message();
+    EXPECT_NE(rel.error().message().find(what), std::string::npos) << rel.error().message();
+  };
+  auto last_event = [&] {
+    auto entries = broker->audit_entries();
+    return entries.ok() && !entries->empty() ? entries->back().event_json : std::string();
+  };
+  // Stage 1's evidence gets stage 1's range, and the audit names the stage.
+  auto got = ask(RangeRequest{3, 4, 5, false}, s1);
+  ASSERT_TRUE(got.ok()) << got.error().message();
+  EXPECT_EQ(got->range_keys->describe(), "layers 3..4 + rest + output");
+  EXPECT_NE(last_event().find(R"("stage":1,"released":"layers 3..4 + rest + output")"), std::string::npos)
+      << last_event();
+  // ... and not stage 0's, nor a range that is no stage's, nor the whole key.
+  expect_refused(ask(RangeRequest{0, 2, 5, false}, s1), "layers 0..2: refused by stage 0's policy");
+  EXPECT_NE(last_event().find(R"("event":"refuse")"), std::string::npos) << last_event();
+  expect_refused(ask(RangeRequest{1, 2, 5, false}, s1), "layers 1..2: refused: no stage of the recorded stage table");
+  expect_refused(ask(RangeRequest{0, 4, 5, false}, s0), "layers 0..4: refused: no stage");
+  expect_refused(ask(std::nullopt, s0), "only stage ranges are released");
+  ASSERT_TRUE(ask(RangeRequest{0, 2, 5, false}, s0).ok());
+  EXPECT_NE(last_event().find(R"("stage":0)"), std::string::npos) << last_event();
+  // The front's metadata-only request needs the front policy.
+  RangeRequest meta;
+  meta.metadata_only = true;
+  expect_refused(ask(meta, s1), "metadata only: refused by the front policy");
+  auto front_got = ask(meta, front);
+  ASSERT_TRUE(front_got.ok()) << front_got.error().message();
+  EXPECT_EQ(front_got->range_keys->describe(), "metadata only (rest)");
+  // Stage policies swapped, or the table removed, behind the broker's back: the record no longer authenticates.
+  sql("UPDATE model_keys SET stage_table = replace(stage_table, '" + to_hex(s0) + "', '" + to_hex(s1) +
+      "') WHERE model_id = 'piped'");
+  expect_refused(ask(RangeRequest{0, 2, 5, false}, s1), "fails authentication");
+  sql("UPDATE model_keys SET stage_table = NULL WHERE model_id = 'piped'");
+  expect_refused(ask(RangeRequest{0, 2, 5, false}, s1), "fails authentication");
+  EXPECT_TRUE(broker->verify_audit().ok());
+}
+
+// A key stored without a stage table (e.g. by 'veil seal --kbs-db', before its manifest could exist) gets one later:
+// re-wrapped with the table bound in, audited, never replaced; from then on the stage rules apply.
+TEST_F(BrokerFixture, AStageTableCanBeBoundOnceToAKeyStoredWithoutOne) {
+  const Bytes s0(48, 0xC0), s1(48, 0xC1);
+  StageTable table{{{0, 2, test::sim_policy(s0)}, {3, 4, test::sim_policy(s1)}}, ""};
+  auto no_count = broker->bind_stages("stories", 1, table);  // stored without a layer count
+  ASSERT_FALSE(no_count.ok());
+  EXPECT_NE(no_count.error().message().find("needs the model's layer count"), std::string::npos)
+      << no_count.error().message();
+  EXPECT_EQ(broker->bind_stages("missing", 1, table).error().code(), ErrorCode::kNotFound);
+  SecretBytes key = sealed::generate_model_key();
+  const std::string any_sim = R"({"allowed_types": ["sim"], "allow_simulated": true})";
+  ASSERT_TRUE(broker->add_key("late", 1, key, any_sim, 5).ok());
+  ReleaseRequest whole{"late", 1, "test-peer", std::nullopt};
+  ASSERT_TRUE(broker->release(whole, sim_claims(s0, now)).ok());  // no table yet: as before
+  Status bound = broker->bind_stages("late", 1, table);
+  ASSERT_TRUE(bound.ok()) << bound.error().message();
+  auto again = broker->bind_stages("late", 1, table);
+  ASSERT_FALSE(again.ok());
+  EXPECT_NE(again.error().message().find("already has a stage table"), std::string::npos) << again.error().message();
+  auto refused = broker->release(whole, sim_claims(s0, now));
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().code(), ErrorCode::kSecurity);
+  ReleaseRequest stage1{"late", 1, "test-peer", RangeRequest{3, 4, 5, false}};
+  auto got = broker->release(stage1, sim_claims(s1, now));
+  ASSERT_TRUE(got.ok()) << got.error().message();
+  EXPECT_TRUE(ct_equal(got->range_keys->part_key(3),
+                       sealed::RangeKeySet::derive(key, "late", 1, {{3, 4}, false, false})->part_key(3)));
+  EXPECT_FALSE(broker->release(stage1, sim_claims(s0, now)).ok());
+  auto entries = broker->audit_entries();
+  ASSERT_TRUE(entries.ok());
+  bool audited = false;
+  for (const AuditEntry& e : *entries) {
+    audited |= e.event_json.find(R"("event":"bind-stages","model_id":"late")") != std::string::npos;
+  }
+  EXPECT_TRUE(audited);
+  sql("UPDATE model_keys SET stage_table = NULL WHERE model_id = 'late'");  // removing it does not undo the binding
+  auto removed = broker->release(whole, sim_claims(s0, now));
+  ASSERT_FALSE(removed.ok());
+  EXPECT_NE(removed.error().message().find("fails authentication"), std::string::npos) << removed.error().message();
   EXPECT_TRUE(broker->verify_audit().ok());
 }
 
