@@ -7,6 +7,8 @@
 # Builds nothing: give it a built `veil`. Each model is synthesised into a temporary directory (deleted at the
 # end, and each model as soon as its rows are measured), then measured with
 #   veil bench -m MODEL -p 128 -n 128 -r 3 --json --threads 2   (and --threads 1)
+# Decode starts from an empty KV cache (`-d 0`, the default), as llama-bench's tg128 test does; pass
+# BENCH_ARGS="-p 128 -n 128 -r 3 -d 128" to decode after a 128-token context instead.
 # Rows (all by default): gpt2-q8_0 gpt2-q4_0 gpt2-f16 stories15m-q8_0 stories15m-q4_0 tinyllama-q4_0 tinyllama-q8_0.
 # Environment: VEIL_SHARED_DIR (default: ../shared beside the checkout) for the vocabularies; TMPDIR for the models
 # (TinyLlama Q8_0 needs 1.2 GB); BENCH_THREADS (default "2 1"); BENCH_ARGS (default "-p 128 -n 128 -r 3").

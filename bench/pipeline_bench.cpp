@@ -2,9 +2,10 @@
 // channels) driven by the front's PipelineStepModel, against one engine in-process, on a SYNTHETIC model.
 //   VEIL_BENCH_MODEL=/tmp/gpt2-124m-q8.gguf veil_bench_pipeline     (veil synth --shape gpt2-124m --type Q8_0 ...)
 // Threads: 1 stage gets 2, each of 2 or 3 stages gets 1 (the "all on the same 2 cores").
-// Counters: lanes (concurrent forward passes: one per stage when several sequences are in flight), ttft_ms
-// (prefill of a 32-token prompt), decode_ms_p50 / p95 per step, tok_s (decode tokens per second over all
-// sequences). Also the wire micro-benchmarks: encode/decode of a 128 KiB activation message, and the relay
+// Layers split as `veil manifest create` proposes (balance:1, the output head counted in the last stage) or in
+// equal counts (balance:0). Counters: last_stage_layers, lanes (concurrent forward passes: one per stage when
+// several sequences are in flight), ttft_ms (prefill of a 32-token prompt), decode_ms_p50 / p95 per step, tok_s
+// (decode tokens per second over all sequences). Also the wire micro-benchmarks: encode/decode of a 128 KiB activation message, and the relay
 // forwarding one (BM_Relay128K).
 #include <benchmark/benchmark.h>
 #include <unistd.h>
@@ -40,6 +41,7 @@ struct Cluster {
   std::filesystem::path dir;
   std::vector<std::unique_ptr<StageServer>> stages;
   std::unique_ptr<PipelineStepModel> front;
+  uint32_t last_stage_layers = 0;
   ~Cluster() {
     front.reset();
     stages.clear();
@@ -47,7 +49,9 @@ struct Cluster {
   }
 };
 
-Result<std::unique_ptr<Cluster>> make_cluster(uint32_t n_stages, uint32_t slots) {
+// balance: split the layers as `veil manifest create` does (decode_costs: the output head counted in the last
+// stage), or, for comparison, into equal layer counts.
+Result<std::unique_ptr<Cluster>> make_cluster(uint32_t n_stages, uint32_t slots, bool balance) {
   auto c = std::make_unique<Cluster>();
   c->dir = std::filesystem::temp_directory_path() / fmt::format("veil-pipeline-bench-{}", ::getpid());
   std::filesystem::create_directories(c->dir);
@@ -56,8 +60,12 @@ Result<std::unique_ptr<Cluster>> make_cluster(uint32_t n_stages, uint32_t slots)
 
   VEIL_ASSIGN_OR_RETURN(auto whole, engine::Model::load(bench_model()));
   const uint32_t n_layers = whole->hparams().n_layer;
-  std::vector<uint64_t> equal(n_layers, 1);
-  VEIL_ASSIGN_OR_RETURN(auto ranges, balance_layers(equal, n_stages));
+  std::vector<TensorSize> sizes;
+  for (const auto& t : whole->file().tensors()) sizes.push_back({t.name, t.n_bytes});
+  const DecodeCosts costs = decode_costs(sizes);
+  VEIL_ASSIGN_OR_RETURN(auto ranges, balance ? balance_stages(costs, n_stages)
+                                             : balance_layers(std::vector<uint64_t>(n_layers, 1), n_stages));
+  c->last_stage_layers = ranges.back().second - ranges.back().first;
   ShardManifest m;
   m.model_id = "synthetic";
   m.model_version = 1;
@@ -150,7 +158,7 @@ void BM_PipelineDecode(benchmark::State& state) {
   }
   const auto n_stages = static_cast<uint32_t>(state.range(0));
   const auto n_seq = static_cast<uint32_t>(state.range(1));
-  auto cluster = make_cluster(n_stages, n_seq);
+  auto cluster = make_cluster(n_stages, n_seq, state.range(3) != 0);
   if (!cluster.ok()) {
     state.SkipWithError(cluster.error().message().c_str());
     return;
@@ -185,15 +193,17 @@ void BM_PipelineDecode(benchmark::State& state) {
     ttft.push_back(first_token);
   }
   state.counters["lanes"] = lanes;
+  state.counters["last_stage_layers"] = static_cast<double>((*cluster)->last_stage_layers);
   state.counters["ttft_ms"] = percentile(ttft, 0.5);
   state.counters["decode_ms_p50"] = percentile(steps, 0.5);
   state.counters["decode_ms_p95"] = percentile(steps, 0.95);
   state.counters["tok_s"] = decode_s > 0 ? static_cast<double>(state.iterations()) * kDecode * n_seq / decode_s : 0;
 }
 BENCHMARK(BM_PipelineDecode)
-    ->ArgNames({"stages", "seqs", "lanes"})
-    ->Args({1, 1, 0})->Args({2, 1, 0})->Args({3, 1, 0})
-    ->Args({1, 4, 0})->Args({2, 4, 1})->Args({2, 4, 0})->Args({3, 4, 1})->Args({3, 4, 0})
+    ->ArgNames({"stages", "seqs", "lanes", "balance"})
+    ->Args({1, 1, 0, 1})->Args({2, 1, 0, 1})->Args({3, 1, 0, 1})
+    ->Args({1, 4, 0, 1})->Args({2, 4, 1, 1})->Args({2, 4, 0, 1})->Args({3, 4, 1, 1})->Args({3, 4, 0, 1})
+    ->Args({2, 1, 0, 0})->Args({3, 1, 0, 0})->Args({2, 4, 0, 0})->Args({3, 4, 0, 0})
     ->Iterations(3)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 Message activation_message(size_t bytes) {

@@ -27,6 +27,7 @@ struct BenchArgs {
   std::string model;
   int prompt = 128;
   int n = 128;
+  int depth = 0;  // tokens already in the KV cache when the timed decode starts
   int reps = 3;
   unsigned threads = 0;
   size_t size_mib = 1024;
@@ -107,6 +108,7 @@ uint64_t model_bytes(const gguf::File& f) {
 Status run_model(const BenchArgs& a) {
   if (a.prompt < 1 || a.n < 1 || a.reps < 1)
     return make_error(ErrorCode::kUsage, "bench: -p, -n and -r must be at least 1");
+  if (a.depth < 0) return make_error(ErrorCode::kUsage, "bench: -d/--depth must be at least 0");
   if (a.size_mib < 1) return make_error(ErrorCode::kUsage, "bench: --size-mib must be at least 1");
   VEIL_ASSIGN_OR_RETURN(auto path, resolve_model_path(a.model));
   VEIL_ASSIGN_OR_RETURN(auto shared, open_model(path, a.source));
@@ -114,11 +116,12 @@ Status run_model(const BenchArgs& a) {
   const engine::HParams& hp = model->hparams();
   const unsigned threads = a.threads ? a.threads : default_threads();
   engine::Context ctx(hp, {.threads = threads, .pin_threads = a.pin});
-  const uint32_t n_ctx = static_cast<uint32_t>(a.prompt + a.n + 1);
+  const uint32_t n_ctx = static_cast<uint32_t>(std::max(a.prompt, a.depth + a.n) + 1);
   engine::KvCache cache = model->new_cache(n_ctx, a.kv_type);
 
-  // A fixed pseudo-random prompt (the same every run, so runs compare).
-  std::vector<engine::TokenId> prompt(static_cast<size_t>(a.prompt));
+  // A fixed pseudo-random prompt (the same every run, so runs compare); the depth's context comes from the same
+  // generator.
+  std::vector<engine::TokenId> prompt(static_cast<size_t>(std::max(a.prompt, a.depth)));
   uint64_t s = 0x9E3779B97F4A7C15ull;
   for (auto& t : prompt) {
     s = s * 6364136223846793005ull + 1442695040888963407ull;
@@ -132,10 +135,19 @@ Status run_model(const BenchArgs& a) {
   for (int r = 0; r < a.reps + 1; ++r) {  // the first run warms caches and page tables and is not counted
     cache.clear();
     auto t0 = Clock::now();
-    engine::ForwardRequest req{&cache, prompt, engine::LogitsMode::kLast};
+    engine::ForwardRequest req{&cache, std::span(prompt).first(static_cast<size_t>(a.prompt)),
+                               engine::LogitsMode::kLast};
     VEIL_TRY(model->forward({&req, 1}, ctx));
     engine::TokenId next = argmax(ctx.logits());
     const double prefill_s = secs_since(t0);
+    // Decode starts from a cache holding `depth` tokens (0: empty, as llama-bench's tg test does), so attention
+    // reads the same context as the figure it is compared with. Filling it is not timed.
+    cache.clear();
+    if (a.depth > 0) {
+      engine::ForwardRequest fill{&cache, std::span(prompt).first(static_cast<size_t>(a.depth)),
+                                  engine::LogitsMode::kLast};
+      VEIL_TRY(model->forward({&fill, 1}, ctx));
+    }
     auto t1 = Clock::now();
     const int steps = r == 0 ? std::min(a.n, 8) : a.n;
     for (int i = 0; i < steps; ++i) {
@@ -169,6 +181,7 @@ Status run_model(const BenchArgs& a) {
     j["kernels"] = ctx.kernels().name;
     j["prompt_tokens"] = a.prompt;
     j["decode_tokens"] = a.n;
+    j["decode_depth"] = a.depth;
     j["repetitions"] = a.reps;
     j["prefill_tps"] = {{"mean", pf.mean}, {"best", pf.best}};
     j["decode_tps"] = {{"mean", dc.mean}, {"best", dc.best}};
@@ -191,7 +204,8 @@ Status run_model(const BenchArgs& a) {
                      hp.synthetic ? " [SYNTHETIC]" : "", hp.arch, hp.n_layer, threads, ctx.kernels().name);
   out += fmt::format("prefill:   {} tokens  {:.1f} tok/s mean, {:.1f} best  (time to first token {:.1f} ms)\n",
                      a.prompt, pf.mean, pf.best, ttft_best);
-  out += fmt::format("decode:    {} tokens  {:.1f} tok/s mean, {:.1f} best\n", a.n, dc.mean, dc.best);
+  out += fmt::format("decode:    {} tokens from depth {}  {:.1f} tok/s mean, {:.1f} best\n", a.n, a.depth, dc.mean,
+                     dc.best);
   out += fmt::format("roofline:  {:.1f} MB of weights per token, {:.2f} GB/s read bandwidth ({} threads, {} MiB "
                      "buffer) -> <= {:.1f} tok/s; decode reaches {:.0f}%\n",
                      static_cast<double>(wbytes) / 1e6, bw.gbs, threads, a.size_mib, roof_tps, share * 100.0);
@@ -214,6 +228,9 @@ void setup_bench(CLI::App& app, Runner& runner) {
   add_model_source_options(sub, args->source);
   sub->add_option("-p,--prompt-tokens", args->prompt, "Prompt tokens for prefill")->capture_default_str();
   sub->add_option("-n,--n-predict", args->n, "Tokens to decode")->capture_default_str();
+  sub->add_option("-d,--depth", args->depth,
+                  "Tokens in the KV cache when the timed decode starts (0: an empty cache, like llama-bench's tg test)")
+      ->capture_default_str();
   sub->add_option("-r,--repetitions", args->reps, "Repetitions (after one warm-up run)")->capture_default_str();
   sub->add_option("--threads", args->threads, "Threads (default: hardware threads, at most 8)");
   sub->add_option("--size-mib", args->size_mib, "Bandwidth buffer size in MiB")->capture_default_str();

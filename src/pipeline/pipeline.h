@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -57,16 +58,33 @@ Result<ShardManifest> load_manifest(const std::filesystem::path& path);
 std::string manifest_to_json(const ShardManifest& manifest);
 
 // Splits layers 0..layer_bytes.size() into `n_stages` contiguous ranges minimising the largest
-// stage's bytes (ties: earlier stages smaller). Each stage gets at least one layer.
+// stage's bytes, `last_stage_extra` counted in the last stage (ties: earlier stages smaller). Each stage gets at
+// least one layer.
 Result<std::vector<std::pair<uint32_t, uint32_t>>> balance_layers(const std::vector<uint64_t>& layer_bytes,
-                                                                  uint32_t n_stages);
+                                                                  uint32_t n_stages, uint64_t last_stage_extra = 0);
+
+// The weight bytes one decode step reads in each stage: every tensor of its layers, and in the last stage also the
+// output head (output norm and output matrix, or the token embedding when the model ties it), which the front does
+// not run. On GPT-2 124M the head is as large as five of its twelve layers, so ranges balanced by layers alone
+// leave the last stage the slowest.
+struct DecodeCosts {
+  std::vector<uint64_t> layer_bytes;  // by layer index
+  uint64_t head_bytes = 0;
+};
+struct TensorSize {
+  std::string_view name;  // GGUF tensor name
+  uint64_t bytes = 0;
+};
+DecodeCosts decode_costs(std::span<const TensorSize> tensors);
+// balance_layers over a model's decode costs.
+Result<std::vector<std::pair<uint32_t, uint32_t>>> balance_stages(const DecodeCosts& costs, uint32_t n_stages);
 
 // SHA-256 over the sealed header's per-layer digests of layers [begin, end), in layer order: the
 // `weights_sha256` of a stage holding that range. kCorrupt if the header lacks one of the layers.
 Result<Bytes> range_weights_sha256(const sealed::Header& header, uint32_t begin, uint32_t end);
 
-// Proposes a manifest for a sealed model: balanced layer ranges (by weight bytes per layer), each
-// range's weights hash, the given endpoints (one per stage) and the same policy for every stage.
+// Proposes a manifest for a sealed model: layer ranges balanced by decode_costs (the head counted in the last
+// stage), each range's weights hash, the given endpoints (one per stage) and the same policy for every stage.
 struct ProposeOptions {
   uint32_t n_stages = 1;
   std::vector<std::string> endpoints;  // exactly n_stages entries, host:port

@@ -28,15 +28,18 @@ Result<ShardManifest> propose_manifest(const sealed::Header& header, ByteView se
   }
   uint32_t n_layers = 0;
   for (const auto& l : header.layers) n_layers = std::max(n_layers, l.layer + 1);
-  std::vector<uint64_t> bytes(n_layers, 0);
+  std::vector<TensorSize> sizes;
+  sizes.reserve(header.tensors.size());
   for (const auto& t : header.tensors) {
-    if (t.layer != sealed::kNoLayer && t.layer < n_layers) bytes[t.layer] += t.size;
+    if (t.layer == sealed::kNoLayer || t.layer < n_layers) sizes.push_back({t.name, t.size});
   }
+  DecodeCosts costs = decode_costs(sizes);
+  costs.layer_bytes.resize(n_layers, 0);  // layers without tensors count as empty
   if (options.endpoints.size() != options.n_stages) {
     return make_error(ErrorCode::kUsage, "--endpoints: {} given for {} stages (one host:port per stage)",
                       options.endpoints.size(), options.n_stages);
   }
-  VEIL_ASSIGN_OR_RETURN(auto ranges, balance_layers(bytes, options.n_stages));
+  VEIL_ASSIGN_OR_RETURN(auto ranges, balance_stages(costs, options.n_stages));
   nlohmann::json policy = nlohmann::json::parse(options.policy_json, nullptr, false);
   if (policy.is_discarded()) return make_error(ErrorCode::kCorrupt, "--policy: not valid JSON");
   ShardManifest m;

@@ -6,7 +6,7 @@
 namespace veil::pipeline {
 
 Result<std::vector<std::pair<uint32_t, uint32_t>>> balance_layers(const std::vector<uint64_t>& layer_bytes,
-                                                                  uint32_t n_stages) {
+                                                                  uint32_t n_stages, uint64_t last_stage_extra) {
   const size_t n = layer_bytes.size();
   if (n_stages == 0) return make_error(ErrorCode::kInvalidArgument, "--stages must be at least 1");
   if (n_stages > n) {
@@ -24,7 +24,9 @@ Result<std::vector<std::pair<uint32_t, uint32_t>>> balance_layers(const std::vec
       // Earliest cut first with a strict improvement test, so ties give earlier stages the smaller share.
       for (size_t j = k - 1; j < i; ++j) {
         if (best[k - 1][j] == kInf) continue;
-        uint64_t cost = std::max(best[k - 1][j], prefix[i] - prefix[j]);
+        // best[k][n] is read only for k == n_stages, so the extra lands in the last stage.
+        const uint64_t stage = prefix[i] - prefix[j] + (i == n ? last_stage_extra : 0);
+        uint64_t cost = std::max(best[k - 1][j], stage);
         if (cost < best[k][i]) {
           best[k][i] = cost;
           cut[k][i] = j;
@@ -40,6 +42,32 @@ Result<std::vector<std::pair<uint32_t, uint32_t>>> balance_layers(const std::vec
     end = begin;
   }
   return ranges;
+}
+
+DecodeCosts decode_costs(std::span<const TensorSize> tensors) {
+  DecodeCosts c;
+  uint64_t output = 0, output_norm = 0, token_embd = 0;
+  bool has_output = false;
+  for (const TensorSize& t : tensors) {
+    const uint32_t part = sealed::part_of_tensor(t.name);
+    if (part < sealed::kPartOutput) {  // a layer index
+      if (part >= c.layer_bytes.size()) c.layer_bytes.resize(size_t{part} + 1, 0);
+      c.layer_bytes[part] += t.bytes;
+    } else if (t.name == "output.weight") {
+      output += t.bytes;
+      has_output = true;
+    } else if (part == sealed::kPartOutput) {
+      output_norm += t.bytes;
+    } else if (t.name == "token_embd.weight") {
+      token_embd = t.bytes;
+    }
+  }
+  c.head_bytes = output_norm + (has_output ? output : token_embd);
+  return c;
+}
+
+Result<std::vector<std::pair<uint32_t, uint32_t>>> balance_stages(const DecodeCosts& costs, uint32_t n_stages) {
+  return balance_layers(costs.layer_bytes, n_stages, costs.head_bytes);
 }
 
 std::vector<MicroBatch> split_micro_batches(uint32_t n_tokens, uint32_t n_micro_batches) {

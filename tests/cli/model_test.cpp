@@ -328,8 +328,23 @@ TEST_F(ModelTest, BenchModelReportsEveryFigureAndHonoursSizeMib) {
     EXPECT_GT(j["decode_roofline_share"].get<double>(), 0.0);
     EXPECT_EQ(j["bandwidth_buffer_mib"], 8) << "--size-mib sizes the roofline's bandwidth probe";
     EXPECT_EQ(j["threads"], 2);
+    EXPECT_EQ(j["decode_depth"], 0) << "decode starts from an empty cache, like llama-bench's tg test";
     EXPECT_EQ(j["repacked_bytes"].get<uint64_t>() > 0, model == path("q8.gguf")) << model;
   }
+  // --depth: decode after that many tokens of context; the cache is sized for depth + n, not prompt + n.
+  const auto kv_bytes_at = [&](const char* depth) {
+    RunResult r = veil({"bench", "-m", (kStories / "stories260K.gguf").string(), "-p", "8", "-n", "8", "-r", "1",
+                        "-d", depth, "--threads", "1", "--size-mib", "4", "--json"},
+                       120s);
+    expect_ok(r);
+    json j = json::parse(r.out, nullptr, false);
+    EXPECT_EQ(j.value("decode_depth", -1), std::stoi(depth)) << r.describe();
+    return j.value("kv_cache_bytes", uint64_t{0});
+  };
+  // Positions: max(prompt, depth + n) + 1, so 9 at depth 0 and 33 at depth 24.
+  EXPECT_EQ(kv_bytes_at("24") * 9, kv_bytes_at("0") * 33);
+  expect_one_line_error(veil({"bench", "-m", (kStories / "stories260K.gguf").string(), "-d", "-1"}), 2);
+
   RunResult text = veil({"bench", "-m", (kStories / "stories260K.gguf").string(), "-p", "4", "-n", "4", "-r", "1",
                          "--threads", "1", "--size-mib", "4"},
                         120s);

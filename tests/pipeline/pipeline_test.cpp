@@ -116,6 +116,36 @@ TEST(Balance, MinimisesLargestStage) {
   EXPECT_FALSE(balance_layers({1, 2}, 0).ok());
 }
 
+TEST(Balance, CountsTheOutputHeadInTheLastStage) {
+  // Twelve equal layers and a head the size of five (GPT-2 124M's proportions): equal layer counts would leave the
+  // last stage 6 + 5 = 11 units against 6; counting the head gives 8 | 4 + 5 (80 | 90, ties to the earlier stage).
+  auto r = balance_layers(std::vector<uint64_t>(12, 10), 2, 50);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ((*r)[0], (std::pair<uint32_t, uint32_t>{0, 8}));
+  EXPECT_EQ((*r)[1], (std::pair<uint32_t, uint32_t>{8, 12}));
+  auto three = balance_layers(std::vector<uint64_t>(12, 10), 3, 50);
+  ASSERT_TRUE(three.ok());
+  EXPECT_EQ((*three)[2], (std::pair<uint32_t, uint32_t>{11, 12})) << "one layer + the head: 60, the others 60 and 50";
+  // A head larger than everything else still leaves the last stage at least one layer.
+  auto huge = balance_layers({1, 1, 1}, 2, 1000);
+  ASSERT_TRUE(huge.ok());
+  EXPECT_EQ((*huge)[1], (std::pair<uint32_t, uint32_t>{2, 3}));
+}
+
+TEST(Balance, DecodeCostsSplitLayersAndHead) {
+  const std::vector<TensorSize> tensors = {
+      {"token_embd.weight", 1000}, {"position_embd.weight", 300}, {"blk.0.attn_qkv.weight", 40},
+      {"blk.0.ffn_up.weight", 60},  {"blk.1.attn_qkv.weight", 45}, {"output_norm.weight", 2},
+      {"output_norm.bias", 2},      {"output.weight", 700}};
+  DecodeCosts c = decode_costs(tensors);
+  EXPECT_EQ(c.layer_bytes, (std::vector<uint64_t>{100, 45}));
+  EXPECT_EQ(c.head_bytes, 704u) << "output.weight and the output norm; the embeddings are the front's";
+  // Tied output: the last stage multiplies by the token embedding.
+  const std::vector<TensorSize> tied = {{"token_embd.weight", 1000}, {"blk.0.ffn_up.weight", 60},
+                                        {"output_norm.weight", 2}};
+  EXPECT_EQ(decode_costs(tied).head_bytes, 1002u);
+}
+
 TEST(Schedule, MicroBatchesCoverPromptInOrder) {
   auto mb = split_micro_batches(10, 4);
   ASSERT_EQ(mb.size(), 4u);
@@ -187,9 +217,11 @@ TEST(Propose, BalancedManifestForSealedStories260K) {
   EXPECT_EQ(m->n_layers, 5u);
   ASSERT_EQ(m->stages.size(), 2u);
   EXPECT_EQ(m->stages[0].layer_begin, 0u);
-  EXPECT_EQ(m->stages[0].layer_end, 2u);  // equal-sized layers: the earlier stage gets the smaller share
+  // Five equal layers of 178 KiB and a 128 KiB output head that the last stage runs: 3 | 2 + head (532 | 483 KiB)
+  // rather than 2 | 3 + head (355 | 660 KiB).
+  EXPECT_EQ(m->stages[0].layer_end, 3u);
   EXPECT_EQ(m->stages[1].layer_end, 5u);
-  EXPECT_EQ(m->stages[1].weights_sha256, *range_weights_sha256(*header, 2, 5));
+  EXPECT_EQ(m->stages[1].weights_sha256, *range_weights_sha256(*header, 3, 5));
   EXPECT_NE(m->stages[0].weights_sha256, m->stages[1].weights_sha256);
   EXPECT_EQ(to_hex(m->sealed_model_sha256), to_hex(digest));
 
