@@ -203,6 +203,7 @@ BENCHMARK(BM_PipelineDecode)
     ->ArgNames({"stages", "seqs", "lanes", "balance"})
     ->Args({1, 1, 0, 1})->Args({2, 1, 0, 1})->Args({3, 1, 0, 1})
     ->Args({1, 4, 0, 1})->Args({2, 4, 1, 1})->Args({2, 4, 0, 1})->Args({3, 4, 1, 1})->Args({3, 4, 0, 1})
+    ->Args({3, 4, 2, 1})
     ->Args({2, 1, 0, 0})->Args({3, 1, 0, 0})->Args({2, 4, 0, 0})->Args({3, 4, 0, 0})
     ->Iterations(3)->Unit(benchmark::kMillisecond)->UseRealTime();
 

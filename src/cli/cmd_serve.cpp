@@ -44,6 +44,7 @@ struct ServeArgs {
   uint32_t health_interval_s = 10;
   bool attest_to_stages = false;    // mutual attestation with stages started with --front-policy
   uint32_t micro_batches = 1;       // fill-drain overlap across stages
+  uint32_t lanes = 0;               // forward passes in flight at once; 0: what the model allows (one per stage)
 };
 
 // The forward passes: the local engine, or (--manifest) the pipeline stages with this process as the front.
@@ -126,6 +127,7 @@ Status run_serve(const ServeArgs& a) {
   eo.batching.max_queue = a.queue;
   eo.batching.prefill_chunk = a.prefill_chunk;
   eo.batching.step_token_budget = std::max<uint32_t>(a.prefill_chunk, 256);
+  eo.batching.lanes = a.lanes;
   VEIL_ASSIGN_OR_RETURN(auto backend, make_backend(a, path, provider, eo));
 
   std::filesystem::path db = a.db.empty() ? veil_data_dir() / "server.db" : std::filesystem::path(a.db);
@@ -187,6 +189,10 @@ void setup_serve(CLI::App& app, Runner& runner) {
   sub->add_option("--micro-batches", a->micro_batches,
                   "Pipeline front: split each forward pass into N micro-batches that overlap across stages")
       ->capture_default_str()->check(CLI::Range(1, 64));
+  sub->add_option("--lanes", a->lanes,
+                  "Pipeline front: forward passes in flight at once, each on its own sequences (default: one per "
+                  "stage; fewer when the stages share fewer cores than there are stages)")
+      ->check(CLI::Range(1, 64));
   sub->add_flag("--attest-to-stages", a->attest_to_stages,
                 "Pipeline front: present this node's evidence to every stage (stages started with --front-policy; "
                 "implied when the manifest has a front_policy)");

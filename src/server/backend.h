@@ -77,6 +77,7 @@ struct BackendStats {
   size_t max_queue = 0;
   uint64_t forward_passes = 0;        // batched forward passes run so far
   uint64_t forward_sequences = 0;     // sequences summed over those passes (/ passes = mean batch)
+  size_t lanes = 1;                   // forward passes that may be in flight at once (pipeline: up to one per stage)
 };
 
 class GenerationBackend {

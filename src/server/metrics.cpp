@@ -79,6 +79,7 @@ std::string Metrics::render(const BackendStats& backend) const {
   out += fmt::format("# TYPE veil_sequences_running gauge\nveil_sequences_running {}\n", backend.running);
   out += fmt::format("# TYPE veil_requests_queued gauge\nveil_requests_queued {}\n", backend.queued);
   out += fmt::format("# TYPE veil_sequence_slots gauge\nveil_sequence_slots {}\n", backend.max_slots);
+  out += fmt::format("# TYPE veil_forward_lanes gauge\nveil_forward_lanes {}\n", backend.lanes);
   out += "# HELP veil_forward_passes_total Batched forward passes (one per scheduler step).\n";
   out += fmt::format("# TYPE veil_forward_passes_total counter\nveil_forward_passes_total {}\n", backend.forward_passes);
   out += "# HELP veil_forward_sequences_total Sequences summed over forward passes (/ passes = mean batch).\n";

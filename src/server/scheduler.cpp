@@ -483,9 +483,15 @@ Result<std::shared_ptr<GenerationHandle>> BatchingBackend::submit(const Generati
 
 BackendStats BatchingBackend::stats() const {
   std::lock_guard<std::mutex> lock(impl_->mu);
-  return BackendStats{impl_->running,      impl_->queued,
-                      impl_->options.max_slots, impl_->options.max_queue,
-                      impl_->steps.load(),  impl_->batched_sequences.load()};
+  BackendStats s;
+  s.running = impl_->running;
+  s.queued = impl_->queued;
+  s.max_slots = impl_->options.max_slots;
+  s.max_queue = impl_->options.max_queue;
+  s.forward_passes = impl_->steps.load();
+  s.forward_sequences = impl_->batched_sequences.load();
+  s.lanes = impl_->options.lanes;
+  return s;
 }
 
 void BatchingBackend::shutdown(std::chrono::milliseconds grace) {

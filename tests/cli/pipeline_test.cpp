@@ -162,8 +162,9 @@ TEST_F(PipelineCliTest, ThreeSealedStagesServeTheSameGreedyText) {
     m["stages"][i]["endpoint"] = ep;
   }
   write_text(path("front.json"), m.dump(2));
+  // Two lanes for three stages (--lanes: stages sharing fewer cores than there are stages).
   std::vector<std::string> args = {"serve", "--manifest", path("front.json").string(), "--insecure-http", "--no-auth",
-                                   "--listen", "127.0.0.1:0", "-t", "1", "--grace", "1"};
+                                   "--listen", "127.0.0.1:0", "-t", "1", "--grace", "1", "--lanes", "2"};
   args.insert(args.end(), sealed_model.begin(), sealed_model.end());
   auto front = start(args);
   auto line = front->wait_for_stdout_line("veil serve: model stories260K", 60s);  // the manifest's model id
@@ -173,6 +174,8 @@ TEST_F(PipelineCliTest, ThreeSealedStagesServeTheSameGreedyText) {
   json j = json::parse(ok.body, nullptr, false);
   ASSERT_FALSE(j.is_discarded()) << ok.raw;
   EXPECT_EQ(j["choices"][0]["text"].get<std::string>().rfind(", there was a little girl", 0), 0u) << ok.body;
+  HttpResponse metrics = http_request(port_of(*line), "GET", "/metrics", "");
+  EXPECT_NE(metrics.body.find("veil_forward_lanes 2\n"), std::string::npos) << metrics.raw;
   front->signal(SIGTERM);
   EXPECT_EQ(front->finish(30s).exit_code, 0);
 }
