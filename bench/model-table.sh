@@ -110,7 +110,9 @@ except Exception:
 version = "; ".join(subprocess.run([veil, "--version"], capture_output=True, text=True).stdout.split("\n")).strip("; ")
 print(f"Machine: {cpu}, {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} CPUs; "
       f"kernels: {rows[0]['result']['kernels'] if rows else '?'}; {version}")
-print(f"Date: {start}. Command: `bench/model-table.sh {veil}` (veil bench {args} --json, per row and thread count).")
+depth = args.split()[args.split().index("-d") + 1] if "-d" in args.split() else "0"
+print(f"Date: {start}. Command: `bench/model-table.sh {veil}` (veil bench {args} --json, per row and thread count; "
+      f"decode from a cache holding {depth} tokens" + (", as llama-bench's tg test" if depth == "0" else "") + ").")
 print(f"Load average before: `{load_before.strip()}`; after: `{load_after.strip()}`.")
 print()
 print("All models are SYNTHETIC (fixed-seed random weights at the real shape, `veil synth`). tok/s: best of the "

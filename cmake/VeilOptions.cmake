@@ -18,14 +18,6 @@ if(VEIL_SANITIZE OR VEIL_FUZZ)
   # Tests link without libFuzzer: the coverage callbacks come from the sanitizer runtime.
 endif()
 
-# Git commit for `veil --version`.
-execute_process(COMMAND git rev-parse --short=12 HEAD
-  WORKING_DIRECTORY ${CMAKE_SOURCE_DIR}
-  OUTPUT_VARIABLE VEIL_GIT_COMMIT OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
-if(NOT VEIL_GIT_COMMIT)
-  set(VEIL_GIT_COMMIT "unknown")
-endif()
-
 # Helper: veil_component(NAME SOURCES... DEPS ...) defines static library veil_NAME.
 function(veil_component name)
   cmake_parse_arguments(ARG "" "" "DEPS" ${ARGN})
