@@ -107,11 +107,13 @@ enum class KvType { kF32, kF16 };
 const char* kv_type_name(KvType t);
 Result<KvType> parse_kv_type(std::string_view name);  // "f32" | "f16"
 
-// Key/value cache of one sequence for the layers of one range: K as [n_ctx x kv_dim] per layer, V transposed.
+// Key/value cache of one sequence for the layers of one range. Per layer, K is head-major, [n_head_kv x n_ctx x
+// head_dim] (one KV head's keys are consecutive rows: attention streams them in order), and V is transposed,
+// [kv_dim x n_ctx].
 class KvCache {
  public:
   KvCache() = default;
-  KvCache(uint32_t n_ctx, LayerRange range, uint32_t kv_dim, KvType type = KvType::kF32);
+  KvCache(uint32_t n_ctx, LayerRange range, uint32_t n_head_kv, uint32_t head_dim, KvType type = KvType::kF32);
   uint32_t n_ctx() const { return n_ctx_; }
   uint32_t n_past() const { return n_past_; }
   KvType type() const { return type_; }
@@ -121,9 +123,9 @@ class KvCache {
   // Forgets tokens from position `n` on (n <= n_past): e.g. to reuse a shared prompt prefix.
   void truncate(uint32_t n) { if (n < n_past_) n_past_ = n; }
   void clear() { n_past_ = 0; }
-  // K row of `pos` (kv_dim elements of elem_bytes()).
-  uint8_t* k(uint32_t layer, uint32_t pos) {
-    return k_.data() + ((layer - range_.begin) * size_t{n_ctx_} + pos) * kv_dim_ * elem_bytes();
+  // The K rows of one KV head: n_ctx rows of head_dim elements (elem_bytes() each), position p at row p.
+  uint8_t* k_rows(uint32_t layer, uint32_t kv_head) {
+    return k_.data() + (((layer - range_.begin) * size_t{n_head_kv_} + kv_head) * n_ctx_) * head_dim_ * elem_bytes();
   }
   // V of one layer transposed, [kv_dim x n_ctx]: row d holds component d of every position, so attention's
   // weighted sum over positions is a matrix-vector product.
@@ -137,7 +139,9 @@ class KvCache {
   friend class Model;
   uint32_t n_ctx_ = 0;
   uint32_t n_past_ = 0;
-  uint32_t kv_dim_ = 0;
+  uint32_t n_head_kv_ = 0;
+  uint32_t head_dim_ = 0;
+  uint32_t kv_dim_ = 0;  // n_head_kv * head_dim
   KvType type_ = KvType::kF32;
   LayerRange range_;
   std::vector<uint8_t> k_, v_;

@@ -146,26 +146,37 @@ Result<KvType> parse_kv_type(std::string_view name) {
   return make_error(ErrorCode::kInvalidArgument, "unknown KV cache type '{}' (f32 or f16)", name);
 }
 
-KvCache::KvCache(uint32_t n_ctx, LayerRange range, uint32_t kv_dim, KvType type)
-    : n_ctx_(n_ctx), kv_dim_(kv_dim), type_(type), range_(range) {
-  size_t n = size_t{range.end - range.begin} * n_ctx * kv_dim * elem_bytes();
+KvCache::KvCache(uint32_t n_ctx, LayerRange range, uint32_t n_head_kv, uint32_t head_dim, KvType type)
+    : n_ctx_(n_ctx), n_head_kv_(n_head_kv), head_dim_(head_dim), kv_dim_(n_head_kv * head_dim), type_(type),
+      range_(range) {
+  size_t n = size_t{range.end - range.begin} * n_ctx * kv_dim_ * elem_bytes();
   k_.assign(n, 0);
   v_.assign(n, 0);
 }
 
 void KvCache::store(uint32_t layer, uint32_t pos, const float* k, const float* v) {
-  uint8_t* kr = this->k(layer, pos);
   uint8_t* vt = v_rows(layer);
-  const size_t stride = size_t{n_ctx_} * elem_bytes();  // between V rows
-  if (type_ == KvType::kF32) {
-    std::memcpy(kr, k, kv_dim_ * sizeof(float));
-    for (size_t d = 0; d < kv_dim_; ++d) std::memcpy(vt + d * stride + pos * sizeof(float), v + d, sizeof(float));
-    return;
+  const size_t eb = elem_bytes();
+  const size_t stride = size_t{n_ctx_} * eb;  // between V rows
+  for (uint32_t h = 0; h < n_head_kv_; ++h) {
+    uint8_t* kr = k_rows(layer, h) + size_t{pos} * head_dim_ * eb;
+    const float* kh = k + size_t{h} * head_dim_;
+    if (type_ == KvType::kF32) {
+      std::memcpy(kr, kh, head_dim_ * sizeof(float));
+    } else {
+      for (size_t d = 0; d < head_dim_; ++d) {
+        const uint16_t b = kernels::f32_to_fp16(kh[d]);
+        std::memcpy(kr + 2 * d, &b, 2);
+      }
+    }
   }
   for (size_t d = 0; d < kv_dim_; ++d) {
-    const uint16_t kh = kernels::f32_to_fp16(k[d]), vh = kernels::f32_to_fp16(v[d]);
-    std::memcpy(kr + 2 * d, &kh, 2);
-    std::memcpy(vt + d * stride + pos * 2, &vh, 2);
+    if (type_ == KvType::kF32) {
+      std::memcpy(vt + d * stride + pos * sizeof(float), v + d, sizeof(float));
+    } else {
+      const uint16_t b = kernels::f32_to_fp16(v[d]);
+      std::memcpy(vt + d * stride + pos * 2, &b, 2);
+    }
   }
 }
 
@@ -336,7 +347,7 @@ uint64_t Model::weight_bytes_per_token() const {
 KvCache Model::new_cache(uint32_t n_ctx, KvType type) const {
   if (n_ctx == 0) n_ctx = hp_.n_ctx_train;
   if (w_.pos_embd.data) n_ctx = std::min<uint32_t>(n_ctx, static_cast<uint32_t>(w_.pos_embd.rows));
-  return KvCache(n_ctx, range_, hp_.n_head_kv * hp_.head_dim, type);
+  return KvCache(n_ctx, range_, hp_.n_head_kv, hp_.head_dim, type);
 }
 
 Status Model::forward(std::span<ForwardRequest> requests, Context& ctx) const {

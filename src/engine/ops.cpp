@@ -211,7 +211,7 @@ struct AttnCtx {
 constexpr size_t kAttnTile = 16;
 
 // One (request, head) per unit, the request's tokens in tiles. Both products run on the context's F32 kernels:
-// scores = the head's K rows (kv_dim apart in the cache) x q, output = the head's rows of the transposed V cache x
+// scores = the head's K rows (consecutive in the cache) x q, output = the head's rows of the transposed V cache x
 // the softmax weights. A token's weights past its own position are zero (causal mask), so every token's sums are
 // the ones a per-token loop would make; the scalar table sums in element order.
 void attention_task(void* p, size_t begin, size_t end, int thread) {
@@ -219,7 +219,6 @@ void attention_task(void* p, size_t begin, size_t end, int thread) {
   Batch& b = *a->b;
   const HParams& hp = b.model.hparams();
   const uint32_t hd = hp.head_dim, nh = hp.n_head, group = hp.n_head / hp.n_head_kv;
-  const size_t kv_dim = size_t{hp.n_head_kv} * hd;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   std::vector<float>& scores = b.ctx.buf.attn_scores[static_cast<size_t>(thread)];  // sized by attention()
   for (size_t u = begin; u < end; ++u) {
@@ -230,7 +229,7 @@ void attention_task(void* p, size_t begin, size_t end, int thread) {
     // F32 and F16 rows take the same f32 activations (kernels.h), so q and the softmax weights go in as they are.
     const kernels::TypeKernels& kv = b.ctx.kernels().of(c->kernel_type());
     const size_t eb = c->elem_bytes();
-    const uint8_t* keys = c->k(a->layer, 0) + size_t{kvh} * hd * eb;
+    const uint8_t* keys = c->k_rows(a->layer, kvh);
     const uint8_t* vrows = c->v_rows(a->layer) + size_t{kvh} * hd * c->n_ctx() * eb;
     for (size_t t0 = b.ctx.buf.first[req]; t0 < b.ctx.buf.first[req + 1]; t0 += kAttnTile) {
       const size_t m = std::min<size_t>(kAttnTile, b.ctx.buf.first[req + 1] - t0);
@@ -238,9 +237,9 @@ void attention_task(void* p, size_t begin, size_t end, int thread) {
       const float* q = a->q + (t0 * nh + h) * hd;
       float* o = a->out + (t0 * nh + h) * hd;
       if (m == 1) {
-        kv.matvec(keys, kv_dim * eb, hd, reinterpret_cast<const uint8_t*>(q), scores.data(), 0, n);
+        kv.matvec(keys, hd * eb, hd, reinterpret_cast<const uint8_t*>(q), scores.data(), 0, n);
       } else {
-        kv.matmul(keys, kv_dim * eb, hd, reinterpret_cast<const uint8_t*>(q), size_t{nh} * hd * sizeof(float),
+        kv.matmul(keys, hd * eb, hd, reinterpret_cast<const uint8_t*>(q), size_t{nh} * hd * sizeof(float),
                    m, scores.data(), n, 0, n);
       }
       for (size_t j = 0; j < m; ++j) {
