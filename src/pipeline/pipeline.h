@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <span>
 #include <string>
@@ -88,7 +89,8 @@ Result<Bytes> range_weights_sha256(const sealed::Header& header, uint32_t begin,
 struct ProposeOptions {
   uint32_t n_stages = 1;
   std::vector<std::string> endpoints;  // exactly n_stages entries, host:port
-  std::string policy_json;             // an attest::Policy document
+  std::string policy_json;             // an attest::Policy document, for every stage not in stage_policy_json
+  std::map<uint32_t, std::string> stage_policy_json;  // by stage index: that stage's own policy
   std::string front_policy_json;       // optional: the policy the front must satisfy (empty: none)
 };
 Result<ShardManifest> propose_manifest(const sealed::Header& header, ByteView sealed_file_sha256,

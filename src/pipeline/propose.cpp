@@ -40,8 +40,25 @@ Result<ShardManifest> propose_manifest(const sealed::Header& header, ByteView se
                       options.endpoints.size(), options.n_stages);
   }
   VEIL_ASSIGN_OR_RETURN(auto ranges, balance_stages(costs, options.n_stages));
-  nlohmann::json policy = nlohmann::json::parse(options.policy_json, nullptr, false);
-  if (policy.is_discarded()) return make_error(ErrorCode::kCorrupt, "--policy: not valid JSON");
+  std::map<uint32_t, nlohmann::json> stage_policy;
+  for (const auto& [index, text] : options.stage_policy_json) {
+    if (index >= options.n_stages) {
+      return make_error(ErrorCode::kUsage, "--stage-policy {}: there are {} stages (indices 0 to {})", index,
+                        options.n_stages, options.n_stages - 1);
+    }
+    stage_policy[index] = nlohmann::json::parse(text, nullptr, false);
+    if (stage_policy[index].is_discarded()) {
+      return make_error(ErrorCode::kCorrupt, "--stage-policy {}: not valid JSON", index);
+    }
+  }
+  nlohmann::json policy;  // for the stages without their own
+  if (stage_policy.size() < options.n_stages) {
+    if (options.policy_json.empty()) {
+      return make_error(ErrorCode::kUsage, "--policy: needed for the stages without a --stage-policy");
+    }
+    policy = nlohmann::json::parse(options.policy_json, nullptr, false);
+    if (policy.is_discarded()) return make_error(ErrorCode::kCorrupt, "--policy: not valid JSON");
+  }
   ShardManifest m;
   if (!options.front_policy_json.empty()) {
     m.front_policy_json = nlohmann::json::parse(options.front_policy_json, nullptr, false);
@@ -59,7 +76,8 @@ Result<ShardManifest> propose_manifest(const sealed::Header& header, ByteView se
     s.layer_end = ranges[i].second;
     VEIL_ASSIGN_OR_RETURN(s.weights_sha256, range_weights_sha256(header, s.layer_begin, s.layer_end));
     s.endpoint = options.endpoints[i];
-    s.policy_json = policy;
+    auto own = stage_policy.find(i);
+    s.policy_json = own != stage_policy.end() ? own->second : policy;
     m.stages.push_back(std::move(s));
   }
   // Validate the proposal exactly as a stage would read it.

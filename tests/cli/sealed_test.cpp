@@ -271,6 +271,33 @@ TEST_F(SealedTest, ManifestBadArguments) {
   expect_one_line_error(veil({"manifest", "create", path("m.vsm").string(), "--endpoints", "a:1,b:2", "--policy",
                               path("absent.json").string()}),
                         2);
+  // --stage-policy: a stage index out of range, given twice, malformed or with a bad policy is refused, naming it;
+  // without --policy every stage needs its own.
+  const std::vector<std::string> two = {"manifest", "create", path("m.vsm").string(), "--stages", "2", "--endpoints",
+                                        "127.0.0.1:7400,127.0.0.1:7401"};
+  auto with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = two;
+    args.insert(args.end(), extra.begin(), extra.end());
+    return veil(args);
+  };
+  const std::string policy = path("policy.json").string();
+  struct Case {
+    std::vector<std::string> extra;
+    std::string needle;
+    int exit_code;  // 2: usage; a policy that does not parse is an invalid input, like --policy's above
+  };
+  for (const Case& c : std::vector<Case>{
+           {{"--policy", policy, "--stage-policy", "2=" + policy}, "--stage-policy 2: there are 2 stages", 2},
+           {{"--policy", policy, "--stage-policy", "1=" + policy, "--stage-policy", "1=" + policy},
+            "stage 1 given twice", 2},
+           {{"--policy", policy, "--stage-policy", "one=" + policy}, "expected INDEX=FILE", 2},
+           {{"--policy", policy, "--stage-policy", "1=" + path("bad-policy.json").string()},
+            "--stage-policy 1 " + path("bad-policy.json").string() + ": policy: field 'allowed_types'", bad.exit_code},
+           {{"--stage-policy", "0=" + policy}, "--policy: needed for the stages without a --stage-policy", 2}}) {
+    RunResult r = with(c.extra);
+    expect_one_line_error(r, c.exit_code);
+    EXPECT_NE(r.err.find(c.needle), std::string::npos) << r.describe();
+  }
 }
 
 TEST_F(SealedTest, KbsKeyManagementAndAudit) {
@@ -461,17 +488,26 @@ TEST_F(SealedTest, APipelineFrontGetsOnlyTheMetadataKeyFromTheBroker) {
   json manifest = json::parse(read_text(path("stages.json")), nullptr, false);
   ASSERT_FALSE(manifest.is_discarded());
   const int stage_first = manifest["stages"][1]["layer_begin"].get<int>();
-  // Per-stage launch configs: each folds into that process's measurement, which its manifest policy expects.
+  // Per-stage launch configs: each folds into that process's measurement, which its manifest policy expects
+  // (--stage-policy gives each stage its own, --front-policy the front's).
   auto policy_for = [&](const std::string& config) {
     write_text(path(config), "veil launch config: " + config + "\n");
-    return json{{"allowed_types", {"sim"}},
+    json policy{{"allowed_types", {"sim"}},
                 {"allow_simulated", true},
                 {"expected_measurements", {{"sim", {{"measurement", {sim_measurement(config)}}}}}}};
+    write_text(path(config + ".policy.json"), policy.dump());
+    return policy;
   };
-  manifest["stages"][0]["policy"] = policy_for("stage0.conf");
-  manifest["stages"][1]["policy"] = policy_for("stage1.conf");
-  manifest["front_policy"] = policy_for("front.conf");
-  write_text(path("stages.json"), manifest.dump(2));
+  const json stage_policies[2] = {policy_for("stage0.conf"), policy_for("stage1.conf")};
+  const json front_policy = policy_for("front.conf");
+  expect_ok(veil({"manifest", "create", path("m.vsm").string(), "--stages", "2", "--endpoints", "127.0.0.1:1,127.0.0.1:2",
+                  "--stage-policy", "0=" + path("stage0.conf.policy.json").string(), "--stage-policy",
+                  "1=" + path("stage1.conf.policy.json").string(), "--front-policy",
+                  path("front.conf.policy.json").string(), "-o", path("stages.json").string()}));
+  manifest = json::parse(read_text(path("stages.json")), nullptr, false);
+  ASSERT_FALSE(manifest.is_discarded());
+  for (int i = 0; i < 2; ++i) EXPECT_EQ(manifest["stages"][i]["policy"], stage_policies[i]) << i;
+  EXPECT_EQ(manifest["front_policy"], front_policy);
   const std::string kbs_address = start_broker({"--manifest", path("stages.json").string()});
   ASSERT_FALSE(kbs_address.empty());
   // add-key checks the manifest is this model's, version's and sealed file's before recording its stage table.
