@@ -120,6 +120,7 @@ class KvCache {
   // The kernels' weight type of the cache's rows (attention runs the F32 or F16 matvec over them).
   kernels::Type kernel_type() const { return type_ == KvType::kF16 ? kernels::Type::kF16 : kernels::Type::kF32; }
   size_t elem_bytes() const { return type_ == KvType::kF16 ? 2 : 4; }
+  size_t kv_dim() const { return size_t{n_head_kv_} * head_dim_; }
   // Forgets tokens from position `n` on (n <= n_past): e.g. to reuse a shared prompt prefix.
   void truncate(uint32_t n) { if (n < n_past_) n_past_ = n; }
   void clear() { n_past_ = 0; }
@@ -129,7 +130,7 @@ class KvCache {
   }
   // V of one layer transposed, [kv_dim x n_ctx]: row d holds component d of every position, so attention's
   // weighted sum over positions is a matrix-vector product.
-  uint8_t* v_rows(uint32_t layer) { return v_.data() + (layer - range_.begin) * size_t{n_ctx_} * kv_dim_ * elem_bytes(); }
+  uint8_t* v_rows(uint32_t layer) { return v_.data() + (layer - range_.begin) * size_t{n_ctx_} * kv_dim() * elem_bytes(); }
   // Stores one position's K and V (kv_dim floats each), converted to the cache's type.
   void store(uint32_t layer, uint32_t pos, const float* k, const float* v);
   const LayerRange& range() const { return range_; }
@@ -141,7 +142,6 @@ class KvCache {
   uint32_t n_past_ = 0;
   uint32_t n_head_kv_ = 0;
   uint32_t head_dim_ = 0;
-  uint32_t kv_dim_ = 0;  // n_head_kv * head_dim
   KvType type_ = KvType::kF32;
   LayerRange range_;
   std::vector<uint8_t> k_, v_;

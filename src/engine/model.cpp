@@ -147,37 +147,29 @@ Result<KvType> parse_kv_type(std::string_view name) {
 }
 
 KvCache::KvCache(uint32_t n_ctx, LayerRange range, uint32_t n_head_kv, uint32_t head_dim, KvType type)
-    : n_ctx_(n_ctx), n_head_kv_(n_head_kv), head_dim_(head_dim), kv_dim_(n_head_kv * head_dim), type_(type),
-      range_(range) {
-  size_t n = size_t{range.end - range.begin} * n_ctx * kv_dim_ * elem_bytes();
+    : n_ctx_(n_ctx), n_head_kv_(n_head_kv), head_dim_(head_dim), type_(type), range_(range) {
+  size_t n = size_t{range.end - range.begin} * n_ctx * kv_dim() * elem_bytes();
   k_.assign(n, 0);
   v_.assign(n, 0);
 }
 
 void KvCache::store(uint32_t layer, uint32_t pos, const float* k, const float* v) {
-  uint8_t* vt = v_rows(layer);
   const size_t eb = elem_bytes();
-  const size_t stride = size_t{n_ctx_} * eb;  // between V rows
-  for (uint32_t h = 0; h < n_head_kv_; ++h) {
+  auto put = [&](uint8_t* dst, float x) {  // one element in the cache's type
+    if (type_ == KvType::kF32) {
+      std::memcpy(dst, &x, sizeof x);
+    } else {
+      const uint16_t h = kernels::f32_to_fp16(x);
+      std::memcpy(dst, &h, sizeof h);
+    }
+  };
+  for (uint32_t h = 0; h < n_head_kv_; ++h) {  // head h's K row of `pos`
     uint8_t* kr = k_rows(layer, h) + size_t{pos} * head_dim_ * eb;
-    const float* kh = k + size_t{h} * head_dim_;
-    if (type_ == KvType::kF32) {
-      std::memcpy(kr, kh, head_dim_ * sizeof(float));
-    } else {
-      for (size_t d = 0; d < head_dim_; ++d) {
-        const uint16_t b = kernels::f32_to_fp16(kh[d]);
-        std::memcpy(kr + 2 * d, &b, 2);
-      }
-    }
+    for (size_t d = 0; d < head_dim_; ++d) put(kr + d * eb, k[size_t{h} * head_dim_ + d]);
   }
-  for (size_t d = 0; d < kv_dim_; ++d) {
-    if (type_ == KvType::kF32) {
-      std::memcpy(vt + d * stride + pos * sizeof(float), v + d, sizeof(float));
-    } else {
-      const uint16_t b = kernels::f32_to_fp16(v[d]);
-      std::memcpy(vt + d * stride + pos * 2, &b, 2);
-    }
-  }
+  uint8_t* vt = v_rows(layer) + size_t{pos} * eb;  // column `pos` of the transposed V
+  const size_t stride = size_t{n_ctx_} * eb;
+  for (size_t d = 0; d < kv_dim(); ++d) put(vt + d * stride, v[d]);
 }
 
 Context::Context(const HParams& hp, ContextOptions options)
@@ -352,12 +344,13 @@ KvCache Model::new_cache(uint32_t n_ctx, KvType type) const {
 
 Status Model::forward(std::span<ForwardRequest> requests, Context& ctx) const {
   if (requests.empty()) return make_error(ErrorCode::kInvalidArgument, "forward: no requests");
-  const uint32_t kv_dim = hp_.n_head_kv * hp_.head_dim;
   size_t total = 0;
   for (size_t i = 0; i < requests.size(); ++i) {
     ForwardRequest& q = requests[i];
     if (!q.cache) return make_error(ErrorCode::kInvalidArgument, "forward: request {} has no cache", i);
-    if (q.cache->range_.begin != range_.begin || q.cache->range_.end != range_.end || q.cache->kv_dim_ != kv_dim) {
+    const KvCache& c = *q.cache;  // the K rows are laid out by head, so the head split must match, not only kv_dim
+    if (c.range_.begin != range_.begin || c.range_.end != range_.end || c.n_head_kv_ != hp_.n_head_kv ||
+        c.head_dim_ != hp_.head_dim) {
       return make_error(ErrorCode::kInvalidArgument, "forward: request {}: cache was made for another model or range", i);
     }
     for (size_t j = 0; j < i; ++j) {
@@ -389,7 +382,7 @@ Status Model::forward(std::span<ForwardRequest> requests, Context& ctx) const {
 
   // Size the scratch buffers (grow only).
   auto& B = ctx.buf;
-  const size_t d = hp_.n_embd, qd = size_t{hp_.n_head} * hp_.head_dim;
+  const size_t d = hp_.n_embd, qd = size_t{hp_.n_head} * hp_.head_dim, kv_dim = size_t{hp_.n_head_kv} * hp_.head_dim;
   const size_t wide = std::max({d, qd, size_t{hp_.n_ff}, 3 * d});
   auto grow = [](std::vector<float>& v, size_t n) { if (v.size() < n) v.resize(n); };
   grow(ctx.x_, total * d);
