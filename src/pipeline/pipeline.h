@@ -85,7 +85,8 @@ Result<std::vector<std::pair<uint32_t, uint32_t>>> balance_stages(const DecodeCo
 Result<Bytes> range_weights_sha256(const sealed::Header& header, uint32_t begin, uint32_t end);
 
 // Proposes a manifest for a sealed model: layer ranges balanced by decode_costs (the head counted in the last
-// stage), each range's weights hash, the given endpoints (one per stage) and the same policy for every stage.
+// stage), each range's weights hash, the given endpoints (one per stage), and each stage's policy (its own from
+// stage_policy_json, else policy_json).
 struct ProposeOptions {
   uint32_t n_stages = 1;
   std::vector<std::string> endpoints;  // exactly n_stages entries, host:port

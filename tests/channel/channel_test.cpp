@@ -672,16 +672,21 @@ TEST(ChannelLogging, RefusalsAreLoggedWithPeerAndReasonButNoSecrets) {
   EXPECT_EQ(log.find(to_hex(ByteView(sent->data).subspan(104))), std::string::npos);     // evidence MAC
 }
 
-// ---- key schedule ----
-
 // ---- wire parsers ----
 
-TEST(ChannelWire, HelloValidation) {
+// A well-formed 72-byte hello (AES-256-GCM, one-way).
+Bytes encoded_hello(uint16_t version = wire::kVersion) {
   wire::Hello h;
+  h.version = version;
   h.suite = 1;
   h.mode = 1;
   Bytes body;
   wire::encode_hello(h, body);
+  return body;
+}
+
+TEST(ChannelWire, HelloValidation) {
+  const Bytes body = encoded_hello();
   ASSERT_TRUE(wire::parse_client_hello(body).ok());
   auto bad = body;
   bad[6] = 1;
@@ -722,11 +727,7 @@ TEST(ChannelWire, EvidenceLengthPastEndRefused) {
 }
 
 TEST(ChannelWire, ServerFlightFramesHaveExactSizes) {
-  wire::Hello h;
-  h.suite = 1;
-  h.mode = 1;
-  Bytes hello;
-  wire::encode_hello(h, hello);
+  const Bytes hello = encoded_hello();
   EXPECT_TRUE(wire::parse_server_hello(hello).ok());
   Bytes longer = hello;
   longer.push_back(0);
@@ -734,9 +735,8 @@ TEST(ChannelWire, ServerFlightFramesHaveExactSizes) {
   EXPECT_TRUE(wire::parse_server_finished(Bytes(32, 1)).ok());
   EXPECT_FALSE(wire::parse_server_finished(Bytes(31, 1)).ok());
   EXPECT_FALSE(wire::parse_server_finished(Bytes(33, 1)).ok());
-  h.version = 1;  // the three-message server flight of version 1 is gone: a version-1 peer is refused
-  Bytes v1;
-  wire::encode_hello(h, v1);
+  // Version 1's one-frame server flight is gone: a version-1 peer is refused.
+  const Bytes v1 = encoded_hello(1);
   auto r = wire::parse_server_hello(v1);
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.error().message().find("protocol version 1 is not supported"), std::string::npos) << r.error().message();
