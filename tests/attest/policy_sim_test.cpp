@@ -10,23 +10,12 @@
 #include "attest/attest.h"
 #include "attest/formats.h"
 #include "attest/sim.h"
+#include "support/temp_dir.h"
 
 namespace veil::attest {
 namespace {
 
 namespace fs = std::filesystem;
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "veil-attest-XXXXXX").string();
-    path = ::mkdtemp(tmpl.data());
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
 
 void write(const fs::path& p, std::string_view s) {
   std::ofstream f(p, std::ios::binary);
@@ -163,12 +152,12 @@ TEST(AttestPolicy, RejectsBadPolicies) {
 }
 
 TEST(AttestPolicy, UnreadableFileIsAnError) {
-  TempDir dir;
-  auto p = load_policy(dir.path / "missing.json");
+  testsupport::TempDir dir{"veil-attest"};
+  auto p = load_policy(dir.path() / "missing.json");
   ASSERT_FALSE(p.ok());
   EXPECT_NE(p.error().message().find("missing.json"), std::string::npos);
-  write(dir.path / "p.json", R"({"allowed_types": ["tdx"]})");
-  EXPECT_TRUE(load_policy(dir.path / "p.json").ok());
+  write(dir.path() / "p.json", R"({"allowed_types": ["tdx"]})");
+  EXPECT_TRUE(load_policy(dir.path() / "p.json").ok());
 }
 
 // ---- check_policy -------------------------------------------------------------------------------------
@@ -247,12 +236,12 @@ TEST(AttestCheckPolicy, AcceptsAndRefuses) {
 // ---- sim ----------------------------------------------------------------------------------------------
 
 struct SimFixture : ::testing::Test {
-  TempDir dir;
+  testsupport::TempDir dir{"veil-attest"};
   ProviderOptions opts;
   void SetUp() override {
-    opts.sim_platform_key = dir.path / "platform.key";
-    opts.sim_config = dir.path / "veil.conf";
-    opts.sim_executable = dir.path / "app.bin";
+    opts.sim_platform_key = dir.path() / "platform.key";
+    opts.sim_config = dir.path() / "veil.conf";
+    opts.sim_executable = dir.path() / "app.bin";
     opts.sim_create_key = true;
     write(opts.sim_config, "threads = 2\n");
     write(opts.sim_executable, "the first build of the application");
@@ -341,7 +330,7 @@ TEST_F(SimFixture, TamperedOrUntrustedEvidenceRefused) {
   }
   // Another platform key is not trusted.
   Collateral other;
-  other.items[item::kSimPlatformPublicKey] = *sim_platform_public_key(dir.path / "other.key", true);
+  other.items[item::kSimPlatformPublicKey] = *sim_platform_public_key(dir.path() / "other.key", true);
   EXPECT_FALSE(verify_evidence(*ev, other, sim_policy(), rd(3), now()).ok());
   // No collateral: refused.
   EXPECT_FALSE(verify_evidence(*ev, Collateral{}, sim_policy(), rd(3), now()).ok());

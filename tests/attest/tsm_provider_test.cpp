@@ -12,23 +12,12 @@
 #include "attest/formats.h"
 #include "attest/tdx.h"
 #include "attest/tsm.h"
+#include "support/temp_dir.h"
 
 namespace veil::attest {
 namespace {
 
 namespace fs = std::filesystem;
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "veil-tsm-XXXXXX").string();
-    path = ::mkdtemp(tmpl.data());
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
 
 void put(const fs::path& p, ByteView data) {
   std::ofstream f(p, std::ios::binary | std::ios::trunc);
@@ -65,13 +54,13 @@ ReportData rd(uint8_t v) {
 }
 
 TEST(TsmProvider, TdxQuoteThroughFakeTree) {
-  TempDir root;
+  testsupport::TempDir root{"veil-tsm"};
   FakeKernel k;
   auto quote = read_file(fs::path(VEIL_SHARED_DIR) / "testdata/attestation/tdx/dcap-qvl/tdx_quote");
   if (!quote.ok()) GTEST_SKIP() << "no ../shared test data";
   k.report = *quote;
   ProviderOptions opts;
-  opts.tsm_root = root.path;
+  opts.tsm_root = root.path();
   auto p = make_tsm_provider(TeeType::kTdx, opts, k.hooks());
   ASSERT_TRUE(p.ok()) << p.error().message();
   auto ev = (*p)->quote(rd(0x42));
@@ -85,12 +74,12 @@ TEST(TsmProvider, TdxQuoteThroughFakeTree) {
 }
 
 TEST(TsmProvider, SnpReportThroughFakeTree) {
-  TempDir root;
+  testsupport::TempDir root{"veil-tsm"};
   FakeKernel k;
   k.provider = "sev_guest";
   k.report = Bytes(1184, 0);
   ProviderOptions opts;
-  opts.tsm_root = root.path;
+  opts.tsm_root = root.path();
   auto p = make_tsm_provider(TeeType::kSevSnp, opts, k.hooks());
   ASSERT_TRUE(p.ok());
   auto ev = (*p)->quote(rd(1));
@@ -100,34 +89,34 @@ TEST(TsmProvider, SnpReportThroughFakeTree) {
 }
 
 TEST(TsmProvider, WrongProviderRefused) {
-  TempDir root;
+  testsupport::TempDir root{"veil-tsm"};
   FakeKernel k;
   k.provider = "sev_guest";
   k.report = Bytes(10, 1);
-  auto r = tsm_get_report(root.path, "tdx_guest", rd(1), k.hooks());
+  auto r = tsm_get_report(root.path(), "tdx_guest", rd(1), k.hooks());
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.error().code(), ErrorCode::kSecurity);
   EXPECT_NE(r.error().message().find("provider"), std::string::npos);
 }
 
 TEST(TsmProvider, ConcurrentWriterDetectedByGeneration) {
-  TempDir root;
+  testsupport::TempDir root{"veil-tsm"};
   FakeKernel k;
   k.report = Bytes(10, 1);
   k.generation_step = 2;
-  auto r = tsm_get_report(root.path, "tdx_guest", rd(1), k.hooks());
+  auto r = tsm_get_report(root.path(), "tdx_guest", rd(1), k.hooks());
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.error().code(), ErrorCode::kSecurity);
   EXPECT_NE(r.error().message().find("generation"), std::string::npos);
 }
 
 TEST(TsmProvider, EmptyOutblobAndMissingRoot) {
-  TempDir root;
+  testsupport::TempDir root{"veil-tsm"};
   FakeKernel k;
-  auto r = tsm_get_report(root.path, "tdx_guest", rd(1), k.hooks());
+  auto r = tsm_get_report(root.path(), "tdx_guest", rd(1), k.hooks());
   ASSERT_FALSE(r.ok());
   ProviderOptions opts;
-  opts.tsm_root = root.path / "absent";
+  opts.tsm_root = root.path() / "absent";
   auto p = make_provider("tdx", opts);
   ASSERT_FALSE(p.ok());
   EXPECT_EQ(p.error().code(), ErrorCode::kUnsupported);

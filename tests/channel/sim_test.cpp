@@ -1,13 +1,13 @@
 // End to end with the real attest component: the "sim" provider produces evidence, attest::verify_evidence and a
 // Policy check it (through attester_from_provider / verifier_from_policy).
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <filesystem>
 #include <future>
 
 #include "channel/channel.h"
 #include "support/sim_tee.h"
+#include "support/temp_dir.h"
 
 namespace veil::channel {
 namespace {
@@ -18,8 +18,6 @@ Deadline soon() { return deadline_in(5s); }
 class SimChannel : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = std::filesystem::temp_directory_path() / fmt::format("veil-channel-sim-{}", ::getpid());
-    std::filesystem::create_directories(dir_);
     // This binary's measurement and the platform key, learned from one quote checked by the sim verifier itself.
     auto tee = testsupport::make_sim_tee(dir_);
     ASSERT_TRUE(tee.ok()) << tee.error().message();
@@ -28,7 +26,6 @@ class SimChannel : public ::testing::Test {
     measurement_ = tee->measurement;
     policy_ = tee->policy();
   }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
 
   ChannelOptions server_options() {
     ChannelOptions o;
@@ -54,7 +51,8 @@ class SimChannel : public ::testing::Test {
     return {std::move(client), server.get()};
   }
 
-  std::filesystem::path dir_;
+  testsupport::TempDir tmp_{"veil-channel-sim"};
+  std::filesystem::path dir_ = tmp_.path();
   std::shared_ptr<attest::Provider> provider_;
   attest::Collateral collateral_;
   attest::Policy policy_;

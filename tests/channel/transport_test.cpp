@@ -7,6 +7,7 @@
 
 #include "channel/channel.h"
 #include "channel/fake_attest.h"
+#include "support/temp_dir.h"
 
 namespace veil::channel {
 namespace {
@@ -26,12 +27,6 @@ struct Options {
     client.handshake_timeout = server.handshake_timeout = 2s;
   }
 };
-
-std::filesystem::path temp_dir() {
-  auto dir = std::filesystem::temp_directory_path() / fmt::format("veil-channel-test-{}", ::getpid());
-  std::filesystem::create_directories(dir);
-  return dir;
-}
 
 // Accept one connection, handshake, echo every message back until the peer closes.
 void run_echo_session(Listener& listener, const ChannelOptions& options) {
@@ -82,10 +77,9 @@ TEST(ChannelTransport, TcpLoopbackEcho) {
 TEST(ChannelTransport, UnixSocketEcho) {
   Endpoint ep;
   ep.kind = Endpoint::Kind::kUnix;
-  ep.path = (temp_dir() / "echo.sock").string();
-  std::filesystem::remove(ep.path);
+  testsupport::TempDir dir{"veil-channel-test"};
+  ep.path = (dir / "echo.sock").string();
   echo_over(ep);
-  std::filesystem::remove_all(temp_dir());
 }
 
 TEST(ChannelTransport, VsockLoopbackEchoWhereSupported) {

@@ -29,6 +29,8 @@
 #include <string>
 #include <vector>
 
+#include "support/temp_dir.h"
+
 extern char** environ;
 
 namespace veil::clitest {
@@ -326,14 +328,7 @@ inline HttpResponse http_request(uint16_t port, const std::string& method, const
 class CliTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    std::string tmpl = (fs::temp_directory_path() / "veil-cli-XXXXXX").string();
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr) << std::strerror(errno);
-    dir_ = tmpl;
     env_ = {{"HOME", dir_.string()}, {"VEIL_DATA_DIR", std::nullopt}, {"VEIL_MODEL", std::nullopt}};
-  }
-  void TearDown() override {
-    std::error_code ec;
-    if (!dir_.empty()) fs::remove_all(dir_, ec);
   }
 
   // Runs veil with `args` and waits for it (killed after `timeout`).
@@ -368,7 +363,8 @@ class CliTest : public ::testing::Test {
 
   fs::path path(const std::string& name) const { return dir_ / name; }
 
-  fs::path dir_;
+  testsupport::TempDir tmp_{"veil-cli"};
+  fs::path dir_ = tmp_.path();
   EnvOverrides env_;
 };
 

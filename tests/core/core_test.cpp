@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "core/core.h"
+#include "support/temp_dir.h"
 
 namespace veil {
 namespace {
@@ -52,8 +53,7 @@ TEST(Bytes, ConstantTimeEqual) {
 }
 
 TEST(File, AtomicWriteAndRead) {
-  auto dir = std::filesystem::temp_directory_path() / ("veil_core_test_" + std::to_string(::getpid()));
-  std::filesystem::create_directories(dir);
+  testsupport::TempDir dir{"veil-core-test"};
   auto p = dir / "x.bin";
   ASSERT_TRUE(write_file_atomic(p, to_bytes("hello")).ok());
   EXPECT_EQ(*read_text_file(p), "hello");
@@ -67,7 +67,6 @@ TEST(File, AtomicWriteAndRead) {
   ASSERT_TRUE(m.ok());
   EXPECT_EQ(as_chars(m->view()), "world!");
   EXPECT_EQ(read_file(dir / "missing").error().code(), ErrorCode::kNotFound);
-  std::filesystem::remove_all(dir);
 }
 
 TEST(ModelPath, FlagWinsAndMissingNamesEveryPlace) {

@@ -26,7 +26,8 @@ attest::Claims sim_claims(const Bytes& measurement, TimePoint issued) {
 }
 
 struct BrokerFixture : ::testing::Test {
-  std::filesystem::path dir = test::temp_dir("kbs");
+  testsupport::TempDir tmp{"veil-kbs"};
+  std::filesystem::path dir = tmp.path();
   std::filesystem::path db = dir / "kbs.db";
   SecretBytes master = sealed::generate_model_key();
   TimePoint now = std::chrono::system_clock::time_point(std::chrono::seconds(1'800'000'000));
@@ -438,7 +439,7 @@ TEST_F(BrokerFixture, AStageTableCanBeBoundOnceToAKeyStoredWithoutOne) {
 
 // A database created before the layer_count column: opening it adds the column; its records still release.
 TEST(BrokerMigration, ADatabaseWithoutTheLayerCountColumnIsUpgraded) {
-  auto dir = test::temp_dir("kbs_migrate");
+  testsupport::TempDir dir{"veil-kbs-migrate"};
   auto db = dir / "old.db";
   sqlite3* h = nullptr;
   ASSERT_EQ(sqlite3_open(db.c_str(), &h), SQLITE_OK);

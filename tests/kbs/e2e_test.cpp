@@ -20,7 +20,8 @@ using namespace std::chrono_literals;
 const fs::path kStories = fs::path(VEIL_SHARED_DIR) / "models/stories260K/stories260K.gguf";
 
 struct E2E : ::testing::Test {
-  fs::path dir = test::temp_dir("kbs_e2e");
+  testsupport::TempDir tmp{"veil-kbs-e2e"};
+  fs::path dir = tmp.path();
   attest::Collateral collateral;
   std::shared_ptr<attest::Provider> broker_tee, node_a, node_b;
   Bytes measurement_a, measurement_broker;

@@ -12,6 +12,7 @@
 
 #include "pipeline/runtime.h"
 #include "support/sim_tee.h"
+#include "support/temp_dir.h"
 
 namespace veil::pipeline {
 namespace {
@@ -73,8 +74,6 @@ Result<std::vector<std::vector<int32_t>>> step_greedy(server::StepModel& m, cons
 class PipelineRuntime : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = std::filesystem::temp_directory_path() / fmt::format("veil-pipeline-{}-{}", ::getpid(), counter_++);
-    std::filesystem::create_directories(dir_);
     auto tee = testsupport::make_sim_tee(dir_);
     ASSERT_TRUE(tee.ok()) << tee.error().message();
     provider_ = tee->provider;
@@ -84,7 +83,6 @@ class PipelineRuntime : public ::testing::Test {
   void TearDown() override {
     front_.reset();
     stages_.clear();
-    std::filesystem::remove_all(dir_);
   }
 
   attest::Policy policy(bool right_measurement) const {
@@ -154,8 +152,8 @@ class PipelineRuntime : public ::testing::Test {
     return fo;
   }
 
-  static inline int counter_ = 0;
-  std::filesystem::path dir_;
+  testsupport::TempDir tmp_{"veil-pipeline"};
+  std::filesystem::path dir_ = tmp_.path();
   std::shared_ptr<attest::Provider> provider_;
   attest::Collateral collateral_;
   Bytes measurement_;

@@ -4,7 +4,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
@@ -13,6 +12,7 @@
 #include "sealed/format.h"
 #include "sealed/sealed.h"
 #include "support/sim_tee.h"
+#include "support/temp_dir.h"
 
 namespace veil::sealed {
 namespace {
@@ -20,24 +20,6 @@ namespace {
 namespace fs = std::filesystem;
 
 const fs::path kStories = fs::path(VEIL_SHARED_DIR) / "models/stories260K/stories260K.gguf";
-
-// Temporary folders, removed when the test binary exits.
-struct TempDirs {
-  std::vector<fs::path> dirs;
-  ~TempDirs() {
-    std::error_code ec;
-    for (const auto& d : dirs) fs::remove_all(d, ec);
-  }
-};
-
-fs::path temp_dir() {
-  static std::atomic<int> n{0};
-  static TempDirs all;
-  fs::path d = fs::path(::testing::TempDir()) / fmt::format("veil_sealed_{}_{}", ::getpid(), n++);
-  fs::create_directories(d);
-  all.dirs.push_back(d);
-  return d;
-}
 
 SealOptions options(std::string id = "stories260K", uint64_t version = 1) {
   SealOptions o;
@@ -50,7 +32,8 @@ SealOptions options(std::string id = "stories260K", uint64_t version = 1) {
 
 // Seals stories260K once per test with small chunks, so the body has many chunks.
 struct Sealed {
-  fs::path dir = temp_dir();
+  testsupport::TempDir tmp{"veil-sealed"};
+  fs::path dir = tmp.path();
   fs::path path = dir / "stories.vsm";
   SecretBytes key = generate_model_key();
   Bytes bytes;
@@ -306,7 +289,8 @@ TEST(Sealed, DescribeNeedsNoKey) {
 }
 
 TEST(Sealed, KeyFilesAreHexAndPrivate) {
-  fs::path d = temp_dir();
+  testsupport::TempDir tmp{"veil-sealed"};
+  const fs::path& d = tmp.path();
   SecretBytes k = generate_model_key();
   ASSERT_TRUE(write_key_file(d / "k", k).ok());
   struct stat st {};
@@ -363,7 +347,8 @@ TEST(Sealed, ChaChaSuiteRoundTrips) {
 
 // Simulated workloads on one machine (one platform key); `collateral` verifies their evidence.
 struct SimSetup {
-  fs::path dir = temp_dir();
+  testsupport::TempDir tmp{"veil-sealed"};
+  fs::path dir = tmp.path();
   attest::Collateral collateral;
   std::shared_ptr<attest::Provider> make(const std::string& config_text) {
     auto tee = testsupport::make_sim_tee(dir, config_text);

@@ -18,6 +18,7 @@
 #include "server/http_client.h"
 #include "server/server.h"
 #include "support/sim_tee.h"
+#include "support/temp_dir.h"
 #include "tokenizer/tokenizer.h"
 
 namespace veil::server {
@@ -64,8 +65,6 @@ class EngineServerTest : public ::testing::Test {
   void SetUp() override {
     file_ = open_model();
     if (!file_) GTEST_SKIP() << "stories260K is not available at " << kModel;
-    dir_ = fs::temp_directory_path() / ("veil_engine_server_" + to_hex(crypto::random_bytes(6)));
-    fs::create_directories(dir_);
     EngineBackendOptions eo;
     eo.threads = 1;
     eo.batching.max_slots = 8;
@@ -99,8 +98,6 @@ class EngineServerTest : public ::testing::Test {
     if (server_) server_->stop(std::chrono::seconds(5));
     server_.reset();
     backend_.reset();
-    std::error_code ec;
-    if (!dir_.empty()) fs::remove_all(dir_, ec);
   }
 
   // The completion's text; for a stream, the concatenated pieces (each piece also appended to `pieces`).
@@ -124,7 +121,8 @@ class EngineServerTest : public ::testing::Test {
     return text;
   }
 
-  fs::path dir_;
+  testsupport::TempDir tmp_{"veil-engine-server"};
+  fs::path dir_ = tmp_.path();
   std::shared_ptr<const gguf::File> file_;
   std::unique_ptr<BatchingBackend> backend_;
   std::shared_ptr<attest::Provider> provider_;

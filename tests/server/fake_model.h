@@ -47,6 +47,14 @@ struct FakeModelStats {
   size_t inside = 0;
   size_t max_inside = 0;
   size_t rendezvous = 0;
+  // While `hold` is set, every forward pass waits (bounded) inside the model: a test queues several requests
+  // before the scheduler's first step ends, so what it checks about batching does not depend on thread timing.
+  bool hold = false;
+  void release() {
+    std::lock_guard<std::mutex> lock(mu);
+    hold = false;
+    cv.notify_all();
+  }
   // Waits (bounded) until at least `n` forward passes have run.
   bool wait_forwards(size_t n, std::chrono::seconds timeout = std::chrono::seconds(30)) {
     std::unique_lock<std::mutex> lock(mu);
@@ -73,6 +81,7 @@ class FakeModel final : public StepModel {
     stats_->cv.notify_all();
     stats_->cv.wait_for(lock, std::chrono::seconds(10),
                         [&] { return stats_->max_inside >= stats_->rendezvous; });
+    stats_->cv.wait_for(lock, std::chrono::seconds(10), [&] { return !stats_->hold; });
     struct Leave {
       FakeModelStats& s;
       ~Leave() { --s.inside; }

@@ -16,6 +16,7 @@
 #include "server/http_client.h"
 #include "server/server.h"
 #include "support/sim_tee.h"
+#include "support/temp_dir.h"
 
 namespace veil::server {
 namespace {
@@ -23,12 +24,6 @@ namespace {
 using json = nlohmann::json;
 using namespace testing;
 namespace fs = std::filesystem;
-
-fs::path temp_dir(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("veil_server_test_" + name + "_" + to_hex(crypto::random_bytes(6)));
-  fs::create_directories(p);
-  return p;
-}
 
 // ---- TextAssembler and scheduler -----------------------------------------------------------------------
 
@@ -105,6 +100,7 @@ TEST(Scheduler, BatchesSequencesAndChunksLongPrompts) {
   BatchingOptions opt;
   opt.prefill_chunk = 8;
   opt.step_token_budget = 16;
+  stats->hold = true;  // every request is queued before the first forward pass returns
   auto backend = make_fake_backend(4096, 8, opt, stats);
   std::vector<std::unique_ptr<Collected>> outs;
   std::vector<size_t> lens = {3, 5, 100, 7, 300, 2};
@@ -115,6 +111,7 @@ TEST(Scheduler, BatchesSequencesAndChunksLongPrompts) {
     req.client_id = "c" + std::to_string(i % 2);
     ASSERT_TRUE(backend->submit(req, prompt_ids(lens[i]), outs.back()->sink()).ok());
   }
+  stats->release();
   for (size_t i = 0; i < lens.size(); ++i) {
     ASSERT_TRUE(outs[i]->wait());
     EXPECT_EQ(outs[i]->last.finish, FinishReason::kLength);
@@ -220,12 +217,7 @@ TEST(Scheduler, ShutdownDrainsThenRefuses) {
 
 class ServerTest : public ::testing::Test {
  protected:
-  void SetUp() override { dir_ = temp_dir("srv"); }
-  void TearDown() override {
-    stop();
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
+  void TearDown() override { stop(); }
 
   void start(uint32_t slots = 16, uint32_t max_queue = 256, uint32_t ctx = 4096, bool tls = true) {
     auto tee = testsupport::make_sim_tee(dir_);
@@ -285,7 +277,8 @@ class ServerTest : public ::testing::Test {
     return out;
   }
 
-  fs::path dir_;
+  testsupport::TempDir tmp_{"veil-server-test"};
+  fs::path dir_ = tmp_.path();
   std::shared_ptr<attest::Provider> provider_;
   Bytes platform_pub_;
   std::unique_ptr<Store> store_;
