@@ -420,6 +420,35 @@ Status check_quote_crypto(const TdxQuote& q, X509* pck_leaf) {
   return ok_status();
 }
 
+// What every TDX verification starts with: the quote parses, its QE is Intel's, its PCK chain (leaf, CA, root) ends
+// in the pinned Intel SGX Root CA, and the quote and QE report signatures hold with the chain's leaf.
+struct SignedQuote {
+  TdxQuote q;
+  std::vector<pki::CertPtr> chain;  // leaf first, root last
+  X509* leaf() const { return chain.front().get(); }
+  X509* root() const { return chain.back().get(); }
+  std::vector<X509*> intermediates() const {
+    std::vector<X509*> v;
+    for (size_t i = 1; i + 1 < chain.size(); ++i) v.push_back(chain[i].get());
+    return v;
+  }
+};
+
+Result<SignedQuote> check_signed_quote(ByteView quote) {
+  SignedQuote s;
+  VEIL_ASSIGN_OR_RETURN(s.q, parse_tdx_quote(quote));
+  if (!std::equal(s.q.qe_vendor_id.begin(), s.q.qe_vendor_id.end(), kIntelQeVendor))
+    return refuse("QE vendor id at byte 12 is not Intel's");
+  VEIL_ASSIGN_OR_RETURN(s.chain, pki::parse_pem_chain(s.q.pck_chain_pem, "TDX quote PCK certificate chain"));
+  if (s.chain.size() < 3)
+    return refuse(fmt::format("PCK certificate chain has {} certificates, expected leaf, CA and root", s.chain.size()));
+  if (to_hex(pki::cert_sha256(s.root())) != kIntelRootSha256)
+    return refuse("PCK certificate chain does not end in the Intel SGX Root CA (fingerprint mismatch)");
+  // Quote signature, QE report signature, attestation-key binding.
+  VEIL_TRY(check_quote_crypto(s.q, s.leaf()));
+  return s;
+}
+
 }  // namespace
 
 Result<TdxQuote> parse_tdx_quote(ByteView d) {
@@ -549,24 +578,14 @@ Result<Claims> verify_tdx_quote(ByteView quote, const Collateral& collateral, Ti
 }
 
 Result<Claims> verify_tdx_quote_prepared(ByteView quote, const PreparedTdxCollateral& prepared, TimePoint now) {
-  VEIL_ASSIGN_OR_RETURN(TdxQuote q, parse_tdx_quote(quote));
-  if (!std::equal(q.qe_vendor_id.begin(), q.qe_vendor_id.end(), kIntelQeVendor))
-    return refuse("QE vendor id at byte 12 is not Intel's");
-  VEIL_ASSIGN_OR_RETURN(auto chain, pki::parse_pem_chain(q.pck_chain_pem, "TDX quote PCK certificate chain"));
-  if (chain.size() < 3) return refuse(fmt::format("PCK certificate chain has {} certificates, expected leaf, CA and root", chain.size()));
-  X509* root = chain.back().get();
-  if (to_hex(pki::cert_sha256(root)) != kIntelRootSha256)
-    return refuse("PCK certificate chain does not end in the Intel SGX Root CA (fingerprint mismatch)");
-  // Quote signature, QE report signature, attestation-key binding.
-  VEIL_TRY(check_quote_crypto(q, chain[0].get()));
+  VEIL_ASSIGN_OR_RETURN(SignedQuote s, check_signed_quote(quote));
+  const TdxQuote& q = s.q;
   // PCK chain to the pinned Intel SGX Root CA, with both CRLs.
-  std::vector<X509*> inter;
-  for (size_t i = 1; i + 1 < chain.size(); ++i) inter.push_back(chain[i].get());
-  VEIL_TRY(pki::verify_chain(chain[0].get(), inter, root, {prepared.pck_crl.get(), prepared.root_crl.get()}, now,
-                             "TDX PCK certificate chain"));
+  VEIL_TRY(pki::verify_chain(s.leaf(), s.intermediates(), s.root(), {prepared.pck_crl.get(), prepared.root_crl.get()},
+                             now, "TDX PCK certificate chain"));
   // PCK TCB (from the certificate) against the TCB info.
   const json& info = prepared.tcb_info;
-  VEIL_ASSIGN_OR_RETURN(PckTcb pck, parse_pck_extension(chain[0].get()));
+  VEIL_ASSIGN_OR_RETURN(PckTcb pck, parse_pck_extension(s.leaf()));
   VEIL_ASSIGN_OR_RETURN(Bytes fmspc, jhex(info, "fmspc", "tcb_info", 6));
   if (fmspc != pck.fmspc)
     return refuse(fmt::format("tcb_info is for FMSPC {} but the PCK certificate has FMSPC {}", to_hex(fmspc), to_hex(pck.fmspc)));
@@ -604,18 +623,8 @@ Result<Claims> verify_tdx_quote_prepared(ByteView quote, const PreparedTdxCollat
 }
 
 Status verify_tdx_quote_signatures(ByteView quote, TimePoint now) {
-  VEIL_ASSIGN_OR_RETURN(TdxQuote q, parse_tdx_quote(quote));
-  if (!std::equal(q.qe_vendor_id.begin(), q.qe_vendor_id.end(), kIntelQeVendor))
-    return refuse("QE vendor id at byte 12 is not Intel's");
-  VEIL_ASSIGN_OR_RETURN(auto chain, pki::parse_pem_chain(q.pck_chain_pem, "TDX quote PCK certificate chain"));
-  if (chain.size() < 2) return refuse("PCK certificate chain is too short");
-  X509* root = chain.back().get();
-  if (to_hex(pki::cert_sha256(root)) != kIntelRootSha256)
-    return refuse("PCK certificate chain does not end in the Intel SGX Root CA (fingerprint mismatch)");
-  VEIL_TRY(check_quote_crypto(q, chain[0].get()));
-  std::vector<X509*> inter;
-  for (size_t i = 1; i + 1 < chain.size(); ++i) inter.push_back(chain[i].get());
-  return pki::verify_chain(chain[0].get(), inter, root, {}, now, "TDX PCK certificate chain");
+  VEIL_ASSIGN_OR_RETURN(SignedQuote s, check_signed_quote(quote));
+  return pki::verify_chain(s.leaf(), s.intermediates(), s.root(), {}, now, "TDX PCK certificate chain");
 }
 
 namespace {
