@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "support/utf8.h"
 #include "tokenizer/tokenizer.h"
 
 namespace {
@@ -105,17 +106,7 @@ Tokenizer make_wpm() {
   return std::move(*t);
 }
 
-bool valid_utf8(const std::string& s) {
-  for (size_t i = 0; i < s.size();) {
-    unsigned char b = static_cast<unsigned char>(s[i]);
-    size_t n = b < 0x80 ? 1 : (b & 0xE0) == 0xC0 ? 2 : (b & 0xF0) == 0xE0 ? 3 : (b & 0xF8) == 0xF0 ? 4 : 0;
-    if (n == 0 || i + n > s.size()) return false;
-    for (size_t k = 1; k < n; ++k)
-      if ((static_cast<unsigned char>(s[i + k]) & 0xC0) != 0x80) return false;
-    i += n;
-  }
-  return true;
-}
+using veil::testsupport::valid_utf8;
 
 void check_ids(const Tokenizer& t, const std::vector<TokenId>& ids) {
   for (TokenId id : ids)

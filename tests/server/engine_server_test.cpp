@@ -19,6 +19,7 @@
 #include "server/server.h"
 #include "support/sim_tee.h"
 #include "support/temp_dir.h"
+#include "support/utf8.h"
 #include "tokenizer/tokenizer.h"
 
 namespace veil::server {
@@ -189,18 +190,7 @@ class ScriptedStepModel final : public StepModel {
   uint32_t vocab_;
 };
 
-bool valid_utf8(const std::string& s) {
-  for (size_t i = 0; i < s.size();) {
-    auto b = static_cast<unsigned char>(s[i]);
-    size_t n = b < 0x80 ? 1 : (b >> 5) == 6 ? 2 : (b >> 4) == 14 ? 3 : (b >> 3) == 30 ? 4 : 0;
-    if (n == 0 || i + n > s.size()) return false;
-    for (size_t k = 1; k < n; ++k) {
-      if ((static_cast<unsigned char>(s[i + k]) & 0xC0) != 0x80) return false;
-    }
-    i += n;
-  }
-  return true;
-}
+using testsupport::valid_utf8;
 
 // Characters that stories260K can only spell with <0xNN> byte tokens, one token per byte: over SSE every piece is
 // whole UTF-8 and the pieces concatenate, byte for byte, to the non-streamed text, which is the tokenizer's own

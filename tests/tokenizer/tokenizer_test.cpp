@@ -7,6 +7,7 @@
 
 #include "core/core.h"
 #include "gguf/gguf.h"
+#include "support/utf8.h"
 #include "tokenizer/pretokenize.h"
 #include "tokenizer/tokenizer.h"
 
@@ -15,17 +16,7 @@ namespace {
 
 const std::string kSp = "\xE2\x96\x81";  // U+2581
 
-bool valid_utf8(const std::string& s) {
-  for (size_t i = 0; i < s.size();) {
-    unsigned char b = static_cast<unsigned char>(s[i]);
-    size_t n = b < 0x80 ? 1 : (b & 0xE0) == 0xC0 ? 2 : (b & 0xF0) == 0xE0 ? 3 : (b & 0xF8) == 0xF0 ? 4 : 0;
-    if (n == 0 || i + n > s.size()) return false;
-    for (size_t k = 1; k < n; ++k)
-      if ((static_cast<unsigned char>(s[i + k]) & 0xC0) != 0x80) return false;
-    i += n;
-  }
-  return true;
-}
+using testsupport::valid_utf8;
 
 Vocab spm_vocab() {
   Vocab v;
