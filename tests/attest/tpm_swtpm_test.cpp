@@ -28,26 +28,33 @@ namespace {
 
 namespace fs = std::filesystem;
 
-bool can_bind(int port) {
-  int s = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (s < 0) return false;
+sockaddr_in loopback(int port) {
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   a.sin_port = htons(static_cast<uint16_t>(port));
-  bool ok = ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+  return a;
+}
+
+// Whether `op` (bind or connect) succeeds on a fresh TCP socket with 127.0.0.1:port.
+template <class Op>
+bool try_on_port(int port, Op op) {
+  int s = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (s < 0) return false;
+  sockaddr_in a = loopback(port);
+  bool ok = op(s, reinterpret_cast<sockaddr*>(&a), static_cast<socklen_t>(sizeof a)) == 0;
   ::close(s);
   return ok;
 }
+
+bool can_bind(int port) { return try_on_port(port, ::bind); }
+bool accepts(int port) { return try_on_port(port, ::connect); }
 
 // A free port P with P+1 also free (swtpm's server and control channels).
 int free_port_pair() {
   for (int attempt = 0; attempt < 64; ++attempt) {
     int s = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    a.sin_port = 0;
+    sockaddr_in a = loopback(0);
     socklen_t len = sizeof a;
     if (s < 0 || ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
         ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
@@ -59,18 +66,6 @@ int free_port_pair() {
     if (port < 65535 && can_bind(port) && can_bind(port + 1)) return port;
   }
   return -1;
-}
-
-bool accepts(int port) {
-  int s = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (s < 0) return false;
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  bool ok = ::connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
-  ::close(s);
-  return ok;
 }
 
 class Swtpm {
