@@ -102,6 +102,10 @@ TEST(Scheduler, BatchesSequencesAndChunksLongPrompts) {
   opt.step_token_budget = 16;
   stats->hold = true;  // every request is queued before the first forward pass returns
   auto backend = make_fake_backend(4096, 8, opt, stats);
+  struct Release {
+    FakeModelStats& s;
+    ~Release() { s.release(); }  // also when an assertion below returns early (before the backend stops)
+  } release{*stats};
   std::vector<std::unique_ptr<Collected>> outs;
   std::vector<size_t> lens = {3, 5, 100, 7, 300, 2};
   for (size_t i = 0; i < lens.size(); ++i) {
@@ -111,7 +115,7 @@ TEST(Scheduler, BatchesSequencesAndChunksLongPrompts) {
     req.client_id = "c" + std::to_string(i % 2);
     ASSERT_TRUE(backend->submit(req, prompt_ids(lens[i]), outs.back()->sink()).ok());
   }
-  stats->release();
+  stats->release();  // (again at scope exit: harmless)
   for (size_t i = 0; i < lens.size(); ++i) {
     ASSERT_TRUE(outs[i]->wait());
     EXPECT_EQ(outs[i]->last.finish, FinishReason::kLength);
